@@ -1,0 +1,37 @@
+//! The baton supervisor as a library.
+//!
+//! `baton run` binds the listening sockets once and runs the application in
+//! *generations*: on reload it starts generation N+1 beside N, waits until
+//! N+1 says it is ready, then tells N to drain. Both share the same listening
+//! sockets, so a connection waiting in the accept queue survives every
+//! reload.
+//!
+//! # Theory of operation
+//!
+//! ```text
+//!  signals ─┐                 ┌───────────────────────┐ actions  ┌──────────────────────────────┐
+//!  notify  ─┤     events      │ lifecycle (pure)      │────────▶ │ runtime: spawn, signal,      │
+//!  pidfds  ─┼───────────────▶ │ state + event → state,│          │ arm timer, log               │
+//!  timers  ─┘                 │ actions               │          └──────────────────────────────┘
+//!                             └───────────────────────┘
+//! ```
+//!
+//! * [`lifecycle`] is a pure state machine: it decides which generation to
+//!   start, whom to signal and when to roll back. Its invariants are listed
+//!   in its module docs and tested transition by transition.
+//! * [`runtime`] is a single-threaded `mio` loop that gathers events
+//!   (signals through a self-pipe, child exits through pidfds, readiness
+//!   datagrams, output pipes, timers) and carries out the actions.
+//! * [`listen`] parses and binds listen specs; [`worker`] builds each
+//!   worker's environment and spawns it through `baton-sys`, the only crate
+//!   with `unsafe` code.
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod lifecycle;
+pub mod listen;
+pub mod notify;
+pub mod output;
+pub mod runtime;
+pub mod signals;
+pub mod worker;

@@ -1,0 +1,590 @@
+//! Transition-by-transition tests of the lifecycle, without processes.
+//!
+//! `Sim` plays the runtime: it answers `Spawn` with `Spawned` (fake pids),
+//! remembers armed timers, signals sent and the exit code, so each test reads
+//! as a script of events and the actions they must cause.
+
+use super::*;
+use std::collections::BTreeMap;
+
+const TERM: i32 = 15;
+
+struct Sim {
+    m: Lifecycle,
+    now: Instant,
+    next_pid: u32,
+    pids: BTreeMap<(GenId, Slot), u32>,
+    timers: BTreeMap<TimerKey, Instant>,
+    signals: Vec<(GenId, Slot, i32)>,
+    kills: Vec<(GenId, Slot)>,
+    reaped: Vec<(GenId, Slot)>,
+    logs: Vec<String>,
+    exit: Option<u8>,
+    probes: Vec<GenId>,
+    /// Spawn requests the test wants to fail, by (generation, slot).
+    fail_spawn: Vec<(GenId, Slot)>,
+    all: Vec<Action>,
+}
+
+fn policy(workers: usize, ready: ReadyMode) -> Policy {
+    Policy {
+        workers,
+        ready,
+        ready_timeout: Duration::from_secs(60),
+        grace: Duration::from_secs(30),
+        stop_signal: TERM,
+    }
+}
+
+impl Sim {
+    fn new(p: Policy) -> Self {
+        Self::with_failing_spawns(p, Vec::new())
+    }
+
+    fn with_failing_spawns(p: Policy, fail_spawn: Vec<(GenId, Slot)>) -> Self {
+        let mut s = Self {
+            m: Lifecycle::new(p),
+            now: Instant::now(),
+            next_pid: 1000,
+            pids: BTreeMap::new(),
+            timers: BTreeMap::new(),
+            signals: Vec::new(),
+            kills: Vec::new(),
+            reaped: Vec::new(),
+            logs: Vec::new(),
+            exit: None,
+            probes: Vec::new(),
+            fail_spawn,
+            all: Vec::new(),
+        };
+        let actions = s.m.start(s.now);
+        s.apply(actions);
+        s
+    }
+
+    fn notify(workers: usize) -> Self {
+        Self::new(policy(workers, ReadyMode::Notify))
+    }
+
+    fn apply(&mut self, actions: Vec<Action>) {
+        let mut queue: std::collections::VecDeque<Action> = actions.into();
+        while let Some(a) = queue.pop_front() {
+            self.all.push(a.clone());
+            match a {
+                Action::Spawn { generation, slot } => {
+                    let ev = if self.fail_spawn.contains(&(generation, slot)) {
+                        Event::SpawnFailed {
+                            generation,
+                            slot,
+                            error: "No such file or directory".into(),
+                        }
+                    } else {
+                        self.next_pid += 1;
+                        self.pids.insert((generation, slot), self.next_pid);
+                        Event::Spawned {
+                            generation,
+                            slot,
+                            pid: self.next_pid,
+                        }
+                    };
+                    queue.extend(self.m.handle(ev, self.now));
+                }
+                Action::SetTimer { key, after } => {
+                    self.timers.insert(key, self.now + after);
+                }
+                Action::CancelTimer { key } => {
+                    self.timers.remove(&key);
+                }
+                Action::Signal { generation, slot, signal } => self.signals.push((generation, slot, signal)),
+                Action::KillGroup { generation, slot } => self.kills.push((generation, slot)),
+                Action::ReapGroup { generation, slot } => self.reaped.push((generation, slot)),
+                Action::Log { message, .. } => self.logs.push(message),
+                Action::Exit(code) => {
+                    assert!(self.exit.is_none(), "exit requested twice");
+                    self.exit = Some(code);
+                }
+                Action::RunProbe { generation } => self.probes.push(generation),
+                Action::PrepareGeneration { .. }
+                | Action::ReleaseGeneration { .. }
+                | Action::Serving { .. } => {}
+            }
+        }
+    }
+
+    fn ev(&mut self, e: Event) {
+        let actions = self.m.handle(e, self.now);
+        // Invariants 3 and 4: the generation that serves after a step is
+        // never the one that step told to stop.
+        let serving = self.m.serving();
+        for a in &actions {
+            if let Action::Signal { generation, .. } | Action::KillGroup { generation, .. } = a {
+                assert!(
+                    serving != Some(*generation),
+                    "serving generation {generation} was signalled: {actions:?}"
+                );
+            }
+        }
+        self.apply(actions);
+    }
+
+    fn ready(&mut self, generation: GenId, slots: impl IntoIterator<Item = Slot>) {
+        for slot in slots {
+            self.ev(Event::WorkerReady { generation, slot });
+        }
+    }
+
+    fn exited(&mut self, generation: GenId, slot: Slot, status: ExitStatus) {
+        self.ev(Event::WorkerExited { generation, slot, status });
+    }
+
+    /// Every live worker of `generation` exits with status 0.
+    fn all_exit(&mut self, generation: GenId) {
+        for (slot, _) in self.m.worker_pids(generation) {
+            self.exited(generation, slot, ExitStatus::Code(0));
+        }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        loop {
+            let due: Vec<TimerKey> = self
+                .timers
+                .iter()
+                .filter(|(_, at)| **at <= self.now)
+                .map(|(k, _)| *k)
+                .collect();
+            if due.is_empty() {
+                break;
+            }
+            for k in due {
+                self.timers.remove(&k);
+                self.ev(Event::Timer(k));
+            }
+        }
+    }
+
+    fn logged(&self, needle: &str) -> bool {
+        self.logs.iter().any(|l| l.contains(needle))
+    }
+
+    fn signalled(&self, generation: GenId) -> bool {
+        self.signals.iter().any(|(g, _, _)| *g == generation)
+    }
+
+    fn spawns(&self, generation: GenId) -> usize {
+        self.all
+            .iter()
+            .filter(|a| matches!(a, Action::Spawn { generation: g, .. } if *g == generation))
+            .count()
+    }
+
+    /// Boots generation 1 with `n` ready workers.
+    fn serving(n: usize) -> Self {
+        let mut s = Self::notify(n);
+        s.ready(1, 0..n);
+        assert_eq!(s.m.serving(), Some(1));
+        s
+    }
+}
+
+#[test]
+fn first_generation_starts_all_workers_and_serves_when_all_are_ready() {
+    let mut s = Sim::notify(3);
+    assert_eq!(s.spawns(1), 3);
+    assert!(s.logged("generation 1 starting (3 workers)"));
+    s.ready(1, [0, 1]);
+    assert_eq!(s.m.serving(), None, "not ready until every worker is");
+    s.now += Duration::from_millis(40);
+    s.ready(1, [2]);
+    assert_eq!(s.m.serving(), Some(1));
+    assert!(s.logged("generation 1 ready in 40 ms"));
+    assert!(!s.timers.contains_key(&TimerKey::ReadyDeadline(1)));
+}
+
+#[test]
+fn duplicate_ready_is_harmless() {
+    let mut s = Sim::serving(1);
+    s.ready(1, [0, 0]);
+    assert_eq!(s.m.serving(), Some(1));
+}
+
+#[test]
+fn reload_drains_old_only_after_new_is_fully_ready() {
+    let mut s = Sim::serving(2);
+    s.ev(Event::Reload);
+    assert_eq!(s.m.generation_count(), 2);
+    assert_eq!(s.spawns(2), 2);
+    s.ready(2, [0]);
+    assert!(!s.signalled(1), "invariant 3: old not told to drain before new is ready");
+    s.ready(2, [1]);
+    assert_eq!(s.m.serving(), Some(2));
+    assert_eq!(
+        s.signals,
+        vec![(1, 0, TERM), (1, 1, TERM)],
+        "old generation gets the stop signal"
+    );
+    assert!(s.logged("generation 1 draining"));
+    assert!(s.timers.contains_key(&TimerKey::Grace(1)));
+    s.all_exit(1);
+    assert!(s.logged("generation 1 exited"));
+    assert_eq!(s.m.generation_count(), 1);
+    assert!(!s.timers.contains_key(&TimerKey::Grace(1)));
+    assert_eq!(s.m.reloads_done(), 1);
+}
+
+#[test]
+fn reload_during_reload_is_queued_and_coalesced() {
+    let mut s = Sim::serving(1);
+    s.ev(Event::Reload);
+    s.ev(Event::Reload);
+    s.ev(Event::Reload);
+    assert!(s.logged("reload queued"));
+    assert_eq!(s.m.generation_count(), 2, "never two reloads at once");
+    assert!(s.m.reload_pending());
+    s.ready(2, [0]);
+    // Still draining 1: the queued reload must wait (invariant 1).
+    assert_eq!(s.spawns(3), 0);
+    s.all_exit(1);
+    assert_eq!(s.spawns(3), 1, "exactly one more reload runs");
+    assert!(!s.m.reload_pending());
+    s.ready(3, [0]);
+    s.all_exit(2);
+    assert_eq!(s.spawns(4), 0, "coalesced: no fourth generation");
+    assert_eq!(s.m.serving(), Some(3));
+}
+
+#[test]
+fn reload_while_booting_runs_after_boot() {
+    let mut s = Sim::notify(1);
+    s.ev(Event::Reload);
+    assert_eq!(s.spawns(2), 0);
+    s.ready(1, [0]);
+    assert_eq!(s.spawns(2), 1);
+}
+
+#[test]
+fn failed_start_by_exit_rolls_back() {
+    let mut s = Sim::serving(2);
+    s.ev(Event::Reload);
+    s.ready(2, [0]);
+    s.exited(2, 1, ExitStatus::Code(1));
+    assert!(s.logged(
+        "reload failed: generation 2 worker 1 (pid 1004) exited with status 1 before it was ready; generation 1 keeps serving"
+    ));
+    assert!(!s.signalled(1), "invariant 4: the serving generation is untouched");
+    assert_eq!(s.signals, vec![(2, 0, TERM)], "the rest of generation 2 is stopped");
+    assert!(s.reaped.contains(&(2, 1)), "exited worker's group is cleaned");
+    assert_eq!(s.m.serving(), Some(1));
+    // The failed worker's output is attached to the report.
+    assert!(s.all.iter().any(|a| matches!(a, Action::Log { tail: Some((2, 1)), level: Level::Error, .. })));
+    s.all_exit(2);
+    assert_eq!(s.m.generation_count(), 1);
+    // A new reload works after a failed one.
+    s.ev(Event::Reload);
+    assert_eq!(s.spawns(3), 2);
+}
+
+#[test]
+fn failed_start_by_crash_rolls_back() {
+    let mut s = Sim::serving(1);
+    s.ev(Event::Reload);
+    s.exited(2, 0, ExitStatus::Signal(11));
+    assert!(s.logged("exited with signal SIGSEGV before it was ready"));
+    assert_eq!(s.m.serving(), Some(1));
+    assert_eq!(s.m.generation_count(), 1, "an empty failed generation is gone at once");
+}
+
+#[test]
+fn failed_start_by_readiness_timeout_kills_new_generation() {
+    let mut s = Sim::serving(1);
+    s.ev(Event::Reload);
+    s.advance(Duration::from_secs(5));
+    assert!(s.logged("generation 2 not ready after 5 s: still waiting for READY=1 on NOTIFY_SOCKET from worker 0"));
+    assert!(s.logged("--ready delay:DURATION"));
+    s.advance(Duration::from_secs(55));
+    assert!(s.logged("reload failed: generation 2 was not ready within 1m"));
+    assert_eq!(s.signals, vec![(2, 0, TERM)]);
+    // It ignores the stop signal: SIGKILL after the rollback grace.
+    s.advance(ROLLBACK_GRACE);
+    assert!(s.kills.contains(&(2, 0)));
+    s.exited(2, 0, ExitStatus::Signal(9));
+    assert_eq!(s.m.generation_count(), 1);
+    assert_eq!(s.m.serving(), Some(1));
+    assert!(!s.signalled(1));
+}
+
+#[test]
+fn spawn_failure_during_reload_rolls_back() {
+    let mut s = Sim::serving(2);
+    s.fail_spawn.push((2, 1));
+    s.ev(Event::Reload);
+    assert!(s.logged("reload failed: generation 2 worker 1 could not be started: No such file or directory; generation 1 keeps serving"));
+    assert_eq!(s.signals, vec![(2, 0, TERM)]);
+    s.all_exit(2);
+    assert_eq!(s.m.generation_count(), 1);
+}
+
+#[test]
+fn first_generation_failure_exits_with_its_code() {
+    let mut s = Sim::notify(2);
+    s.exited(1, 0, ExitStatus::Code(3));
+    assert!(s.logged("generation 1 failed: worker 0 (pid 1001) exited with status 3 before it was ready"));
+    assert_eq!(s.signals, vec![(1, 1, TERM)]);
+    assert_eq!(s.exit, None, "waits for the rest to exit");
+    s.exited(1, 1, ExitStatus::Signal(15));
+    assert_eq!(s.exit, Some(exit::FIRST_FAILED));
+}
+
+#[test]
+fn first_generation_not_ready_exits_6() {
+    let mut s = Sim::notify(1);
+    s.advance(Duration::from_secs(60));
+    assert!(s.logged("generation 1 failed: was not ready within 1m"));
+    s.exited(1, 0, ExitStatus::Signal(15));
+    assert_eq!(s.exit, Some(exit::FIRST_NOT_READY));
+}
+
+#[test]
+fn first_generation_cannot_spawn_exits_4() {
+    let s = Sim::with_failing_spawns(policy(1, ReadyMode::Notify), vec![(1, 0)]);
+    assert!(s.logged("generation 1 failed: worker 0 could not be started"));
+    assert_eq!(s.exit, Some(exit::CANNOT_RUN));
+}
+
+#[test]
+fn worker_crash_while_serving_restarts_with_backoff() {
+    let mut s = Sim::serving(2);
+    s.exited(1, 1, ExitStatus::Code(1));
+    assert!(s.logged("worker 1 of generation 1 restarting in 100 ms"));
+    assert!(s.reaped.contains(&(1, 1)));
+    assert_eq!(s.spawns(1), 2);
+    s.advance(Duration::from_millis(100));
+    assert_eq!(s.spawns(1), 3, "restarted after the backoff");
+    // Crashes again at once: the delay doubles.
+    s.exited(1, 1, ExitStatus::Code(1));
+    assert!(s.logged("restarting in 200 ms"));
+    s.advance(Duration::from_millis(200));
+    s.exited(1, 1, ExitStatus::Code(1));
+    assert!(s.logged("restarting in 400 ms"));
+    assert_eq!(s.m.serving(), Some(1), "the generation keeps serving");
+    assert!(!s.signalled(1));
+}
+
+#[test]
+fn crash_loop_is_reported_and_backoff_caps_then_resets() {
+    let mut s = Sim::serving(1);
+    for _ in 0..12 {
+        s.exited(1, 0, ExitStatus::Code(1));
+        let d = *s.timers.get(&TimerKey::Restart(1, 0)).expect("restart armed") - s.now;
+        assert!(d <= BACKOFF_MAX);
+        s.advance(d);
+    }
+    assert!(s.logged("crash-looping"));
+    assert!(s.logged("restarting in 30000 ms"));
+    // Stays up long enough: the next crash restarts quickly again.
+    s.advance(STABLE_AFTER);
+    s.exited(1, 0, ExitStatus::Code(1));
+    let d = *s.timers.get(&TimerKey::Restart(1, 0)).expect("restart armed") - s.now;
+    assert_eq!(d, BACKOFF_START);
+}
+
+#[test]
+fn crash_during_drain_is_not_restarted() {
+    let mut s = Sim::serving(2);
+    s.ev(Event::Reload);
+    s.ready(2, [0, 1]);
+    let spawns_before = s.spawns(1);
+    s.exited(1, 0, ExitStatus::Signal(11));
+    s.advance(Duration::from_secs(1));
+    assert_eq!(s.spawns(1), spawns_before);
+    assert_eq!(s.m.generation_count(), 2, "worker 1 of generation 1 still draining");
+    s.exited(1, 1, ExitStatus::Code(0));
+    assert_eq!(s.m.generation_count(), 1);
+}
+
+#[test]
+fn drain_deadline_kills_stragglers() {
+    let mut s = Sim::serving(1);
+    s.ev(Event::Reload);
+    s.ready(2, [0]);
+    s.advance(Duration::from_secs(30));
+    assert!(s.logged("generation 1: 1 worker still running at the end of the grace period; sending SIGKILL"));
+    assert!(s.kills.contains(&(1, 0)));
+}
+
+#[test]
+fn graceful_stop_drains_everything_and_exits_0() {
+    let mut s = Sim::serving(2);
+    s.ev(Event::Stop(StopKind::Graceful));
+    assert_eq!(s.signals.len(), 2);
+    s.all_exit(1);
+    assert_eq!(s.exit, Some(exit::OK));
+    assert!(s.logged("stopped"));
+}
+
+#[test]
+fn stop_that_must_kill_exits_7() {
+    let mut s = Sim::serving(1);
+    s.ev(Event::Stop(StopKind::Graceful));
+    s.advance(Duration::from_secs(30));
+    assert!(s.kills.contains(&(1, 0)));
+    s.exited(1, 0, ExitStatus::Signal(9));
+    assert_eq!(s.exit, Some(exit::KILLED));
+}
+
+#[test]
+fn second_stop_signal_is_immediate() {
+    let mut s = Sim::serving(2);
+    s.ev(Event::Stop(StopKind::Graceful));
+    assert!(s.kills.is_empty());
+    s.ev(Event::Stop(StopKind::Graceful));
+    assert!(s.logged("stopping (immediate)"));
+    assert_eq!(s.kills, vec![(1, 0), (1, 1)]);
+    s.all_exit(1);
+    assert_eq!(s.exit, Some(exit::KILLED));
+}
+
+#[test]
+fn stop_during_reload_stops_both_generations() {
+    let mut s = Sim::serving(1);
+    s.ev(Event::Reload);
+    s.ev(Event::Reload);
+    s.ev(Event::Stop(StopKind::Graceful));
+    assert!(s.signalled(1) && s.signalled(2));
+    assert!(!s.m.reload_pending(), "a stop drops the queued reload");
+    // A late readiness report must not make generation 2 serve or drain anything.
+    s.ready(2, [0]);
+    assert_eq!(s.m.serving(), None);
+    s.all_exit(2);
+    assert_eq!(s.exit, None);
+    s.all_exit(1);
+    assert_eq!(s.exit, Some(exit::OK));
+    assert_eq!(s.spawns(3), 0);
+}
+
+#[test]
+fn reload_while_stopping_is_ignored() {
+    let mut s = Sim::serving(1);
+    s.ev(Event::Stop(StopKind::Graceful));
+    s.ev(Event::Reload);
+    assert!(s.logged("reload ignored"));
+    assert_eq!(s.spawns(2), 0);
+}
+
+#[test]
+fn stop_while_restart_pending_cancels_it() {
+    let mut s = Sim::serving(1);
+    s.exited(1, 0, ExitStatus::Code(1));
+    s.ev(Event::Stop(StopKind::Graceful));
+    assert_eq!(s.exit, Some(exit::OK), "nothing was running");
+    assert!(!s.timers.contains_key(&TimerKey::Restart(1, 0)));
+}
+
+#[test]
+fn delay_mode_is_ready_after_the_delay() {
+    let mut s = Sim::new(policy(2, ReadyMode::Delay(Duration::from_millis(500))));
+    s.advance(Duration::from_millis(499));
+    assert_eq!(s.m.serving(), None);
+    s.advance(Duration::from_millis(1));
+    assert_eq!(s.m.serving(), Some(1));
+}
+
+#[test]
+fn exec_mode_retries_the_probe_until_it_succeeds() {
+    let mut s = Sim::new(policy(1, ReadyMode::Exec("true".into())));
+    assert_eq!(s.probes, vec![1]);
+    s.ev(Event::ProbeDone { generation: 1, success: false });
+    s.advance(PROBE_INTERVAL);
+    assert_eq!(s.probes, vec![1, 1]);
+    s.ev(Event::ProbeDone { generation: 1, success: true });
+    assert_eq!(s.m.serving(), Some(1));
+}
+
+#[test]
+fn stale_timers_are_ignored() {
+    let mut s = Sim::serving(1);
+    for key in [
+        TimerKey::ReadyDeadline(1),
+        TimerKey::ReadyHint(1),
+        TimerKey::ReadyDelay(1),
+        TimerKey::Grace(7),
+        TimerKey::Restart(1, 0),
+        TimerKey::ProbeRetry(9),
+    ] {
+        s.ev(Event::Timer(key));
+    }
+    assert_eq!(s.m.serving(), Some(1));
+    assert!(s.signals.is_empty() && s.kills.is_empty());
+}
+
+#[test]
+fn impossible_events_are_reported_not_obeyed() {
+    let mut s = Sim::serving(1);
+    s.ev(Event::WorkerExited {
+        generation: 9,
+        slot: 0,
+        status: ExitStatus::Code(0),
+    });
+    assert!(s.logged("internal error"));
+    assert_eq!(s.m.serving(), Some(1));
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Reload,
+        Stop,
+        Ready(u8, u8),
+        Exit(u8, u8, bool),
+        Advance(u16),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => Just(Op::Reload),
+            1 => Just(Op::Stop),
+            6 => (0u8..4, 0u8..3).prop_map(|(g, w)| Op::Ready(g, w)),
+            3 => (0u8..4, 0u8..3, any::<bool>()).prop_map(|(g, w, ok)| Op::Exit(g, w, ok)),
+            3 => (1u16..40_000).prop_map(Op::Advance),
+        ]
+    }
+
+    proptest! {
+        /// Random event sequences never break the invariants: at most two
+        /// generations (also checked inside `handle`), the serving
+        /// generation is never signalled (checked by `Sim::ev`), exit is
+        /// requested at most once (checked by `Sim::apply`), and no event
+        /// the runtime can produce is "impossible".
+        #[test]
+        fn invariants_hold(ops in proptest::collection::vec(op(), 1..120)) {
+            let mut s = Sim::notify(2);
+            for op in ops {
+                let gens: Vec<GenId> = s.m.gens.iter().map(|g| g.id).collect();
+                match op {
+                    Op::Reload => s.ev(Event::Reload),
+                    Op::Stop => s.ev(Event::Stop(StopKind::Graceful)),
+                    Op::Ready(g, w) => {
+                        if let Some(&generation) = gens.get(g as usize % gens.len().max(1)) {
+                            s.ev(Event::WorkerReady { generation, slot: w as usize % 2 });
+                        }
+                    }
+                    Op::Exit(g, w, ok) => {
+                        if let Some(&generation) = gens.get(g as usize % gens.len().max(1)) {
+                            let pids = s.m.worker_pids(generation);
+                            if let Some(&(slot, _)) = pids.get(w as usize % pids.len().max(1)) {
+                                let status = if ok { ExitStatus::Code(0) } else { ExitStatus::Signal(9) };
+                                s.exited(generation, slot, status);
+                            }
+                        }
+                    }
+                    Op::Advance(ms) => s.advance(Duration::from_millis(u64::from(ms))),
+                }
+                prop_assert!(s.m.gens.len() <= 2);
+                prop_assert!(!s.logged("internal error"), "{:?}", s.logs);
+            }
+        }
+    }
+}

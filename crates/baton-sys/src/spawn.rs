@@ -1,0 +1,681 @@
+//! Fork and exec a worker with its sockets at fixed descriptor numbers.
+//!
+//! # Theory of operation
+//!
+//! Everything the child needs is prepared in the parent, before `fork`:
+//! argument and environment arrays, the descriptor plan, and a buffer for
+//! `LISTEN_PID=` whose digits are written after `fork`, when the child knows
+//! its own pid. Between `fork` and `execve` the child only makes
+//! async-signal-safe system calls and writes into memory that was allocated
+//! before the fork; it never allocates or takes a lock.
+//!
+//! Races closed here:
+//! * **Signal handlers in the child.** The supervisor's signal handlers write
+//!   to a pipe that the forked child shares. All signals are blocked across
+//!   `fork` (an RAII guard restores the mask in the parent), and the child
+//!   resets every handled signal to its default before unblocking. (The same
+//!   technique nextest uses around its double-spawn, `double_spawn.rs`.)
+//! * **Orphaned workers.** `PR_SET_PDEATHSIG` makes the kernel kill the child
+//!   when the supervisor dies; the child re-checks `getppid()` right after
+//!   setting it, in case the parent died in between.
+//! * **Reporting exec failures.** A close-on-exec pipe carries the failing
+//!   step and `errno` back to the parent; end-of-file means `execve`
+//!   succeeded (the technique `std::process::Command` uses).
+//! * **PID reuse.** The parent opens a pidfd right after `fork`: the child
+//!   cannot be reaped before the parent waits for it, so the pid is still
+//!   ours.
+
+use std::ffi::CString;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+/// A child process, tracked by a pidfd.
+#[derive(Debug)]
+pub struct Child {
+    pub pid: u32,
+    pub pidfd: OwnedFd,
+}
+
+/// What the child was doing when it failed, before `execve` replaced it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    ParentDeath,
+    ProcessGroup,
+    Descriptors,
+    Chdir,
+    Exec,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Step::ParentDeath => "setting the parent-death signal",
+            Step::ProcessGroup => "creating a process group",
+            Step::Descriptors => "placing the inherited descriptors",
+            Step::Chdir => "changing directory",
+            Step::Exec => "executing the command",
+        })
+    }
+}
+
+/// Why a spawn failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("{0} contains a NUL byte")]
+    Nul(String),
+    #[error("fork failed: {0}")]
+    Fork(#[source] io::Error),
+    #[error("the child failed while {step}: {source}")]
+    Child {
+        step: Step,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot set up the spawn: {0}")]
+    Setup(#[source] io::Error),
+}
+
+/// Everything a spawn needs.
+#[derive(Debug)]
+pub struct Command<'a> {
+    /// The file to execute: an absolute or relative path (relative to
+    /// `chdir`, if set), already resolved against `PATH` by the caller.
+    pub program: &'a std::path::Path,
+    /// `argv`, including `argv[0]`.
+    pub args: &'a [String],
+    /// The complete environment, `KEY=VALUE`, without `LISTEN_PID`.
+    pub env: &'a [String],
+    /// Add `LISTEN_PID=<child pid>` to the environment.
+    pub listen_pid: bool,
+    /// Descriptors placed at 3, 4, ... in this order.
+    pub fds: &'a [BorrowedFd<'a>],
+    /// Replacements for stdin, stdout, stderr (`None`: inherit).
+    pub stdio: [Option<BorrowedFd<'a>>; 3],
+    pub chdir: Option<&'a std::path::Path>,
+    /// Put the child in a process group of its own.
+    pub new_process_group: bool,
+    /// Signal the kernel sends the child when this process dies.
+    pub parent_death_signal: Option<i32>,
+}
+
+fn cstring(what: &str, s: &str) -> Result<CString, SpawnError> {
+    CString::new(s).map_err(|_| SpawnError::Nul(format!("{what} {s:?}")))
+}
+
+fn path_cstring(what: &str, p: &std::path::Path) -> Result<CString, SpawnError> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| SpawnError::Nul(format!("{what} {}", p.display())))
+}
+
+/// Signals whose disposition the child resets to the default. Caught signals
+/// are reset by `execve` anyway; ignored ones (Rust ignores `SIGPIPE`) are
+/// not, and a worker must not start with them ignored.
+const RESET_SIGNALS: [i32; 12] = [
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTERM,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGPIPE,
+    libc::SIGCHLD,
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+    libc::SIGALRM,
+    libc::SIGWINCH,
+];
+
+/// Blocks every signal while alive; restores the previous mask on drop.
+struct SignalBlock {
+    old: libc::sigset_t,
+}
+
+impl SignalBlock {
+    fn new() -> io::Result<Self> {
+        // SAFETY: sigset_t is plain data; sigfillset/pthread_sigmask only
+        // write into the sets we pass, which live on this stack frame.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&raw mut all);
+            let rc = libc::pthread_sigmask(libc::SIG_SETMASK, &raw const all, &raw mut old);
+            if rc != 0 {
+                return Err(io::Error::from_raw_os_error(rc));
+            }
+            Ok(Self { old })
+        }
+    }
+}
+
+impl Drop for SignalBlock {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved in `new`; the pointer is valid.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &raw const self.old, std::ptr::null_mut());
+        }
+    }
+}
+
+const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+
+/// Forks and executes `cmd`.
+///
+/// Returns once the child has successfully called `execve` (or failed to).
+pub fn spawn(cmd: &Command<'_>) -> Result<Child, SpawnError> {
+    // ---- Everything allocated before fork. ----
+    let program = path_cstring("program", cmd.program)?;
+    let args: Vec<CString> = cmd
+        .args
+        .iter()
+        .map(|a| cstring("argument", a))
+        .collect::<Result<_, _>>()?;
+    let mut env: Vec<CString> = cmd
+        .env
+        .iter()
+        .map(|e| cstring("environment entry", e))
+        .collect::<Result<_, _>>()?;
+    let chdir = cmd
+        .chdir
+        .map(|d| path_cstring("directory", d))
+        .transpose()?;
+    // `LISTEN_PID=` followed by room for the digits of any pid and a NUL;
+    // the child writes its pid and terminator in place.
+    let mut listen_pid_buf: Vec<u8> = Vec::new();
+    if cmd.listen_pid {
+        listen_pid_buf.extend_from_slice(LISTEN_PID_PREFIX);
+        listen_pid_buf.resize(LISTEN_PID_PREFIX.len() + 24, 0);
+    }
+    env.retain(|e| !e.as_bytes().starts_with(LISTEN_PID_PREFIX));
+
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    if cmd.listen_pid {
+        envp.push(listen_pid_buf.as_ptr().cast());
+    }
+    envp.push(std::ptr::null());
+    let listen_pid_ptr: *mut u8 = listen_pid_buf.as_mut_ptr();
+
+    let src_fds: Vec<RawFd> = cmd.fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let mut tmp_fds: Vec<RawFd> = vec![-1; src_fds.len()];
+    let first_free: RawFd = 3 + RawFd::try_from(src_fds.len()).map_err(|_| {
+        SpawnError::Setup(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many descriptors",
+        ))
+    })?;
+    let stdio: [RawFd; 3] = [
+        cmd.stdio[0].map_or(-1, |f| f.as_raw_fd()),
+        cmd.stdio[1].map_or(-1, |f| f.as_raw_fd()),
+        cmd.stdio[2].map_or(-1, |f| f.as_raw_fd()),
+    ];
+
+    let (err_read, err_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| SpawnError::Setup(e.into()))?;
+    let err_write_raw = err_write.as_raw_fd();
+    let parent_pid = std::process::id() as libc::pid_t;
+
+    let block = SignalBlock::new().map_err(SpawnError::Setup)?;
+    // SAFETY: fork is async-signal-safe. In the child, `child_after_fork`
+    // only performs async-signal-safe calls on memory allocated above and
+    // never returns.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: we are the child of a fork; see child_after_fork's contract.
+        unsafe {
+            child_after_fork(&ChildPlan {
+                program: program.as_ptr(),
+                argv: argv.as_ptr(),
+                envp: envp.as_ptr(),
+                listen_pid: if cmd.listen_pid {
+                    listen_pid_ptr
+                } else {
+                    std::ptr::null_mut()
+                },
+                src_fds: &src_fds,
+                tmp_fds: tmp_fds.as_mut_ptr(),
+                first_free,
+                stdio,
+                chdir: chdir.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+                new_process_group: cmd.new_process_group,
+                parent_death_signal: cmd.parent_death_signal.unwrap_or(0),
+                parent_pid,
+                err_fd: err_write_raw,
+            })
+        }
+    }
+    if pid < 0 {
+        return Err(SpawnError::Fork(io::Error::last_os_error()));
+    }
+    drop(block);
+    drop(err_write);
+    let pid_u = pid as u32;
+
+    // Learn whether exec succeeded: EOF means yes.
+    let mut report = [0u8; 8];
+    let mut got = 0;
+    while got < report.len() {
+        match rustix::io::read(&err_read, &mut report[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                reap_blocking(pid);
+                return Err(SpawnError::Setup(e.into()));
+            }
+        }
+    }
+    if got > 0 {
+        reap_blocking(pid);
+        let step = match report[0] {
+            0 => Step::ParentDeath,
+            1 => Step::ProcessGroup,
+            2 => Step::Descriptors,
+            3 => Step::Chdir,
+            _ => Step::Exec,
+        };
+        let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
+        return Err(SpawnError::Child {
+            step,
+            source: io::Error::from_raw_os_error(errno),
+        });
+    }
+
+    let pidfd = match rustix::process::Pid::from_raw(pid)
+        .ok_or_else(|| io::Error::other("fork returned pid 0 in the parent"))
+        .and_then(|p| {
+            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
+                .map_err(io::Error::from)
+        }) {
+        Ok(fd) => fd,
+        Err(e) => {
+            // SAFETY: kill on our own unreaped child's pid, which cannot
+            // have been reused because we have not waited for it.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            reap_blocking(pid);
+            return Err(SpawnError::Setup(e));
+        }
+    };
+    Ok(Child { pid: pid_u, pidfd })
+}
+
+fn reap_blocking(pid: libc::pid_t) {
+    let mut status = 0;
+    loop {
+        // SAFETY: waitpid on our own child; `status` is a valid out pointer.
+        let rc = unsafe { libc::waitpid(pid, &raw mut status, 0) };
+        if rc >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return;
+        }
+    }
+}
+
+struct ChildPlan<'a> {
+    program: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    listen_pid: *mut u8,
+    src_fds: &'a [RawFd],
+    tmp_fds: *mut RawFd,
+    first_free: RawFd,
+    stdio: [RawFd; 3],
+    chdir: *const libc::c_char,
+    new_process_group: bool,
+    parent_death_signal: i32,
+    parent_pid: libc::pid_t,
+    err_fd: RawFd,
+}
+
+/// Reports `step`/`errno` to the parent and exits. Async-signal-safe.
+unsafe fn fail(err_fd: RawFd, step: u8) -> ! {
+    // SAFETY: errno location is thread-local and always valid; write and
+    // _exit are async-signal-safe.
+    unsafe {
+        let errno = *libc::__errno_location();
+        let e = errno.to_ne_bytes();
+        let msg = [step, 0, 0, 0, e[0], e[1], e[2], e[3]];
+        libc::write(err_fd, msg.as_ptr().cast(), msg.len());
+        libc::_exit(127)
+    }
+}
+
+/// The child's side of the fork.
+///
+/// # Safety
+/// Must be called only in the child of `fork`, with pointers into memory
+/// allocated before the fork. Performs only async-signal-safe calls.
+unsafe fn child_after_fork(p: &ChildPlan<'_>) -> ! {
+    // SAFETY (whole body): every call below is async-signal-safe per
+    // signal-safety(7) (prctl, getppid, getpid, setpgid, fcntl, dup2,
+    // close_range via syscall, chdir, sigaction, sigprocmask, execve, write,
+    // _exit); every pointer refers to memory allocated before the fork,
+    // which this process has its own copy of.
+    unsafe {
+        if p.parent_death_signal != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::c_ulong::try_from(p.parent_death_signal).unwrap_or(9),
+            ) != 0
+            {
+                fail(p.err_fd, 0);
+            }
+            // The parent may have died before prctl took effect.
+            if libc::getppid() != p.parent_pid {
+                libc::_exit(127);
+            }
+        }
+        if p.new_process_group && libc::setpgid(0, 0) != 0 {
+            fail(p.err_fd, 1);
+        }
+        if !p.listen_pid.is_null() {
+            write_pid_digits(p.listen_pid.add(LISTEN_PID_PREFIX.len()), libc::getpid());
+        }
+        // stdio replacements.
+        for (target, &src) in p.stdio.iter().enumerate() {
+            if src >= 0 && src != target as RawFd && libc::dup2(src, target as RawFd) < 0 {
+                fail(p.err_fd, 2);
+            }
+        }
+        // Move every source above the target range first, so placing one
+        // cannot overwrite another that has not been placed yet.
+        let min_tmp = p.first_free.max(p.err_fd + 1);
+        for (i, &src) in p.src_fds.iter().enumerate() {
+            let t = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, min_tmp);
+            if t < 0 {
+                fail(p.err_fd, 2);
+            }
+            *p.tmp_fds.add(i) = t;
+        }
+        for i in 0..p.src_fds.len() {
+            let target = 3 + i as RawFd;
+            let tmp = *p.tmp_fds.add(i);
+            // dup2 clears FD_CLOEXEC on the new descriptor: it is inherited.
+            if libc::dup2(tmp, target) < 0 {
+                fail(p.err_fd, 2);
+            }
+        }
+        // Everything above the placed descriptors is close-on-exec already
+        // (the supervisor opens everything with O_CLOEXEC); close_range makes
+        // sure of it, sparing the error pipe which must survive until exec.
+        if p.err_fd > p.first_free {
+            libc::syscall(
+                libc::SYS_close_range,
+                p.first_free as libc::c_uint,
+                (p.err_fd - 1) as libc::c_uint,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+        }
+        libc::syscall(
+            libc::SYS_close_range,
+            (p.err_fd + 1).max(p.first_free) as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+        if !p.chdir.is_null() && libc::chdir(p.chdir) != 0 {
+            fail(p.err_fd, 3);
+        }
+        // Default dispositions and an empty mask for the new program.
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = libc::SIG_DFL;
+        for sig in RESET_SIGNALS {
+            libc::sigaction(sig, &raw const sa, std::ptr::null_mut());
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&raw mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &raw const empty, std::ptr::null_mut());
+
+        libc::execve(p.program, p.argv, p.envp);
+        fail(p.err_fd, 4)
+    }
+}
+
+/// Writes the decimal digits of `pid` and a NUL at `dst`. Needs 12 bytes.
+unsafe fn write_pid_digits(dst: *mut u8, pid: libc::pid_t) {
+    let mut digits = [0u8; 12];
+    let mut n = pid.unsigned_abs();
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        // SAFETY: the caller reserved 24 bytes after the prefix.
+        unsafe { *dst.add(i) = digits[len - 1 - i] };
+    }
+    // SAFETY: as above; len <= 10 for any pid.
+    unsafe { *dst.add(len) = 0 };
+}
+
+/// Opens `/dev/null` read-only, close-on-exec (a worker's stdin).
+pub fn dev_null() -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?)
+}
+
+/// Reaps `child` without blocking. `Ok(None)` while it is still running.
+pub fn try_reap(child: &Child) -> io::Result<Option<ExitStatus>> {
+    let status = rustix::process::waitid(
+        rustix::process::WaitId::PidFd(std::os::fd::AsFd::as_fd(&child.pidfd)),
+        rustix::process::WaitIdOptions::EXITED | rustix::process::WaitIdOptions::NOHANG,
+    )?;
+    Ok(status.and_then(|s| {
+        if let Some(code) = s.exit_status() {
+            Some(ExitStatus::Code(code))
+        } else {
+            s.terminating_signal().map(ExitStatus::Signal)
+        }
+    }))
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "status {c}"),
+            ExitStatus::Signal(s) => write!(f, "signal {}", signal_name(*s)),
+        }
+    }
+}
+
+/// `SIGTERM` for 15, and so on; `signal N` for unknown numbers.
+pub fn signal_name(sig: i32) -> String {
+    let name = match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGCHLD => "SIGCHLD",
+        libc::SIGCONT => "SIGCONT",
+        libc::SIGSTOP => "SIGSTOP",
+        libc::SIGTSTP => "SIGTSTP",
+        libc::SIGTTIN => "SIGTTIN",
+        libc::SIGTTOU => "SIGTTOU",
+        libc::SIGWINCH => "SIGWINCH",
+        libc::SIGSYS => "SIGSYS",
+        _ => return format!("{sig}"),
+    };
+    name.to_owned()
+}
+
+/// Sends `sig` to the child through its pidfd (no pid-reuse race).
+pub fn signal(child: &Child, sig: i32) -> io::Result<()> {
+    let sig = rustix::process::Signal::from_named_raw(sig)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    Ok(rustix::process::pidfd_send_signal(&child.pidfd, sig)?)
+}
+
+/// Sends `sig` to every process in the process group `pgid`.
+///
+/// Used for the final `SIGKILL` of a worker's group (it may have left
+/// grandchildren). The group id cannot name another group while any member
+/// of ours is alive, because the kernel does not hand out a pid that is still
+/// in use as a process-group id.
+pub fn signal_group(pgid: u32, sig: i32) -> io::Result<()> {
+    let pid = rustix::process::Pid::from_raw(pgid as i32)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let sig = rustix::process::Signal::from_named_raw(sig)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    Ok(rustix::process::kill_process_group(pid, sig)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::AsFd;
+
+    fn wait(child: &Child) -> ExitStatus {
+        loop {
+            let mut fds = [rustix::event::PollFd::new(
+                &child.pidfd,
+                rustix::event::PollFlags::IN,
+            )];
+            let _ = rustix::event::poll(&mut fds, None);
+            if let Some(s) = try_reap(child).expect("waitid") {
+                return s;
+            }
+        }
+    }
+
+    fn env_of_test() -> Vec<String> {
+        vec!["PATH=/usr/bin:/bin".into()]
+    }
+
+    #[test]
+    fn child_gets_fds_at_three_and_its_own_listen_pid() {
+        let l1 = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let l2 = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).expect("pipe");
+        let args: Vec<String> = [
+            "sh",
+            "-c",
+            "echo \"$LISTEN_PID $$\"; ls /proc/self/fd | sort -n | tr '\\n' ' '",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let child = spawn(&Command {
+            program: std::path::Path::new("/bin/sh"),
+            args: &args,
+            env: &env_of_test(),
+            listen_pid: true,
+            fds: &[l1.as_fd(), l2.as_fd()],
+            stdio: [None, Some(w.as_fd()), None],
+            chdir: None,
+            new_process_group: true,
+            parent_death_signal: Some(libc::SIGKILL),
+        })
+        .expect("spawn");
+        drop(w);
+        let mut out = String::new();
+        std::fs::File::from(r).read_to_string(&mut out).expect("read");
+        assert_eq!(wait(&child), ExitStatus::Code(0));
+        let mut lines = out.lines();
+        let pids: Vec<&str> = lines.next().expect("pid line").split(' ').collect();
+        assert_eq!(pids[0], pids[1], "LISTEN_PID must equal the child's pid");
+        assert_eq!(pids[0], child.pid.to_string());
+        // ls itself opens one directory fd (the highest); 0-4 are ours.
+        let fds: Vec<&str> = lines.next().expect("fd line").split_whitespace().collect();
+        assert_eq!(&fds[..5], &["0", "1", "2", "3", "4"], "{fds:?}");
+        assert_eq!(fds.len(), 6, "only ls's own directory fd beyond ours: {fds:?}");
+    }
+
+    #[test]
+    fn exec_failure_is_reported_with_errno() {
+        let args = vec!["nope".to_owned()];
+        let err = spawn(&Command {
+            program: std::path::Path::new("/nonexistent/program"),
+            args: &args,
+            env: &env_of_test(),
+            listen_pid: false,
+            fds: &[],
+            stdio: [None, None, None],
+            chdir: None,
+            new_process_group: false,
+            parent_death_signal: None,
+        })
+        .expect_err("must fail");
+        match err {
+            SpawnError::Child { step, source } => {
+                assert_eq!(step, Step::Exec);
+                assert_eq!(source.raw_os_error(), Some(libc::ENOENT));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn chdir_failure_is_reported() {
+        let args = vec!["true".to_owned()];
+        let err = spawn(&Command {
+            program: std::path::Path::new("/bin/true"),
+            args: &args,
+            env: &env_of_test(),
+            listen_pid: false,
+            fds: &[],
+            stdio: [None, None, None],
+            chdir: Some(std::path::Path::new("/nonexistent/dir")),
+            new_process_group: false,
+            parent_death_signal: None,
+        })
+        .expect_err("must fail");
+        assert!(matches!(err, SpawnError::Child { step: Step::Chdir, .. }), "{err:?}");
+    }
+
+    #[test]
+    fn signals_reach_the_child_through_its_pidfd() {
+        let args: Vec<String> = vec!["sleep".into(), "30".into()];
+        let child = spawn(&Command {
+            program: std::path::Path::new("/bin/sleep"),
+            args: &args,
+            env: &env_of_test(),
+            listen_pid: false,
+            fds: &[],
+            stdio: [None, None, None],
+            chdir: None,
+            new_process_group: true,
+            parent_death_signal: Some(libc::SIGKILL),
+        })
+        .expect("spawn");
+        assert_eq!(try_reap(&child).expect("waitid"), None);
+        signal(&child, libc::SIGTERM).expect("signal");
+        assert_eq!(wait(&child), ExitStatus::Signal(libc::SIGTERM));
+    }
+
+    #[test]
+    fn pid_digits() {
+        let mut buf = [0xffu8; 24];
+        // SAFETY: 24 bytes available.
+        unsafe { write_pid_digits(buf.as_mut_ptr(), 4_194_304) };
+        assert_eq!(&buf[..8], b"4194304\0");
+        // SAFETY: as above.
+        unsafe { write_pid_digits(buf.as_mut_ptr(), 7) };
+        assert_eq!(&buf[..2], b"7\0");
+    }
+}
