@@ -36,4 +36,4 @@ pub mod listeners;
 pub mod notify;
 
 pub use listeners::{InheritError, Inherited, Listener};
-pub use notify::{NotifyError, Notifier};
+pub use notify::{Notifier, NotifyError};

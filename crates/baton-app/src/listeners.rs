@@ -12,7 +12,9 @@ pub use baton_sys::fd::LISTEN_FDS_START;
 /// Why inherited sockets could not be taken.
 #[derive(Debug, thiserror::Error)]
 pub enum InheritError {
-    #[error("inherited sockets were already claimed in this process (call Inherited::from_env once)")]
+    #[error(
+        "inherited sockets were already claimed in this process (call Inherited::from_env once)"
+    )]
     AlreadyClaimed,
     #[error("LISTEN_FDS={0:?} is not a number of descriptors")]
     BadCount(String),
@@ -391,7 +393,10 @@ mod tests {
 
     #[test]
     fn no_listen_fds_means_nothing() {
-        assert!(matches!(plan(&vars(None, None, None), 7), Ok(Plan::Nothing(_))));
+        assert!(matches!(
+            plan(&vars(None, None, None), 7),
+            Ok(Plan::Nothing(_))
+        ));
     }
 
     #[test]

@@ -50,7 +50,9 @@ impl Notifier {
     /// Reads `NOTIFY_SOCKET` and `BATON_READY_FD` once. With neither set
     /// (no parent listening), every method is a no-op that logs at debug.
     pub fn from_env() -> Result<Self, NotifyError> {
-        let socket = std::env::var("NOTIFY_SOCKET").ok().filter(|s| !s.is_empty());
+        let socket = std::env::var("NOTIFY_SOCKET")
+            .ok()
+            .filter(|s| !s.is_empty());
         let ready_fd = match std::env::var("BATON_READY_FD") {
             Ok(v) => {
                 let fd: RawFd = v
@@ -128,8 +130,8 @@ impl Notifier {
         let sock = UnixDatagram::unbound().map_err(err)?;
         if let Some(name) = path.strip_prefix('@') {
             use std::os::linux::net::SocketAddrExt as _;
-            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
-                .map_err(err)?;
+            let addr =
+                std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).map_err(err)?;
             sock.send_to_addr(message.as_bytes(), &addr).map_err(err)?;
         } else {
             sock.send_to(message.as_bytes(), path).map_err(err)?;
@@ -165,7 +167,11 @@ mod tests {
         assert_eq!(got[0], "READY=1");
         assert_eq!(got[1], "STATUS=serving 3");
         assert_eq!(got[2], "STOPPING=1");
-        assert!(got[3].starts_with("RELOADING=1\nMONOTONIC_USEC="), "{}", got[3]);
+        assert!(
+            got[3].starts_with("RELOADING=1\nMONOTONIC_USEC="),
+            "{}",
+            got[3]
+        );
         assert!(matches!(n.status("a\nb"), Err(NotifyError::Newline)));
     }
 

@@ -1,1 +1,271 @@
-//! todo
+//! Validated settings of `baton run`, and the parsers for their values.
+//!
+//! The binary collects raw flag values; the functions here turn them into
+//! ready-to-use settings or into an error that names the problem and the fix.
+
+use std::ffi::OsStr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::lifecycle::{Policy, ReadyMode};
+use crate::listen::ListenSpec;
+
+/// Everything `baton run` needs, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listeners: Vec<ListenSpec>,
+    /// What to execute: absolute if found on `PATH`, otherwise as given
+    /// (relative paths are relative to `chdir`).
+    pub program: PathBuf,
+    /// `argv`, including `argv[0]` as the user wrote it.
+    pub args: Vec<std::ffi::OsString>,
+    pub policy: Policy,
+    pub chdir: Option<PathBuf>,
+}
+
+/// Parses `--ready`: `notify`, `fd`, `delay:DURATION`, `exec:CMD`.
+pub fn parse_ready(s: &str) -> Result<ReadyMode, String> {
+    match s {
+        "notify" => Ok(ReadyMode::Notify),
+        "fd" => Ok(ReadyMode::Fd),
+        _ => {
+            if let Some(d) = s.strip_prefix("delay:") {
+                parse_duration(d).map(ReadyMode::Delay)
+            } else if let Some(cmd) = s.strip_prefix("exec:") {
+                if cmd.trim().is_empty() {
+                    Err("exec: needs a command, e.g. --ready 'exec:curl -sf http://127.0.0.1:8080/health'".into())
+                } else {
+                    Ok(ReadyMode::Exec(cmd.to_owned()))
+                }
+            } else {
+                Err(format!(
+                    "unknown readiness mode {s:?}; use notify (sd_notify READY=1), fd (a newline on BATON_READY_FD), delay:DURATION (e.g. delay:2s) or exec:CMD"
+                ))
+            }
+        }
+    }
+}
+
+/// Parses a duration such as `30s`, `500ms`, `1m30s` (humantime syntax);
+/// a bare number means seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration ({e}); write e.g. 500ms, 30s, 2m"))
+}
+
+const SIGNALS: &[(&str, i32)] = &[
+    ("HUP", libc::SIGHUP),
+    ("INT", libc::SIGINT),
+    ("QUIT", libc::SIGQUIT),
+    ("KILL", libc::SIGKILL),
+    ("USR1", libc::SIGUSR1),
+    ("USR2", libc::SIGUSR2),
+    ("TERM", libc::SIGTERM),
+    ("WINCH", libc::SIGWINCH),
+    ("ALRM", libc::SIGALRM),
+    ("PWR", libc::SIGPWR),
+];
+
+/// Parses a signal name (`TERM`, `SIGTERM`, `term`) or number (`15`).
+pub fn parse_signal(s: &str) -> Result<i32, String> {
+    if let Ok(n) = s.parse::<i32>() {
+        if (1..=64).contains(&n) {
+            return Ok(n);
+        }
+        return Err(format!("signal number {n} is out of range (1-64)"));
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    SIGNALS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| {
+            let names: Vec<&str> = SIGNALS.iter().map(|(n, _)| *n).collect();
+            format!(
+                "unknown signal {s:?}; use one of {} (with or without SIG), or a number",
+                names.join(", ")
+            )
+        })
+}
+
+/// Why the command cannot be run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("no command given: write it after --, e.g. baton run -l :8080 -- ./server")]
+    Missing,
+    #[error("command {cmd:?} not found in PATH ({path})")]
+    NotFound { cmd: String, path: String },
+    #[error("{path} does not exist")]
+    NoSuchFile { path: String },
+    #[error("{path} is not executable (mode {mode:o}); fix it with chmod +x {path}")]
+    NotExecutable { path: String, mode: u32 },
+    #[error("{path} is a directory, not a program")]
+    IsDirectory { path: String },
+    #[error("--chdir {path}: {problem}")]
+    Chdir { path: String, problem: String },
+}
+
+/// Checks the working directory and finds the program the way `execvp`
+/// would: a name with a `/` is a path (relative to `chdir`, if given),
+/// anything else is searched in `PATH`.
+pub fn resolve_program(
+    cmd: &str,
+    chdir: Option<&Path>,
+    path_env: Option<&OsStr>,
+) -> Result<PathBuf, CommandError> {
+    if cmd.is_empty() {
+        return Err(CommandError::Missing);
+    }
+    if let Some(dir) = chdir {
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(CommandError::Chdir {
+                    path: dir.display().to_string(),
+                    problem: "not a directory".into(),
+                });
+            }
+            Err(e) => {
+                return Err(CommandError::Chdir {
+                    path: dir.display().to_string(),
+                    problem: e.to_string(),
+                });
+            }
+        }
+    }
+    if cmd.contains('/') {
+        let given = Path::new(cmd);
+        let on_disk = match chdir {
+            Some(dir) if given.is_relative() => dir.join(given),
+            _ => given.to_path_buf(),
+        };
+        check_executable(&on_disk)?;
+        return Ok(given.to_path_buf());
+    }
+    let path_var = path_env.map_or_else(
+        || "/usr/local/bin:/usr/bin:/bin".to_owned(),
+        |p| p.to_string_lossy().into_owned(),
+    );
+    for dir in path_var.split(':') {
+        let dir = if dir.is_empty() { "." } else { dir };
+        let candidate = Path::new(dir).join(cmd);
+        if check_executable(&candidate).is_ok() {
+            // An absolute path keeps working after --chdir.
+            return Ok(std::path::absolute(&candidate).unwrap_or(candidate));
+        }
+    }
+    Err(CommandError::NotFound {
+        cmd: cmd.to_owned(),
+        path: path_var,
+    })
+}
+
+fn check_executable(path: &Path) -> Result<(), CommandError> {
+    let shown = path.display().to_string();
+    let meta = std::fs::metadata(path).map_err(|_| CommandError::NoSuchFile {
+        path: shown.clone(),
+    })?;
+    if meta.is_dir() {
+        return Err(CommandError::IsDirectory { path: shown });
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o111 == 0 {
+        return Err(CommandError::NotExecutable {
+            path: shown,
+            mode: mode & 0o7777,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_modes() {
+        assert_eq!(parse_ready("notify"), Ok(ReadyMode::Notify));
+        assert_eq!(parse_ready("fd"), Ok(ReadyMode::Fd));
+        assert_eq!(
+            parse_ready("delay:250ms"),
+            Ok(ReadyMode::Delay(Duration::from_millis(250)))
+        );
+        assert_eq!(
+            parse_ready("exec:test -e x"),
+            Ok(ReadyMode::Exec("test -e x".into()))
+        );
+        assert!(
+            parse_ready("exec:")
+                .expect_err("empty")
+                .contains("needs a command")
+        );
+        assert!(
+            parse_ready("delay:soon")
+                .expect_err("bad")
+                .contains("not a duration")
+        );
+        assert!(
+            parse_ready("systemd")
+                .expect_err("bad")
+                .contains("unknown readiness mode")
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn signals() {
+        assert_eq!(parse_signal("TERM"), Ok(libc::SIGTERM));
+        assert_eq!(parse_signal("sigquit"), Ok(libc::SIGQUIT));
+        assert_eq!(parse_signal("10"), Ok(10));
+        assert!(
+            parse_signal("TERMINATE")
+                .expect_err("bad")
+                .contains("unknown signal")
+        );
+        assert!(parse_signal("0").is_err());
+    }
+
+    #[test]
+    fn program_resolution() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let exe = dir.path().join("app");
+        std::fs::write(&exe, "#!/bin/sh\n").expect("write");
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let plain = dir.path().join("data");
+        std::fs::write(&plain, "").expect("write");
+        std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+
+        let path = dir.path().as_os_str();
+        assert_eq!(resolve_program("app", None, Some(path)), Ok(exe.clone()));
+        assert!(matches!(
+            resolve_program("nope", None, Some(path)),
+            Err(CommandError::NotFound { .. })
+        ));
+        assert_eq!(
+            resolve_program("./app", Some(dir.path()), None),
+            Ok(PathBuf::from("./app"))
+        );
+        let e = resolve_program("./data", Some(dir.path()), None).expect_err("mode");
+        assert!(e.to_string().contains("chmod +x"), "{e}");
+        assert!(matches!(
+            resolve_program("/", None, None),
+            Err(CommandError::IsDirectory { .. })
+        ));
+        assert!(matches!(
+            resolve_program("./app", Some(&dir.path().join("missing")), None),
+            Err(CommandError::Chdir { .. })
+        ));
+        assert_eq!(resolve_program("", None, None), Err(CommandError::Missing));
+    }
+}

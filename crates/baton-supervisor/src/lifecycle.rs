@@ -107,7 +107,11 @@ pub enum Event {
     /// `SIGTERM`/`SIGINT` (graceful; a second one escalates) or `SIGQUIT`.
     Stop(StopKind),
     /// The runtime started a worker asked for by [`Action::Spawn`].
-    Spawned { generation: GenId, slot: Slot, pid: u32 },
+    Spawned {
+        generation: GenId,
+        slot: Slot,
+        pid: u32,
+    },
     /// The runtime could not start it.
     SpawnFailed {
         generation: GenId,
@@ -115,9 +119,15 @@ pub enum Event {
         error: String,
     },
     /// A worker reported ready (notify or fd mode).
-    WorkerReady { generation: GenId, slot: Slot },
+    WorkerReady {
+        generation: GenId,
+        slot: Slot,
+    },
     /// An `exec:` readiness probe finished.
-    ProbeDone { generation: GenId, success: bool },
+    ProbeDone {
+        generation: GenId,
+        success: bool,
+    },
     /// A worker process ended.
     WorkerExited {
         generation: GenId,
@@ -141,24 +151,50 @@ pub enum Level {
 pub enum Action {
     /// Prepare a generation's shared resources (readiness socket, resolved
     /// working directory) before its first worker is spawned.
-    PrepareGeneration { generation: GenId },
+    PrepareGeneration {
+        generation: GenId,
+    },
     /// Start a worker; answer with [`Event::Spawned`] or [`Event::SpawnFailed`].
-    Spawn { generation: GenId, slot: Slot },
+    Spawn {
+        generation: GenId,
+        slot: Slot,
+    },
     /// Run the `exec:` readiness probe once; answer with [`Event::ProbeDone`].
-    RunProbe { generation: GenId },
+    RunProbe {
+        generation: GenId,
+    },
     /// Send a signal to one worker.
-    Signal { generation: GenId, slot: Slot, signal: i32 },
+    Signal {
+        generation: GenId,
+        slot: Slot,
+        signal: i32,
+    },
     /// `SIGKILL` a live worker and everything in its process group.
-    KillGroup { generation: GenId, slot: Slot },
+    KillGroup {
+        generation: GenId,
+        slot: Slot,
+    },
     /// A worker exited: `SIGKILL` whatever is left of its process group
     /// (grandchildren it leaked). Invariant 7.
-    ReapGroup { generation: GenId, slot: Slot },
-    SetTimer { key: TimerKey, after: Duration },
-    CancelTimer { key: TimerKey },
+    ReapGroup {
+        generation: GenId,
+        slot: Slot,
+    },
+    SetTimer {
+        key: TimerKey,
+        after: Duration,
+    },
+    CancelTimer {
+        key: TimerKey,
+    },
     /// A generation is gone: free its resources (sockets, probe, pipes).
-    ReleaseGeneration { generation: GenId },
+    ReleaseGeneration {
+        generation: GenId,
+    },
     /// A generation became the serving one.
-    Serving { generation: GenId },
+    Serving {
+        generation: GenId,
+    },
     /// Write a log line; with `tail`, append that worker's last output lines.
     Log {
         level: Level,
@@ -205,7 +241,10 @@ enum Role {
 enum WorkerState {
     /// Asked the runtime to spawn it; no answer yet.
     Spawning,
-    Running { pid: u32, ready: bool },
+    Running {
+        pid: u32,
+        ready: bool,
+    },
     /// Crashed; a restart timer is armed.
     Restarting,
     Exited,
@@ -425,25 +464,63 @@ impl Lifecycle {
             }
             (Stopping(StopKind::Immediate) | Done, Event::Stop(_)) => {}
 
-            (Booting | Serving | Reloading | Retiring | Stopping(_), Event::Spawned { generation, slot, pid }) => {
+            (
+                Booting | Serving | Reloading | Retiring | Stopping(_),
+                Event::Spawned {
+                    generation,
+                    slot,
+                    pid,
+                },
+            ) => {
                 self.on_spawned(*generation, *slot, *pid, now, event)?;
             }
-            (Booting | Serving | Reloading | Retiring | Stopping(_), Event::SpawnFailed { generation, slot, error }) => {
+            (
+                Booting | Serving | Reloading | Retiring | Stopping(_),
+                Event::SpawnFailed {
+                    generation,
+                    slot,
+                    error,
+                },
+            ) => {
                 self.on_spawn_failed(*generation, *slot, error, now, event)?;
             }
-            (Booting | Serving | Reloading | Retiring | Stopping(_), Event::WorkerReady { generation, slot }) => {
+            (
+                Booting | Serving | Reloading | Retiring | Stopping(_),
+                Event::WorkerReady { generation, slot },
+            ) => {
                 self.on_worker_ready(*generation, *slot, now);
             }
-            (Booting | Serving | Reloading | Retiring | Stopping(_), Event::ProbeDone { generation, success }) => {
+            (
+                Booting | Serving | Reloading | Retiring | Stopping(_),
+                Event::ProbeDone {
+                    generation,
+                    success,
+                },
+            ) => {
                 self.on_probe_done(*generation, *success, now);
             }
-            (Booting | Serving | Reloading | Retiring | Stopping(_), Event::WorkerExited { generation, slot, status }) => {
+            (
+                Booting | Serving | Reloading | Retiring | Stopping(_),
+                Event::WorkerExited {
+                    generation,
+                    slot,
+                    status,
+                },
+            ) => {
                 self.on_worker_exited(*generation, *slot, *status, now, event)?;
             }
             (Booting | Serving | Reloading | Retiring | Stopping(_), Event::Timer(key)) => {
                 self.on_timer(*key, now);
             }
-            (Done, Event::Spawned { .. } | Event::SpawnFailed { .. } | Event::WorkerReady { .. } | Event::ProbeDone { .. } | Event::WorkerExited { .. } | Event::Timer(_)) => {
+            (
+                Done,
+                Event::Spawned { .. }
+                | Event::SpawnFailed { .. }
+                | Event::WorkerReady { .. }
+                | Event::ProbeDone { .. }
+                | Event::WorkerExited { .. }
+                | Event::Timer(_),
+            ) => {
                 return Err(self.impossible(event));
             }
         }
@@ -511,7 +588,10 @@ impl Lifecycle {
         );
         self.out.push(Action::PrepareGeneration { generation: id });
         for slot in 0..n {
-            self.out.push(Action::Spawn { generation: id, slot });
+            self.out.push(Action::Spawn {
+                generation: id,
+                slot,
+            });
         }
         self.set_timer(TimerKey::ReadyDeadline(id), self.policy.ready_timeout);
         self.set_timer(TimerKey::ReadyHint(id), READY_HINT_AFTER);
@@ -600,7 +680,9 @@ impl Lifecycle {
             Role::Serving => {
                 self.log(
                     Level::Error,
-                    format!("worker {slot} of generation {generation} could not be restarted: {error}"),
+                    format!(
+                        "worker {slot} of generation {generation} could not be restarted: {error}"
+                    ),
                 );
                 self.schedule_restart(gi, slot, now);
             }
@@ -708,7 +790,11 @@ impl Lifecycle {
             match w.state {
                 WorkerState::Running { .. } => {
                     any = true;
-                    self.out.push(Action::Signal { generation, slot, signal });
+                    self.out.push(Action::Signal {
+                        generation,
+                        slot,
+                        signal,
+                    });
                 }
                 WorkerState::Restarting => {
                     w.state = WorkerState::Exited;
@@ -734,7 +820,9 @@ impl Lifecycle {
         let generation = self.gens[gi].id;
         let serving = self.serving();
         let message = match serving {
-            Some(s) => format!("reload failed: generation {generation} {reason}; generation {s} keeps serving"),
+            Some(s) => format!(
+                "reload failed: generation {generation} {reason}; generation {s} keeps serving"
+            ),
             None => format!("generation {generation} failed: {reason}"),
         };
         match tail {
@@ -779,7 +867,11 @@ impl Lifecycle {
         self.out.push(Action::ReapGroup { generation, slot });
         match self.gens[gi].role {
             Role::Starting => {
-                let when = if ready { "after it was ready" } else { "before it was ready" };
+                let when = if ready {
+                    "after it was ready"
+                } else {
+                    "before it was ready"
+                };
                 let reason = format!("worker {slot} (pid {pid}) exited with {status} {when}");
                 self.fail_generation(gi, &reason, Some(slot), exit::FIRST_FAILED);
             }
@@ -798,7 +890,9 @@ impl Lifecycle {
             Role::Draining | Role::Failed | Role::Stopping => {
                 self.log(
                     Level::Debug,
-                    format!("worker {slot} of generation {generation} (pid {pid}) exited with {status}"),
+                    format!(
+                        "worker {slot} of generation {generation} (pid {pid}) exited with {status}"
+                    ),
                 );
             }
         }
@@ -846,8 +940,7 @@ impl Lifecycle {
     /// generation when nothing of it is left and moves the phase on.
     fn after_exit(&mut self, gi: usize, now: Instant) {
         let g = &self.gens[gi];
-        let gone = !g.alive()
-            && matches!(g.role, Role::Draining | Role::Failed | Role::Stopping);
+        let gone = !g.alive() && matches!(g.role, Role::Draining | Role::Failed | Role::Stopping);
         if !gone {
             return;
         }
@@ -928,7 +1021,8 @@ impl Lifecycle {
         }
         if self.gens.is_empty() && self.phase != Phase::Done {
             self.phase = Phase::Done;
-            self.out.push(Action::Exit(self.exit_override.unwrap_or(exit::OK)));
+            self.out
+                .push(Action::Exit(self.exit_override.unwrap_or(exit::OK)));
         }
     }
 
@@ -956,7 +1050,9 @@ impl Lifecycle {
     fn on_timer(&mut self, key: TimerKey, now: Instant) {
         match key {
             TimerKey::ReadyDeadline(generation) => {
-                let Some(gi) = self.gen_index(generation) else { return };
+                let Some(gi) = self.gen_index(generation) else {
+                    return;
+                };
                 if self.gens[gi].role != Role::Starting {
                     return;
                 }
@@ -970,14 +1066,20 @@ impl Lifecycle {
                 self.after_exit(gi, now);
             }
             TimerKey::ReadyHint(generation) => {
-                let Some(gi) = self.gen_index(generation) else { return };
+                let Some(gi) = self.gen_index(generation) else {
+                    return;
+                };
                 if self.gens[gi].role != Role::Starting {
                     return;
                 }
                 let missing = self.describe_missing(gi);
                 let hint = match self.policy.ready {
-                    ReadyMode::Notify => "; if the app does not speak sd_notify, use --ready fd, --ready delay:DURATION or --ready exec:CMD",
-                    ReadyMode::Fd => "; if the app cannot write to BATON_READY_FD, use --ready delay:DURATION or --ready exec:CMD",
+                    ReadyMode::Notify => {
+                        "; if the app does not speak sd_notify, use --ready fd, --ready delay:DURATION or --ready exec:CMD"
+                    }
+                    ReadyMode::Fd => {
+                        "; if the app cannot write to BATON_READY_FD, use --ready delay:DURATION or --ready exec:CMD"
+                    }
                     ReadyMode::Delay(_) | ReadyMode::Exec(_) => "",
                 };
                 self.log(
@@ -989,20 +1091,26 @@ impl Lifecycle {
                 );
             }
             TimerKey::ReadyDelay(generation) => {
-                let Some(gi) = self.gen_index(generation) else { return };
+                let Some(gi) = self.gen_index(generation) else {
+                    return;
+                };
                 if self.gens[gi].role == Role::Starting {
                     self.gens[gi].gen_ready = true;
                     self.maybe_ready(gi, now);
                 }
             }
             TimerKey::ProbeRetry(generation) => {
-                let Some(gi) = self.gen_index(generation) else { return };
+                let Some(gi) = self.gen_index(generation) else {
+                    return;
+                };
                 if self.gens[gi].role == Role::Starting {
                     self.out.push(Action::RunProbe { generation });
                 }
             }
             TimerKey::Grace(generation) => {
-                let Some(gi) = self.gen_index(generation) else { return };
+                let Some(gi) = self.gen_index(generation) else {
+                    return;
+                };
                 if self.gens[gi].alive() {
                     let n = self.gens[gi].workers.iter().filter(|w| w.alive()).count();
                     self.log(
@@ -1012,7 +1120,8 @@ impl Lifecycle {
                             plural(n)
                         ),
                     );
-                    if self.gens[gi].role == Role::Draining || self.gens[gi].role == Role::Stopping {
+                    if self.gens[gi].role == Role::Draining || self.gens[gi].role == Role::Stopping
+                    {
                         self.kill_generation(gi);
                     } else {
                         // A failed generation being killed is not a stop
@@ -1024,12 +1133,16 @@ impl Lifecycle {
                 }
             }
             TimerKey::Restart(generation, slot) => {
-                let Some(gi) = self.gen_index(generation) else { return };
+                let Some(gi) = self.gen_index(generation) else {
+                    return;
+                };
                 let g = &mut self.gens[gi];
                 if g.role != Role::Serving {
                     return;
                 }
-                let Some(w) = g.workers.get_mut(slot) else { return };
+                let Some(w) = g.workers.get_mut(slot) else {
+                    return;
+                };
                 if w.state == WorkerState::Restarting {
                     w.state = WorkerState::Spawning;
                     self.out.push(Action::Spawn { generation, slot });
@@ -1058,7 +1171,9 @@ impl Lifecycle {
                     missing.join(", ")
                 )
             }
-            ReadyMode::Delay(d) => format!("waiting out the {} delay", humantime::format_duration(*d)),
+            ReadyMode::Delay(d) => {
+                format!("waiting out the {} delay", humantime::format_duration(*d))
+            }
             ReadyMode::Exec(cmd) => format!("the readiness command {cmd:?} has not succeeded yet"),
         }
     }

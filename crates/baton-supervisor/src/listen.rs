@@ -1,1 +1,716 @@
-//! todo
+//! Listen specs (`-l/--listen`): parsing, binding, and cleanup.
+//!
+//! Every listener is bound once, when baton starts, and kept for its whole
+//! life. All generations receive the same sockets, so they share one accept
+//! queue: a connection waiting in it survives every reload. baton never uses
+//! `SO_REUSEPORT` to split a port between generations, because closing such
+//! a socket drops the connections queued on it (nginx ticket #1300).
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rustix::net::{AddressFamily, SocketType};
+
+/// The listen backlog. The kernel caps it at `net.core.somaxconn`.
+pub const BACKLOG: i32 = 4096;
+
+const VALID_FORMS: &str = "valid forms: tcp://HOST:PORT, HOST:PORT, :PORT, [::1]:PORT, unix:PATH, unix:PATH?mode=0660, each optionally prefixed by NAME= (e.g. web=tcp://0.0.0.0:8080)";
+
+/// What to listen on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// A TCP host and port, resolved at bind time.
+    Tcp { host: String, port: u16 },
+    /// A Unix stream socket at a path, with an optional file mode.
+    Unix { path: PathBuf, mode: Option<u32> },
+}
+
+/// One `--listen` argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenSpec {
+    /// For `LISTEN_FDNAMES`; `None` gets `listen<N>`.
+    pub name: Option<String>,
+    pub addr: ListenAddr,
+    /// The argument as the user wrote it.
+    pub text: String,
+}
+
+/// A malformed listen spec: the text, where the problem starts, and what it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct SpecError {
+    pub text: String,
+    pub at: usize,
+    pub problem: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let caret = " ".repeat(self.text[..self.at.min(self.text.len())].chars().count());
+        write!(
+            f,
+            "invalid listen spec: {}\n  {}\n  {caret}^\n{VALID_FORMS}",
+            self.problem, self.text
+        )
+    }
+}
+
+fn err(text: &str, at: usize, problem: impl Into<String>) -> SpecError {
+    SpecError {
+        text: text.to_owned(),
+        at,
+        problem: problem.into(),
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+impl std::str::FromStr for ListenSpec {
+    type Err = SpecError;
+
+    fn from_str(text: &str) -> Result<Self, SpecError> {
+        let mut rest = text;
+        let mut offset = 0;
+        let mut name = None;
+        // `NAME=` prefix: only if what precedes '=' has no ':' or '/',
+        // so `unix:/path=x` stays a path.
+        if let Some(eq) = rest.find('=') {
+            let candidate = &rest[..eq];
+            if !candidate.contains([':', '/', '[']) {
+                if !valid_name(candidate) {
+                    return Err(err(
+                        text,
+                        0,
+                        format!(
+                            "{candidate:?} is not a valid name (letters, digits, '_', '-', '.')"
+                        ),
+                    ));
+                }
+                name = Some(candidate.to_owned());
+                rest = &rest[eq + 1..];
+                offset = eq + 1;
+            }
+        }
+        if rest.is_empty() {
+            return Err(err(text, offset, "missing address"));
+        }
+        let addr = if let Some(path) = rest.strip_prefix("unix:") {
+            parse_unix(text, offset + 5, path)?
+        } else {
+            let (body, body_at) = match rest.strip_prefix("tcp://") {
+                Some(b) => (b, offset + 6),
+                None => {
+                    if let Some(scheme_end) = rest.find("://") {
+                        return Err(err(
+                            text,
+                            offset,
+                            format!("unknown scheme {:?}", &rest[..scheme_end]),
+                        ));
+                    }
+                    (rest, offset)
+                }
+            };
+            parse_tcp(text, body_at, body)?
+        };
+        Ok(ListenSpec {
+            name,
+            addr,
+            text: text.to_owned(),
+        })
+    }
+}
+
+fn parse_unix(text: &str, at: usize, rest: &str) -> Result<ListenAddr, SpecError> {
+    let (path, mode) = match rest.rfind("?mode=") {
+        Some(q) => {
+            let digits = &rest[q + 6..];
+            let mode = u32::from_str_radix(digits, 8)
+                .ok()
+                .filter(|m| *m <= 0o777)
+                .ok_or_else(|| {
+                    err(
+                        text,
+                        at + q + 6,
+                        format!("mode {digits:?} is not an octal file mode like 0660"),
+                    )
+                })?;
+            (&rest[..q], Some(mode))
+        }
+        None => (rest, None),
+    };
+    if path.is_empty() {
+        return Err(err(text, at, "missing socket path after 'unix:'"));
+    }
+    if path.starts_with('@') {
+        return Err(err(
+            text,
+            at,
+            "abstract Unix sockets (@name) are not supported; use a path",
+        ));
+    }
+    if path.len() >= 108 {
+        return Err(err(
+            text,
+            at,
+            format!(
+                "the socket path is {} bytes long; Unix socket paths must be shorter than 108 bytes",
+                path.len()
+            ),
+        ));
+    }
+    Ok(ListenAddr::Unix {
+        path: PathBuf::from(path),
+        mode,
+    })
+}
+
+fn parse_tcp(text: &str, at: usize, body: &str) -> Result<ListenAddr, SpecError> {
+    let (host, port_str, port_at) = if let Some(inner) = body.strip_prefix('[') {
+        let close = inner
+            .find(']')
+            .ok_or_else(|| err(text, at, "'[' without a closing ']' around an IPv6 address"))?;
+        let host = &inner[..close];
+        let after = &inner[close + 1..];
+        let port = after.strip_prefix(':').ok_or_else(|| {
+            err(
+                text,
+                at + close + 2,
+                "expected ':PORT' after the IPv6 address",
+            )
+        })?;
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(err(
+                text,
+                at + 1,
+                format!("{host:?} is not an IPv6 address"),
+            ));
+        }
+        (host.to_owned(), port, at + close + 3)
+    } else {
+        let colon = body.rfind(':').ok_or_else(|| {
+            err(
+                text,
+                at + body.len(),
+                "missing ':PORT' (a TCP address needs a port; for a Unix socket write unix:PATH)",
+            )
+        })?;
+        let host = &body[..colon];
+        if host.contains(':') {
+            return Err(err(
+                text,
+                at,
+                "an IPv6 address must be written in brackets, like [::1]:8080",
+            ));
+        }
+        let host = if host.is_empty() { "0.0.0.0" } else { host };
+        if host.contains(['/', ' ', '?', '#']) {
+            return Err(err(
+                text,
+                at,
+                format!("{host:?} is not a host name or IP address"),
+            ));
+        }
+        (host.to_owned(), &body[colon + 1..], at + colon + 1)
+    };
+    let port: u16 = port_str.parse().map_err(|_| {
+        err(
+            text,
+            port_at,
+            format!("{port_str:?} is not a port number (0-65535)"),
+        )
+    })?;
+    Ok(ListenAddr::Tcp { host, port })
+}
+
+/// A bound listener, kept for baton's lifetime.
+#[derive(Debug)]
+pub struct Bound {
+    pub spec: ListenSpec,
+    /// The name passed in `LISTEN_FDNAMES`.
+    pub name: String,
+    pub fd: OwnedFd,
+    /// What it is bound to, for logs: `tcp://127.0.0.1:43121`.
+    pub display: String,
+    /// For Unix sockets: the file and its identity, removed at final stop if
+    /// it is still ours.
+    unix_file: Option<(PathBuf, u64, u64)>,
+}
+
+/// Why a listener could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("cannot resolve {host:?} (from --listen {spec}): {source}")]
+    Resolve {
+        spec: String,
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot bind {addr} (from --listen {spec}): {problem}")]
+    Bind {
+        spec: String,
+        addr: String,
+        problem: String,
+    },
+    #[error("cannot use {path} (from --listen {spec}): {problem}")]
+    Path {
+        spec: String,
+        path: String,
+        problem: String,
+    },
+}
+
+fn explain(errno: rustix::io::Errno, addr: &str, port: Option<u16>) -> String {
+    use rustix::io::Errno;
+    match errno {
+        Errno::ADDRINUSE => format!(
+            "address already in use: another process listens on {addr}; stop it or choose another port"
+        ),
+        Errno::ACCESS if port.is_some_and(|p| p < 1024) => {
+            "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)".into()
+        }
+        Errno::ACCESS => "permission denied".into(),
+        Errno::ADDRNOTAVAIL => {
+            "address not available: no interface of this machine has that IP".into()
+        }
+        other => std::io::Error::from(other).to_string(),
+    }
+}
+
+impl Bound {
+    /// Binds `spec`; `index` gives the default name `listen<index>`.
+    pub fn bind(spec: &ListenSpec, index: usize) -> Result<Self, BindError> {
+        let name = spec
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("listen{index}"));
+        match &spec.addr {
+            ListenAddr::Tcp { host, port } => {
+                let addr = resolve(spec, host, *port)?;
+                let fd = bind_tcp(addr).map_err(|e| BindError::Bind {
+                    spec: spec.text.clone(),
+                    addr: addr.to_string(),
+                    problem: explain(e, &addr.to_string(), Some(*port)),
+                })?;
+                let local = rustix::net::getsockname(&fd)
+                    .ok()
+                    .and_then(|a| SocketAddr::try_from(a).ok())
+                    .unwrap_or(addr);
+                Ok(Self {
+                    spec: spec.clone(),
+                    name,
+                    fd,
+                    display: format!("tcp://{local}"),
+                    unix_file: None,
+                })
+            }
+            ListenAddr::Unix { path, mode } => {
+                let fd = bind_unix(spec, path, *mode)?;
+                let meta = std::fs::symlink_metadata(path).map_err(|e| BindError::Path {
+                    spec: spec.text.clone(),
+                    path: path.display().to_string(),
+                    problem: e.to_string(),
+                })?;
+                Ok(Self {
+                    spec: spec.clone(),
+                    name,
+                    fd,
+                    display: format!("unix:{}", path.display()),
+                    unix_file: Some((path.clone(), meta.dev(), meta.ino())),
+                })
+            }
+        }
+    }
+
+    /// Adopts an already-bound listening socket (systemd socket activation).
+    pub fn adopt(spec: &ListenSpec, name: String, fd: OwnedFd, display: String) -> Self {
+        Self {
+            spec: spec.clone(),
+            name,
+            fd,
+            display,
+            unix_file: None,
+        }
+    }
+
+    /// Removes the socket file, if this is a Unix listener and the file at
+    /// its path is still the one it created.
+    pub fn remove_file(&self) {
+        if let Some((path, dev, ino)) = &self.unix_file
+            && let Ok(meta) = std::fs::symlink_metadata(path)
+            && meta.dev() == *dev
+            && meta.ino() == *ino
+            && let Err(e) = std::fs::remove_file(path)
+        {
+            tracing::warn!("cannot remove socket file {}: {e}", path.display());
+        }
+    }
+}
+
+fn resolve(spec: &ListenSpec, host: &str, port: u16) -> Result<SocketAddr, BindError> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let mut addrs = (host, port)
+        .to_socket_addrs()
+        .map_err(|source| BindError::Resolve {
+            spec: spec.text.clone(),
+            host: host.to_owned(),
+            source,
+        })?;
+    let first = addrs.next().ok_or_else(|| BindError::Resolve {
+        spec: spec.text.clone(),
+        host: host.to_owned(),
+        source: std::io::Error::other("no addresses"),
+    })?;
+    tracing::debug!("{host} resolved to {first}");
+    Ok(first)
+}
+
+fn bind_tcp(addr: SocketAddr) -> Result<OwnedFd, rustix::io::Errno> {
+    let family = if addr.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let fd = rustix::net::socket_with(
+        family,
+        SocketType::STREAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )?;
+    // SO_REUSEADDR lets baton rebind after a restart while old connections
+    // sit in TIME_WAIT; it does not let two live listeners share the port.
+    rustix::net::sockopt::set_socket_reuseaddr(&fd, true)?;
+    if addr.is_ipv6() {
+        // `[::]:PORT` means IPv6 only; IPv4 needs its own --listen.
+        rustix::net::sockopt::set_ipv6_v6only(&fd, true)?;
+    }
+    rustix::net::bind(&fd, &addr)?;
+    rustix::net::listen(&fd, BACKLOG)?;
+    Ok(fd)
+}
+
+/// Binds a Unix socket at `path` with `mode`, safely:
+/// * an existing symlink at the path is refused, never followed;
+/// * an existing socket is replaced only if nobody accepts on it (stale);
+/// * anything else at the path is refused;
+/// * the socket is bound under a temporary name, given its mode, then
+///   renamed into place, so it never exists with wider permissions.
+fn bind_unix(spec: &ListenSpec, path: &Path, mode: Option<u32>) -> Result<OwnedFd, BindError> {
+    let perr = |problem: String| BindError::Path {
+        spec: spec.text.clone(),
+        path: path.display().to_string(),
+        problem,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => {
+            let ft = meta.file_type();
+            if ft.is_symlink() {
+                return Err(perr(
+                    "it is a symbolic link; baton refuses to follow it (remove it or choose another path)".into(),
+                ));
+            }
+            if !ft.is_socket() {
+                return Err(perr(
+                    "a file that is not a socket exists there; remove it or choose another path"
+                        .into(),
+                ));
+            }
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(perr(
+                    "another process is listening on this socket; stop it or choose another path"
+                        .into(),
+                ));
+            }
+            tracing::info!("replacing stale socket file {}", path.display());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(perr(e.to_string())),
+    }
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Err(perr(format!(
+            "the directory {} does not exist; create it first",
+            dir.display()
+        )));
+    }
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| perr("the path has no file name".into()))?;
+    let tmp = dir.join(format!(
+        ".{}.baton-{}.tmp",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| perr(std::io::Error::from(e).to_string()))?;
+    let addr = rustix::net::SocketAddrUnix::new(&tmp)
+        .map_err(|e| perr(std::io::Error::from(e).to_string()))?;
+    rustix::net::bind(&fd, &addr)
+        .map_err(|e| perr(explain(e, &path.display().to_string(), None)))?;
+    let cleanup_tmp = |e: String| {
+        let _ = std::fs::remove_file(&tmp);
+        perr(e)
+    };
+    if let Some(mode) = mode {
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| cleanup_tmp(format!("cannot set mode {mode:o}: {e}")))?;
+    }
+    rustix::net::listen(&fd, BACKLOG)
+        .map_err(|e| cleanup_tmp(std::io::Error::from(e).to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| cleanup_tmp(e.to_string()))?;
+    Ok(fd)
+}
+
+/// The family of a bound listener, for display of adopted sockets.
+pub fn describe_fd(fd: &OwnedFd) -> String {
+    match rustix::net::getsockname(fd.as_fd()) {
+        Ok(addr) => match SocketAddr::try_from(addr.clone()) {
+            Ok(sa) => format!("tcp://{sa}"),
+            Err(_) => match rustix::net::SocketAddrUnix::try_from(addr) {
+                Ok(u) => u.path().map_or_else(
+                    || "unix:(unnamed)".into(),
+                    |p| format!("unix:{}", p.to_string_lossy()),
+                ),
+                Err(_) => "(socket)".into(),
+            },
+        },
+        Err(_) => "(socket)".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parse(s: &str) -> Result<ListenSpec, SpecError> {
+        s.parse()
+    }
+
+    fn tcp(host: &str, port: u16) -> ListenAddr {
+        ListenAddr::Tcp {
+            host: host.into(),
+            port,
+        }
+    }
+
+    #[test]
+    fn accepted_forms() {
+        assert_eq!(
+            parse("tcp://0.0.0.0:8080").expect("ok").addr,
+            tcp("0.0.0.0", 8080)
+        );
+        assert_eq!(
+            parse("127.0.0.1:80").expect("ok").addr,
+            tcp("127.0.0.1", 80)
+        );
+        assert_eq!(parse(":8080").expect("ok").addr, tcp("0.0.0.0", 8080));
+        assert_eq!(parse("[::1]:9000").expect("ok").addr, tcp("::1", 9000));
+        assert_eq!(parse("tcp://[::]:0").expect("ok").addr, tcp("::", 0));
+        assert_eq!(parse("localhost:1").expect("ok").addr, tcp("localhost", 1));
+        let s = parse("web=tcp://127.0.0.1:1").expect("ok");
+        assert_eq!(s.name.as_deref(), Some("web"));
+        assert_eq!(
+            parse("unix:/run/app.sock").expect("ok").addr,
+            ListenAddr::Unix {
+                path: "/run/app.sock".into(),
+                mode: None
+            }
+        );
+        let s = parse("admin=unix:rel/a.sock?mode=0660").expect("ok");
+        assert_eq!(s.name.as_deref(), Some("admin"));
+        assert_eq!(
+            s.addr,
+            ListenAddr::Unix {
+                path: "rel/a.sock".into(),
+                mode: Some(0o660)
+            }
+        );
+    }
+
+    #[test]
+    fn errors_point_at_the_problem() {
+        let e = parse("tcp://127.0.0.1:80x").expect_err("bad port");
+        assert_eq!(e.at, 16);
+        assert!(e.problem.contains("\"80x\" is not a port"));
+        let shown = e.to_string();
+        assert!(
+            shown.contains("tcp://127.0.0.1:80x\n                  ^"),
+            "{shown}"
+        );
+        assert!(shown.contains("valid forms"));
+
+        assert!(
+            parse("127.0.0.1")
+                .expect_err("no port")
+                .problem
+                .contains("missing ':PORT'")
+        );
+        assert!(
+            parse("::1:80")
+                .expect_err("v6")
+                .problem
+                .contains("brackets")
+        );
+        assert!(
+            parse("[::1]80")
+                .expect_err("v6")
+                .problem
+                .contains("':PORT'")
+        );
+        assert!(
+            parse("[zz]:80")
+                .expect_err("v6")
+                .problem
+                .contains("not an IPv6")
+        );
+        assert!(
+            parse("udp://1.2.3.4:5")
+                .expect_err("scheme")
+                .problem
+                .contains("unknown scheme")
+        );
+        assert!(
+            parse("unix:")
+                .expect_err("path")
+                .problem
+                .contains("missing socket path")
+        );
+        assert!(
+            parse("unix:/a?mode=999")
+                .expect_err("mode")
+                .problem
+                .contains("octal")
+        );
+        assert!(
+            parse("b@d=:80")
+                .expect_err("name")
+                .problem
+                .contains("not a valid name")
+        );
+        assert!(
+            parse("")
+                .expect_err("empty")
+                .problem
+                .contains("missing address")
+        );
+        assert!(
+            parse("x=")
+                .expect_err("empty")
+                .problem
+                .contains("missing address")
+        );
+        assert!(
+            parse(":99999")
+                .expect_err("range")
+                .problem
+                .contains("not a port")
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn parser_never_panics(s in "\\PC{0,40}") {
+            let _ = parse(&s);
+        }
+
+        #[test]
+        fn tcp_round_trip(a in 0u8..=255, b in 0u8..=255, port in 0u16..) {
+            let text = format!("tcp://10.{a}.{b}.1:{port}");
+            prop_assert_eq!(parse(&text).expect("valid").addr, tcp(&format!("10.{a}.{b}.1"), port));
+        }
+    }
+
+    #[test]
+    fn binds_ephemeral_tcp_and_reports_the_port() {
+        let b = Bound::bind(&parse("127.0.0.1:0").expect("ok"), 0).expect("bind");
+        assert!(b.display.starts_with("tcp://127.0.0.1:"));
+        assert!(!b.display.ends_with(":0"));
+        assert_eq!(b.name, "listen0");
+    }
+
+    #[test]
+    fn address_in_use_names_the_address() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = taken.local_addr().expect("addr").port();
+        let e =
+            Bound::bind(&parse(&format!("127.0.0.1:{port}")).expect("ok"), 0).expect_err("in use");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("127.0.0.1:{port}")) && msg.contains("already in use"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn unix_socket_gets_mode_replaces_stale_refuses_symlink_and_live() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("app.sock");
+        let spec: ListenSpec = format!("unix:{}?mode=0600", path.display())
+            .parse()
+            .expect("ok");
+        // A stale socket file (nobody listening) is replaced.
+        drop(std::os::unix::net::UnixListener::bind(&path).expect("stale"));
+        let b = Bound::bind(&spec, 0).expect("bind over stale");
+        let meta = std::fs::symlink_metadata(&path).expect("exists");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        // A live one is refused.
+        let e = Bound::bind(&spec, 0).expect_err("live");
+        assert!(
+            e.to_string().contains("another process is listening"),
+            "{e}"
+        );
+        b.remove_file();
+        assert!(!path.exists());
+        // A symlink is refused, and its target is untouched.
+        let target = dir.path().join("target");
+        std::fs::write(&target, b"keep").expect("write");
+        std::os::unix::fs::symlink(&target, &path).expect("symlink");
+        let e = Bound::bind(&spec, 0).expect_err("symlink");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read(&target).expect("read"), b"keep");
+        // A regular file is refused.
+        std::fs::remove_file(&path).expect("rm");
+        std::fs::write(&path, b"x").expect("write");
+        assert!(
+            Bound::bind(&spec, 0)
+                .expect_err("file")
+                .to_string()
+                .contains("not a socket")
+        );
+    }
+
+    #[test]
+    fn remove_file_leaves_a_replaced_file_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s");
+        let b =
+            Bound::bind(&format!("unix:{}", path.display()).parse().expect("ok"), 0).expect("bind");
+        std::fs::remove_file(&path).expect("rm");
+        std::fs::write(&path, b"someone else's").expect("write");
+        b.remove_file();
+        assert!(
+            path.exists(),
+            "a file baton did not create is never removed"
+        );
+    }
+}

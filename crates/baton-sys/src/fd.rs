@@ -32,7 +32,9 @@ fn in_listen_range(fd: RawFd, count: usize) -> bool {
 /// `Ok(None)` without touching any descriptor. Each element of the result is
 /// the claimed descriptor or the error for that number (not open).
 pub fn claim_listen_fds(count: usize) -> Option<Vec<io::Result<OwnedFd>>> {
-    let mut claims = CLAIMS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut claims = CLAIMS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if claims.listen.is_some() {
         return None;
     }
@@ -61,7 +63,9 @@ pub fn claim_listen_fds(count: usize) -> Option<Vec<io::Result<OwnedFd>>> {
 /// per process, and refuses a number inside the claimed `LISTEN_FDS` range
 /// (`EBUSY`) or below 3 (`EBADF`).
 pub fn claim_ready_fd(fd: RawFd) -> io::Result<OwnedFd> {
-    let mut claims = CLAIMS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut claims = CLAIMS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if fd < LISTEN_FDS_START {
         return Err(io::Error::from_raw_os_error(libc::EBADF));
     }

@@ -25,7 +25,7 @@
 //!   cannot be reaped before the parent waits for it, so the pid is still
 //!   ours.
 
-use std::ffi::CString;
+use std::ffi::{CString, OsStr, OsString};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -83,9 +83,9 @@ pub struct Command<'a> {
     /// `chdir`, if set), already resolved against `PATH` by the caller.
     pub program: &'a std::path::Path,
     /// `argv`, including `argv[0]`.
-    pub args: &'a [String],
+    pub args: &'a [OsString],
     /// The complete environment, `KEY=VALUE`, without `LISTEN_PID`.
-    pub env: &'a [String],
+    pub env: &'a [OsString],
     /// Add `LISTEN_PID=<child pid>` to the environment.
     pub listen_pid: bool,
     /// Descriptors placed at 3, 4, ... in this order.
@@ -99,8 +99,9 @@ pub struct Command<'a> {
     pub parent_death_signal: Option<i32>,
 }
 
-fn cstring(what: &str, s: &str) -> Result<CString, SpawnError> {
-    CString::new(s).map_err(|_| SpawnError::Nul(format!("{what} {s:?}")))
+fn cstring(what: &str, s: &OsStr) -> Result<CString, SpawnError> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(s.as_bytes()).map_err(|_| SpawnError::Nul(format!("{what} {s:?}")))
 }
 
 fn path_cstring(what: &str, p: &std::path::Path) -> Result<CString, SpawnError> {
@@ -563,7 +564,7 @@ mod tests {
         }
     }
 
-    fn env_of_test() -> Vec<String> {
+    fn env_of_test() -> Vec<OsString> {
         vec!["PATH=/usr/bin:/bin".into()]
     }
 
@@ -572,13 +573,13 @@ mod tests {
         let l1 = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let l2 = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).expect("pipe");
-        let args: Vec<String> = [
+        let args: Vec<OsString> = [
             "sh",
             "-c",
             "echo \"$LISTEN_PID $$\"; ls /proc/self/fd | sort -n | tr '\\n' ' '",
         ]
         .iter()
-        .map(|s| (*s).to_owned())
+        .map(OsString::from)
         .collect();
         let child = spawn(&Command {
             program: std::path::Path::new("/bin/sh"),
@@ -594,7 +595,9 @@ mod tests {
         .expect("spawn");
         drop(w);
         let mut out = String::new();
-        std::fs::File::from(r).read_to_string(&mut out).expect("read");
+        std::fs::File::from(r)
+            .read_to_string(&mut out)
+            .expect("read");
         assert_eq!(wait(&child), ExitStatus::Code(0));
         let mut lines = out.lines();
         let pids: Vec<&str> = lines.next().expect("pid line").split(' ').collect();
@@ -603,12 +606,16 @@ mod tests {
         // ls itself opens one directory fd (the highest); 0-4 are ours.
         let fds: Vec<&str> = lines.next().expect("fd line").split_whitespace().collect();
         assert_eq!(&fds[..5], &["0", "1", "2", "3", "4"], "{fds:?}");
-        assert_eq!(fds.len(), 6, "only ls's own directory fd beyond ours: {fds:?}");
+        assert_eq!(
+            fds.len(),
+            6,
+            "only ls's own directory fd beyond ours: {fds:?}"
+        );
     }
 
     #[test]
     fn exec_failure_is_reported_with_errno() {
-        let args = vec!["nope".to_owned()];
+        let args = vec![OsString::from("nope")];
         let err = spawn(&Command {
             program: std::path::Path::new("/nonexistent/program"),
             args: &args,
@@ -632,7 +639,7 @@ mod tests {
 
     #[test]
     fn chdir_failure_is_reported() {
-        let args = vec!["true".to_owned()];
+        let args = vec![OsString::from("true")];
         let err = spawn(&Command {
             program: std::path::Path::new("/bin/true"),
             args: &args,
@@ -645,12 +652,21 @@ mod tests {
             parent_death_signal: None,
         })
         .expect_err("must fail");
-        assert!(matches!(err, SpawnError::Child { step: Step::Chdir, .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                SpawnError::Child {
+                    step: Step::Chdir,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 
     #[test]
     fn signals_reach_the_child_through_its_pidfd() {
-        let args: Vec<String> = vec!["sleep".into(), "30".into()];
+        let args: Vec<OsString> = vec!["sleep".into(), "30".into()];
         let child = spawn(&Command {
             program: std::path::Path::new("/bin/sleep"),
             args: &args,

@@ -95,7 +95,11 @@ impl Sim {
                 Action::CancelTimer { key } => {
                     self.timers.remove(&key);
                 }
-                Action::Signal { generation, slot, signal } => self.signals.push((generation, slot, signal)),
+                Action::Signal {
+                    generation,
+                    slot,
+                    signal,
+                } => self.signals.push((generation, slot, signal)),
                 Action::KillGroup { generation, slot } => self.kills.push((generation, slot)),
                 Action::ReapGroup { generation, slot } => self.reaped.push((generation, slot)),
                 Action::Log { message, .. } => self.logs.push(message),
@@ -134,7 +138,11 @@ impl Sim {
     }
 
     fn exited(&mut self, generation: GenId, slot: Slot, status: ExitStatus) {
-        self.ev(Event::WorkerExited { generation, slot, status });
+        self.ev(Event::WorkerExited {
+            generation,
+            slot,
+            status,
+        });
     }
 
     /// Every live worker of `generation` exits with status 0.
@@ -215,7 +223,10 @@ fn reload_drains_old_only_after_new_is_fully_ready() {
     assert_eq!(s.m.generation_count(), 2);
     assert_eq!(s.spawns(2), 2);
     s.ready(2, [0]);
-    assert!(!s.signalled(1), "invariant 3: old not told to drain before new is ready");
+    assert!(
+        !s.signalled(1),
+        "invariant 3: old not told to drain before new is ready"
+    );
     s.ready(2, [1]);
     assert_eq!(s.m.serving(), Some(2));
     assert_eq!(
@@ -271,12 +282,29 @@ fn failed_start_by_exit_rolls_back() {
     assert!(s.logged(
         "reload failed: generation 2 worker 1 (pid 1004) exited with status 1 before it was ready; generation 1 keeps serving"
     ));
-    assert!(!s.signalled(1), "invariant 4: the serving generation is untouched");
-    assert_eq!(s.signals, vec![(2, 0, TERM)], "the rest of generation 2 is stopped");
-    assert!(s.reaped.contains(&(2, 1)), "exited worker's group is cleaned");
+    assert!(
+        !s.signalled(1),
+        "invariant 4: the serving generation is untouched"
+    );
+    assert_eq!(
+        s.signals,
+        vec![(2, 0, TERM)],
+        "the rest of generation 2 is stopped"
+    );
+    assert!(
+        s.reaped.contains(&(2, 1)),
+        "exited worker's group is cleaned"
+    );
     assert_eq!(s.m.serving(), Some(1));
     // The failed worker's output is attached to the report.
-    assert!(s.all.iter().any(|a| matches!(a, Action::Log { tail: Some((2, 1)), level: Level::Error, .. })));
+    assert!(s.all.iter().any(|a| matches!(
+        a,
+        Action::Log {
+            tail: Some((2, 1)),
+            level: Level::Error,
+            ..
+        }
+    )));
     s.all_exit(2);
     assert_eq!(s.m.generation_count(), 1);
     // A new reload works after a failed one.
@@ -291,7 +319,11 @@ fn failed_start_by_crash_rolls_back() {
     s.exited(2, 0, ExitStatus::Signal(11));
     assert!(s.logged("exited with signal SIGSEGV before it was ready"));
     assert_eq!(s.m.serving(), Some(1));
-    assert_eq!(s.m.generation_count(), 1, "an empty failed generation is gone at once");
+    assert_eq!(
+        s.m.generation_count(),
+        1,
+        "an empty failed generation is gone at once"
+    );
 }
 
 #[test]
@@ -299,7 +331,9 @@ fn failed_start_by_readiness_timeout_kills_new_generation() {
     let mut s = Sim::serving(1);
     s.ev(Event::Reload);
     s.advance(Duration::from_secs(5));
-    assert!(s.logged("generation 2 not ready after 5 s: still waiting for READY=1 on NOTIFY_SOCKET from worker 0"));
+    assert!(s.logged(
+        "generation 2 not ready after 5 s: still waiting for READY=1 on NOTIFY_SOCKET from worker 0"
+    ));
     assert!(s.logged("--ready delay:DURATION"));
     s.advance(Duration::from_secs(55));
     assert!(s.logged("reload failed: generation 2 was not ready within 1m"));
@@ -328,7 +362,9 @@ fn spawn_failure_during_reload_rolls_back() {
 fn first_generation_failure_exits_with_its_code() {
     let mut s = Sim::notify(2);
     s.exited(1, 0, ExitStatus::Code(3));
-    assert!(s.logged("generation 1 failed: worker 0 (pid 1001) exited with status 3 before it was ready"));
+    assert!(s.logged(
+        "generation 1 failed: worker 0 (pid 1001) exited with status 3 before it was ready"
+    ));
     assert_eq!(s.signals, vec![(1, 1, TERM)]);
     assert_eq!(s.exit, None, "waits for the rest to exit");
     s.exited(1, 1, ExitStatus::Signal(15));
@@ -375,7 +411,11 @@ fn crash_loop_is_reported_and_backoff_caps_then_resets() {
     let mut s = Sim::serving(1);
     for _ in 0..12 {
         s.exited(1, 0, ExitStatus::Code(1));
-        let d = *s.timers.get(&TimerKey::Restart(1, 0)).expect("restart armed") - s.now;
+        let d = *s
+            .timers
+            .get(&TimerKey::Restart(1, 0))
+            .expect("restart armed")
+            - s.now;
         assert!(d <= BACKOFF_MAX);
         s.advance(d);
     }
@@ -384,7 +424,11 @@ fn crash_loop_is_reported_and_backoff_caps_then_resets() {
     // Stays up long enough: the next crash restarts quickly again.
     s.advance(STABLE_AFTER);
     s.exited(1, 0, ExitStatus::Code(1));
-    let d = *s.timers.get(&TimerKey::Restart(1, 0)).expect("restart armed") - s.now;
+    let d = *s
+        .timers
+        .get(&TimerKey::Restart(1, 0))
+        .expect("restart armed")
+        - s.now;
     assert_eq!(d, BACKOFF_START);
 }
 
@@ -397,7 +441,11 @@ fn crash_during_drain_is_not_restarted() {
     s.exited(1, 0, ExitStatus::Signal(11));
     s.advance(Duration::from_secs(1));
     assert_eq!(s.spawns(1), spawns_before);
-    assert_eq!(s.m.generation_count(), 2, "worker 1 of generation 1 still draining");
+    assert_eq!(
+        s.m.generation_count(),
+        2,
+        "worker 1 of generation 1 still draining"
+    );
     s.exited(1, 1, ExitStatus::Code(0));
     assert_eq!(s.m.generation_count(), 1);
 }
@@ -408,7 +456,9 @@ fn drain_deadline_kills_stragglers() {
     s.ev(Event::Reload);
     s.ready(2, [0]);
     s.advance(Duration::from_secs(30));
-    assert!(s.logged("generation 1: 1 worker still running at the end of the grace period; sending SIGKILL"));
+    assert!(s.logged(
+        "generation 1: 1 worker still running at the end of the grace period; sending SIGKILL"
+    ));
     assert!(s.kills.contains(&(1, 0)));
 }
 
@@ -493,10 +543,16 @@ fn delay_mode_is_ready_after_the_delay() {
 fn exec_mode_retries_the_probe_until_it_succeeds() {
     let mut s = Sim::new(policy(1, ReadyMode::Exec("true".into())));
     assert_eq!(s.probes, vec![1]);
-    s.ev(Event::ProbeDone { generation: 1, success: false });
+    s.ev(Event::ProbeDone {
+        generation: 1,
+        success: false,
+    });
     s.advance(PROBE_INTERVAL);
     assert_eq!(s.probes, vec![1, 1]);
-    s.ev(Event::ProbeDone { generation: 1, success: true });
+    s.ev(Event::ProbeDone {
+        generation: 1,
+        success: true,
+    });
     assert_eq!(s.m.serving(), Some(1));
 }
 

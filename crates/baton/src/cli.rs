@@ -1,0 +1,222 @@
+//! Flags (raw, as clap parses them) and their validation into settings.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use baton_supervisor::config::{self, CommandError, Settings};
+use baton_supervisor::lifecycle::{Policy, ReadyMode};
+use baton_supervisor::listen::{Bound, ListenSpec};
+use baton_supervisor::runtime::Runtime;
+use clap::{Parser, Subcommand};
+
+/// Exit codes of `baton`, documented in `--help` and the README.
+pub mod exit {
+    pub const INTERNAL: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const LISTEN: u8 = 3;
+    pub const COMMAND: u8 = 4;
+}
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  stopped cleanly: every worker exited on its own
+  1  internal error
+  2  usage: a bad flag or value (listen spec, duration, signal, --workers 0)
+  3  a listener cannot be bound (address in use, permission denied, unsafe path)
+  4  the command cannot be run (not found, not executable, bad --chdir)
+  5  the first generation failed: a worker exited or crashed before it was ready
+  6  the first generation was not ready within --ready-timeout
+  7  stopped, but some worker had to be killed (grace expired, or an immediate stop)";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "baton",
+    version,
+    about = "Zero-downtime code updates for long-running network servers",
+    after_help = EXIT_CODES
+)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Supervise a server: bind its sockets once, run it in generations,
+    /// reload it with zero downtime on SIGHUP.
+    #[command(after_help = RUN_HELP)]
+    Run(RunArgs),
+}
+
+const RUN_HELP: &str = "\
+Signals:
+  HUP        reload: start a new generation, wait until it is ready, drain the old one
+  TERM, INT  graceful stop (a second one stops immediately)
+  QUIT       immediate stop (SIGKILL to every worker)
+
+Workers get the sockets at fds 3.. with LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES
+(systemd socket activation), plus BATON_GENERATION and BATON_WORKER.
+
+Example:
+  baton run -l 0.0.0.0:8080 --workers 4 -- ./server --config prod.toml
+  kill -HUP $(pidof baton)
+
+Exit codes:
+  0 clean stop, 1 internal error, 2 usage, 3 cannot bind, 4 cannot run the command,
+  5 first generation failed, 6 first generation not ready in time, 7 had to kill workers";
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Socket to listen on, repeatable: tcp://HOST:PORT, HOST:PORT, :PORT,
+    /// [::1]:PORT, unix:PATH, unix:PATH?mode=0660; prefix NAME= to name it
+    /// in LISTEN_FDNAMES (default listen0, listen1, ...)
+    #[arg(short, long = "listen", value_name = "SPEC", value_parser = parse_spec)]
+    listen: Vec<ListenSpec>,
+
+    /// Worker processes per generation
+    #[arg(short, long, value_name = "N", default_value_t = 1, value_parser = parse_workers)]
+    workers: usize,
+
+    /// How a generation says it is ready: notify (READY=1 on NOTIFY_SOCKET),
+    /// fd (a newline on the fd in BATON_READY_FD), delay:DURATION, or
+    /// exec:CMD (a shell command that exits 0 once the generation is ready)
+    #[arg(long, value_name = "MODE", default_value = "notify", value_parser = config::parse_ready)]
+    ready: ReadyMode,
+
+    /// How long a generation may take to become ready
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = config::parse_duration)]
+    ready_timeout: Duration,
+
+    /// How long a draining generation may take to exit before SIGKILL
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = config::parse_duration)]
+    grace: Duration,
+
+    /// Signal that tells a worker to drain and exit
+    #[arg(long, value_name = "SIG", default_value = "TERM", value_parser = config::parse_signal)]
+    stop_signal: i32,
+
+    /// Run workers in DIR, resolved (symlinks followed) when each generation
+    /// starts, so `current -> releases/N` deploys take effect on reload
+    #[arg(long, value_name = "DIR")]
+    chdir: Option<PathBuf>,
+
+    /// The server command and its arguments (after --)
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    command: Vec<OsString>,
+}
+
+fn parse_spec(s: &str) -> Result<ListenSpec, String> {
+    s.parse::<ListenSpec>().map_err(|e| e.to_string())
+}
+
+fn parse_workers(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("a generation needs at least one worker; use --workers 1 or more".into()),
+        Ok(n) if n > 1024 => Err(format!("{n} workers is more than the limit of 1024")),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a number of workers")),
+    }
+}
+
+/// A failure with its exit code and a message a person can act on.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+pub fn parse() -> Args {
+    Args::parse()
+}
+
+pub fn execute(args: Args) -> Result<u8, Failure> {
+    match args.command {
+        Command::Run(run) => run_command(run),
+    }
+}
+
+fn validate(run: RunArgs) -> Result<Settings, Failure> {
+    let Some(first) = run.command.first() else {
+        return Err(Failure::new(exit::USAGE, CommandError::Missing.to_string()));
+    };
+    let Some(program_name) = first.to_str() else {
+        return Err(Failure::new(
+            exit::COMMAND,
+            format!("the command name {first:?} is not valid UTF-8"),
+        ));
+    };
+    let program = config::resolve_program(
+        program_name,
+        run.chdir.as_deref(),
+        std::env::var_os("PATH").as_deref(),
+    )
+    .map_err(|e| Failure::new(exit::COMMAND, format!("cannot run the command: {e}")))?;
+    let mut names: Vec<&str> = Vec::new();
+    for spec in &run.listen {
+        if let Some(n) = spec.name.as_deref() {
+            if names.contains(&n) {
+                return Err(Failure::new(
+                    exit::USAGE,
+                    format!("two listeners are named {n:?}; names must be unique"),
+                ));
+            }
+            names.push(n);
+        }
+    }
+    Ok(Settings {
+        listeners: run.listen,
+        program,
+        args: run.command,
+        policy: Policy {
+            workers: run.workers,
+            ready: run.ready,
+            ready_timeout: run.ready_timeout,
+            grace: run.grace,
+            stop_signal: run.stop_signal,
+        },
+        chdir: run.chdir,
+    })
+}
+
+fn run_command(run: RunArgs) -> Result<u8, Failure> {
+    let settings = validate(run)?;
+    let mut bound = Vec::with_capacity(settings.listeners.len());
+    for (i, spec) in settings.listeners.iter().enumerate() {
+        let b = Bound::bind(spec, i).map_err(|e| {
+            // Sockets already bound are closed on return; remove their files.
+            for b in &bound {
+                Bound::remove_file(b);
+            }
+            Failure::new(exit::LISTEN, e.to_string())
+        })?;
+        if spec.name.is_some() {
+            tracing::info!("listening on {} (name {})", b.display, b.name);
+        } else {
+            tracing::info!("listening on {}", b.display);
+        }
+        bound.push(b);
+    }
+    if bound.is_empty() {
+        tracing::warn!("no --listen given: workers get no sockets (LISTEN_FDS=0)");
+    }
+    let runtime =
+        Runtime::new(settings, bound).map_err(|e| Failure::new(exit::INTERNAL, e.to_string()))?;
+    runtime
+        .run()
+        .map_err(|e| Failure::new(exit::INTERNAL, e.to_string()))
+}
