@@ -872,7 +872,12 @@ impl Lifecycle {
                 } else {
                     "before it was ready"
                 };
-                let reason = format!("worker {slot} (pid {pid}) exited with {status} {when}");
+                let mut reason = format!("worker {slot} (pid {pid}) exited with {status} {when}");
+                if status == ExitStatus::Code(0) {
+                    reason.push_str(
+                        " (a server must keep running; if the command daemonizes, run it in the foreground)",
+                    );
+                }
                 self.fail_generation(gi, &reason, Some(slot), exit::FIRST_FAILED);
             }
             Role::Serving => {
