@@ -1,0 +1,643 @@
+//! A running `baton run`, owned by a test: its output captured line by line,
+//! its workers tracked, and everything killed when the guard drops.
+
+use std::ffi::{OsStr, OsString};
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal};
+
+use crate::bins::bin;
+use crate::procs::Proc;
+
+/// A worker announced by `worker N of generation G started, pid P`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Worker {
+    pub generation: u32,
+    pub index: u32,
+    pub pid: u32,
+    /// The process, if it was still there when the line was read.
+    pub proc: Option<Proc>,
+}
+
+#[derive(Debug, Default)]
+struct LogState {
+    lines: Vec<String>,
+    workers: Vec<Worker>,
+    grandchildren: Vec<Proc>,
+    /// Output streams (stdout, stderr) not yet at EOF.
+    open: usize,
+}
+
+/// baton's output so far, shared with the reader threads.
+#[derive(Debug, Default)]
+struct Log {
+    state: Mutex<LogState>,
+    changed: Condvar,
+}
+
+impl Log {
+    fn lock(&self) -> MutexGuard<'_, LogState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn push(&self, tag: &str, raw: &str) {
+        let line = strip_ansi(raw);
+        eprintln!("[{tag}] {line}");
+        let mut st = self.lock();
+        if let Some(w) = parse_worker_line(&line) {
+            st.workers.push(w);
+        }
+        if let Some(pid) = line
+            .split("probe: grandchild pid ")
+            .nth(1)
+            .and_then(|s| s.trim().parse().ok())
+            && let Some(p) = Proc::find(pid)
+        {
+            st.grandchildren.push(p);
+        }
+        st.lines.push(line);
+        drop(st);
+        self.changed.notify_all();
+    }
+
+    fn close_stream(&self) {
+        self.lock().open -= 1;
+        self.changed.notify_all();
+    }
+}
+
+/// Removes ANSI escape sequences (colours), in case the logger adds them.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ params final-byte (0x40..=0x7e)
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if ('\u{40}'..='\u{7e}').contains(&c) {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Parses `worker 0 of generation 2 started, pid 12345`.
+fn parse_worker_line(line: &str) -> Option<Worker> {
+    let rest = &line[line.find("worker ")? + "worker ".len()..];
+    let (index, rest) = rest.split_once(" of generation ")?;
+    let (generation, rest) = rest.split_once(" started, pid ")?;
+    let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    let pid = pid.parse().ok()?;
+    Some(Worker {
+        generation: generation.trim().parse().ok()?,
+        index: index.trim().parse().ok()?,
+        pid,
+        proc: Proc::find(pid),
+    })
+}
+
+/// How to start `baton run`.
+#[derive(Debug)]
+pub struct BatonCmd {
+    dir: tempfile::TempDir,
+    args: Vec<OsString>,
+    command: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
+    listens: usize,
+}
+
+impl Default for BatonCmd {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BatonCmd {
+    /// `baton run` with a fresh temp dir; no listener and no command yet.
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::Builder::new()
+                .prefix("baton-e2e-")
+                .tempdir()
+                .expect("create a temp dir for the test"),
+            args: Vec::new(),
+            command: Vec::new(),
+            envs: Vec::new(),
+            listens: 0,
+        }
+    }
+
+    /// The test's temp dir (removed when the [`Baton`] drops).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Where [`BatonCmd::probe`] tells the probe to look for extra flags.
+    pub fn script_path(&self) -> PathBuf {
+        self.dir.path().join("probe.script")
+    }
+
+    /// An option for `baton run` (before `--`).
+    #[must_use]
+    pub fn arg(mut self, a: impl AsRef<OsStr>) -> Self {
+        self.args.push(a.as_ref().to_owned());
+        self
+    }
+
+    #[must_use]
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// `-l SPEC`. Without any, [`BatonCmd::spawn`] adds `-l 127.0.0.1:0`.
+    #[must_use]
+    pub fn listen(mut self, spec: impl AsRef<OsStr>) -> Self {
+        self.listens += 1;
+        self.arg("-l").arg(spec)
+    }
+
+    /// The worker command: `baton-probe --script DIR/probe.script FLAGS...`.
+    #[must_use]
+    pub fn probe(mut self, flags: &[&str]) -> Self {
+        let script = self.script_path();
+        self.command = vec![bin("baton-probe").into(), "--script".into(), script.into()];
+        self.command.extend(flags.iter().map(OsString::from));
+        self
+    }
+
+    /// Any worker command.
+    #[must_use]
+    pub fn command<I, S>(mut self, argv: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.command = argv.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        self
+    }
+
+    /// An environment variable for baton (and so its workers).
+    #[must_use]
+    pub fn env(mut self, k: impl AsRef<OsStr>, v: impl AsRef<OsStr>) -> Self {
+        self.envs
+            .push((k.as_ref().to_owned(), v.as_ref().to_owned()));
+        self
+    }
+
+    /// Starts `baton run ARGS -- COMMAND`.
+    pub fn spawn(mut self) -> Baton {
+        if self.listens == 0 {
+            self = self.listen("127.0.0.1:0");
+        }
+        let baton = bin("baton");
+        let mut cmd = Command::new(&baton);
+        cmd.arg("run").args(&self.args);
+        if !self.command.is_empty() {
+            cmd.arg("--").args(&self.command);
+        }
+        // Nothing of the test runner's own environment that baton or the
+        // probe would interpret.
+        for k in [
+            "LISTEN_FDS",
+            "LISTEN_PID",
+            "LISTEN_FDNAMES",
+            "NOTIFY_SOCKET",
+            "BATON_READY_FD",
+            "BATON_GENERATION",
+            "BATON_WORKER",
+        ] {
+            cmd.env_remove(k);
+        }
+        cmd.env(
+            "BATON_LOG",
+            std::env::var_os("BATON_E2E_LOG").unwrap_or_else(|| "debug".into()),
+        )
+        .env("NO_COLOR", "1")
+        .envs(self.envs.iter().map(|(k, v)| (k, v)))
+        .current_dir(self.dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        eprintln!("[e2e] starting {cmd:?}");
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", baton.display()));
+        let pid = child.id();
+        let log = Arc::new(Log::default());
+        log.lock().open = 2;
+        let out = child.stdout.take().expect("stdout was piped");
+        let err = child.stderr.take().expect("stderr was piped");
+        spawn_reader(out, format!("baton {pid} out"), Arc::clone(&log));
+        spawn_reader(err, format!("baton {pid} err"), Arc::clone(&log));
+        Baton {
+            child: Mutex::new(child),
+            pid,
+            log,
+            dir: self.dir,
+            status: None,
+            started: Instant::now(),
+        }
+    }
+
+    /// Runs baton to completion (it must exit within `timeout`), returning
+    /// its exit status and every line it printed.
+    pub fn run_to_exit(self, timeout: Duration) -> (ExitStatus, Vec<String>) {
+        let mut baton = self.spawn();
+        let status = baton.wait_exit(timeout);
+        baton.wait_output_closed(Duration::from_secs(5));
+        (status, baton.lines())
+    }
+}
+
+fn spawn_reader<R: Read + Send + 'static>(stream: R, tag: String, log: Arc<Log>) {
+    std::thread::Builder::new()
+        .name(tag.clone())
+        .spawn(move || {
+            let mut reader = BufReader::new(stream);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let text = String::from_utf8_lossy(&buf);
+                        log.push(&tag, text.trim_end_matches(['\n', '\r']));
+                    }
+                }
+            }
+            log.close_stream();
+        })
+        .expect("start an output reader thread");
+}
+
+/// A running `baton run`. Dropping it stops baton (SIGTERM, then SIGKILL)
+/// and kills every worker and grandchild it reported that still runs.
+#[derive(Debug)]
+pub struct Baton {
+    child: Mutex<Child>,
+    pid: u32,
+    log: Arc<Log>,
+    dir: tempfile::TempDir,
+    status: Option<ExitStatus>,
+    started: Instant,
+}
+
+/// The default bound for waiting on a log line.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+impl Baton {
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Where the probe looks for extra flags (see [`BatonCmd::probe`]).
+    pub fn script_path(&self) -> PathBuf {
+        self.dir.path().join("probe.script")
+    }
+
+    /// Makes every probe started from now on also obey `flags`. Written to
+    /// a temp name and renamed, so a starting probe never reads half of it.
+    pub fn set_script(&self, flags: &str) {
+        let tmp = self.dir.path().join("probe.script.tmp");
+        std::fs::write(&tmp, flags).expect("write the probe script");
+        std::fs::rename(&tmp, self.script_path()).expect("install the probe script");
+    }
+
+    /// Probes started from now on behave as their command line says.
+    pub fn clear_script(&self) {
+        match std::fs::remove_file(self.script_path()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("cannot remove the probe script: {e}"),
+        }
+    }
+
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.log.lock().lines.clone()
+    }
+
+    /// The number of lines so far: a mark for [`Baton::wait_for_after`].
+    pub fn mark(&self) -> usize {
+        self.log.lock().lines.len()
+    }
+
+    /// How many lines so far contain `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .lines
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits for a line containing `needle`, from the first line on.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_for_after(0, needle, timeout).1
+    }
+
+    /// Waits for a line containing `needle` at index `mark` or later;
+    /// returns its index and text.
+    ///
+    /// # Panics
+    /// After `timeout`, or when baton's output ends first, with the tail of
+    /// the output.
+    pub fn wait_for_after(&self, mark: usize, needle: &str, timeout: Duration) -> (usize, String) {
+        self.wait_until_after(mark, &format!("containing {needle:?}"), timeout, |l| {
+            l.contains(needle)
+        })
+    }
+
+    /// Waits for a line at index `mark` or later for which `matches` holds;
+    /// `what` describes it for the failure message.
+    pub fn wait_until_after(
+        &self,
+        mark: usize,
+        what: &str,
+        timeout: Duration,
+        matches: impl Fn(&str) -> bool,
+    ) -> (usize, String) {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.log.lock();
+        loop {
+            if let Some((i, l)) = st
+                .lines
+                .iter()
+                .enumerate()
+                .skip(mark)
+                .find(|(_, l)| matches(l))
+            {
+                return (i, l.clone());
+            }
+            let now = Instant::now();
+            if st.open == 0 || now >= deadline {
+                let why = if st.open == 0 {
+                    "baton's output ended".to_owned()
+                } else {
+                    format!("timed out after {timeout:?}")
+                };
+                let tail = tail(&st.lines, 40);
+                drop(st);
+                panic!(
+                    "{why} waiting for a line {what} (from line {mark}); \
+                     baton pid {}, up {:?}; last lines:\n{tail}",
+                    self.pid,
+                    self.started.elapsed()
+                );
+            }
+            st = self
+                .log
+                .changed
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Whether a line containing `needle` appeared at index `mark` or later.
+    pub fn seen_after(&self, mark: usize, needle: &str) -> bool {
+        self.log
+            .lock()
+            .lines
+            .iter()
+            .skip(mark)
+            .any(|l| l.contains(needle))
+    }
+
+    /// The address of the first TCP listener, from
+    /// `listening on tcp://127.0.0.1:PORT`.
+    pub fn port(&self) -> u16 {
+        let line = self.wait_for("listening on tcp://", WAIT);
+        parse_port(&line).unwrap_or_else(|| panic!("no port in {line:?}"))
+    }
+
+    /// The workers announced so far.
+    pub fn workers(&self) -> Vec<Worker> {
+        self.log.lock().workers.clone()
+    }
+
+    /// The workers of generation `g` announced so far.
+    pub fn workers_of(&self, g: u32) -> Vec<Worker> {
+        self.workers()
+            .into_iter()
+            .filter(|w| w.generation == g)
+            .collect()
+    }
+
+    /// Grandchildren the probe reported (`probe: grandchild pid N`).
+    pub fn grandchildren(&self) -> Vec<Proc> {
+        self.log.lock().grandchildren.clone()
+    }
+
+    /// Sends `sig` to baton.
+    pub fn signal(&self, sig: Signal) {
+        if self.status.is_some() {
+            return;
+        }
+        let pid = Pid::from_raw(self.pid as i32).expect("a child pid is positive");
+        rustix::process::kill_process(pid, sig)
+            .unwrap_or_else(|e| panic!("cannot signal baton {}: {e}", self.pid));
+    }
+
+    /// HUP, then waits for `generation {next} ready` and, when there was a
+    /// previous generation, `generation {next - 1} exited`.
+    pub fn reload(&self, next: u32, timeout: Duration) {
+        let mark = self.mark();
+        self.signal(Signal::HUP);
+        self.wait_for_after(mark, &format!("generation {next} ready"), timeout);
+        if next > 1 {
+            self.wait_for_after(mark, &format!("generation {} exited", next - 1), timeout);
+        }
+    }
+
+    /// Waits for the first `generation N ready in M ms` line at index
+    /// `mark` or later; returns N and the reported time.
+    pub fn wait_ready_after(&self, mark: usize, timeout: Duration) -> (u32, Option<Duration>) {
+        let (_, line) = self.wait_for_after(mark, " ready in ", timeout);
+        parse_ready(&line).unwrap_or_else(|| panic!("cannot parse a readiness line: {line:?}"))
+    }
+
+    /// Asserts that every process in `procs` is gone within `timeout`:
+    /// exited, and not left as a zombie of baton (while baton runs).
+    pub fn assert_gone(
+        &self,
+        procs: impl IntoIterator<Item = Proc>,
+        timeout: Duration,
+        what: &str,
+    ) {
+        let reaper = self.status.is_none().then_some(self.pid);
+        for p in procs {
+            if !p.wait_gone(timeout, reaper) {
+                let tail = tail(&self.lines(), 40);
+                panic!(
+                    "{what}: process {} still there after {timeout:?} ({:?}); last lines:\n{tail}",
+                    p.pid,
+                    p.stat()
+                );
+            }
+        }
+    }
+
+    /// Waits for baton to exit and reaps it.
+    ///
+    /// # Panics
+    /// When it is still running after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        if let Some(s) = self.status {
+            return s;
+        }
+        let exited = Proc::find(self.pid).is_none_or(|p| p.wait_exited(timeout));
+        let mut child = self.child.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Ok(Some(status)) = child.try_wait() {
+            drop(child);
+            self.status = Some(status);
+            eprintln!("[e2e] baton {} exited: {status}", self.pid);
+            status
+        } else {
+            drop(child);
+            let tail = tail(&self.lines(), 40);
+            panic!(
+                "baton {} still running after {timeout:?} (exited: {exited}); last lines:\n{tail}",
+                self.pid
+            );
+        }
+    }
+
+    /// Waits (bounded) until baton's stdout and stderr are closed, so that
+    /// [`Baton::lines`] holds everything it printed.
+    pub fn wait_output_closed(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.log.lock();
+        while st.open > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            st = self
+                .log
+                .changed
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
+    }
+
+    /// Stops baton with `sig` and waits for it to exit.
+    pub fn stop(&mut self, sig: Signal, timeout: Duration) -> ExitStatus {
+        self.signal(sig);
+        self.wait_exit(timeout)
+    }
+}
+
+impl Drop for Baton {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let pid = Pid::from_raw(self.pid as i32).expect("a child pid is positive");
+            let _ = rustix::process::kill_process(pid, Signal::TERM);
+            let gone = Proc::find(self.pid).is_none_or(|p| p.wait_exited(Duration::from_secs(3)));
+            if !gone {
+                eprintln!("[e2e] baton {} ignored SIGTERM for 3s: SIGKILL", self.pid);
+                let _ = rustix::process::kill_process(pid, Signal::KILL);
+            }
+            let mut child = self.child.lock().unwrap_or_else(PoisonError::into_inner);
+            let _ = child.wait();
+        }
+        let (workers, grandchildren) = {
+            let st = self.log.lock();
+            (st.workers.clone(), st.grandchildren.clone())
+        };
+        for p in workers.iter().filter_map(|w| w.proc).chain(grandchildren) {
+            if p.is_alive() {
+                eprintln!("[e2e] killing leftover process {}", p.pid);
+                p.signal(Signal::KILL);
+            }
+        }
+    }
+}
+
+fn tail(lines: &[String], n: usize) -> String {
+    let start = lines.len().saturating_sub(n);
+    let mut out = String::new();
+    for l in &lines[start..] {
+        out.push_str("  | ");
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
+}
+
+/// The port in `listening on tcp://HOST:PORT[ (name N)]`.
+pub fn parse_port(line: &str) -> Option<u16> {
+    let addr = line.split("listening on tcp://").nth(1)?;
+    let addr = addr.split_whitespace().next()?;
+    addr.rsplit_once(':')?.1.parse().ok()
+}
+
+/// `generation N ready in M ms` -> (N, M ms).
+pub fn parse_ready(line: &str) -> Option<(u32, Option<Duration>)> {
+    let rest = line.split("generation ").nth(1)?;
+    let (generation, rest) = rest.split_once(" ready")?;
+    let ms = rest
+        .split(" in ")
+        .nth(1)
+        .and_then(|r| r.split(" ms").next())
+        .and_then(|n| n.trim().parse().ok())
+        .map(Duration::from_millis);
+    Some((generation.trim().parse().ok()?, ms))
+}
+
+/// The path in `listening on unix:PATH[ (name N)]`.
+pub fn parse_unix_path(line: &str) -> Option<PathBuf> {
+    let rest = line.split("listening on unix:").nth(1)?;
+    let path = rest.split(" (name ").next()?.trim();
+    Some(PathBuf::from(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_contract_lines() {
+        assert_eq!(
+            parse_port("INFO listening on tcp://127.0.0.1:43121 (name web)"),
+            Some(43121)
+        );
+        assert_eq!(parse_port("listening on tcp://[::1]:80"), Some(80));
+        assert_eq!(
+            parse_unix_path("listening on unix:/tmp/x y.sock (name api)"),
+            Some(PathBuf::from("/tmp/x y.sock"))
+        );
+        let w = parse_worker_line("INFO worker 1 of generation 2 started, pid 4194304")
+            .expect("a worker line");
+        assert_eq!((w.index, w.generation, w.pid), (1, 2, 4_194_304));
+        assert!(parse_worker_line("worker 1 of generation 2 exited (status 1)").is_none());
+        assert_eq!(
+            parse_ready("INFO generation 12 ready in 41 ms"),
+            Some((12, Some(Duration::from_millis(41))))
+        );
+        assert_eq!(strip_ansi("\u{1b}[32mINFO\u{1b}[0m x"), "INFO x");
+    }
+}

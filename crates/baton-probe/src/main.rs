@@ -1,0 +1,285 @@
+//! `baton-probe`: a small HTTP/1.1 server for baton's end-to-end tests.
+//!
+//! It inherits every listener through the systemd protocol (as `baton run`
+//! passes them), reports who it is, reports readiness through whichever
+//! channel the parent set up, drains on SIGTERM, and misbehaves on demand:
+//! see `baton-probe --help`.
+//!
+//! ```text
+//! baton run -l 127.0.0.1:0 -- baton-probe --drain-ms 300
+//! curl http://127.0.0.1:PORT/      # gen=1 worker=0 pid=4242
+//! ```
+//!
+//! Lines on stdout (tests wait for them): `probe gen=G worker=W pid=P started`
+//! (with ` (script: FLAGS)` when a script file added flags),
+//! `... ready`, `... draining`, `... exiting`, and `probe: grandchild pid N`.
+//! Std only, a thread per connection: the probe must be obviously correct,
+//! not fast.
+
+mod args;
+mod http;
+mod serve;
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use baton_app::{Inherited, Listener, Notifier};
+use rustix::event::{PollFd, PollFlags, Timespec};
+
+use args::Options;
+use serve::{AnyListener, Identity, Shared};
+
+fn main() {
+    // Before anything opens a descriptor of its own: what we were given.
+    let fds_at_start = serve::list_fds(&[]);
+
+    let opts = match Options::from_args(std::env::args().skip(1)) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("probe: {e}");
+            std::process::exit(2);
+        }
+    };
+    if opts.help {
+        println!("{}", args::USAGE);
+        return;
+    }
+    let id = Identity {
+        generation: std::env::var("BATON_GENERATION").unwrap_or_else(|_| "-".into()),
+        worker: std::env::var("BATON_WORKER").unwrap_or_else(|_| "-".into()),
+        pid: std::process::id(),
+    };
+    let say = |what: &str| {
+        println!(
+            "probe gen={} worker={} pid={} {what}",
+            id.generation, id.worker, id.pid
+        );
+    };
+    match opts.script_flags.as_deref() {
+        Some(flags) => say(&format!("started (script: {flags})")),
+        None => say("started"),
+    }
+
+    if let Some(code) = opts.exit_at_start {
+        eprintln!(
+            "probe: gen={} worker={} pid={} loading configuration",
+            id.generation, id.worker, id.pid
+        );
+        eprintln!("probe: configuration is broken (on purpose)");
+        eprintln!("probe: exiting with {code} as asked");
+        std::process::exit(code);
+    }
+    if opts.crash_at_start {
+        eprintln!("probe: aborting as asked");
+        std::process::abort();
+    }
+
+    let listeners = take_listeners();
+    let notifier = match Notifier::from_env() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("probe: cannot set up readiness reporting: {e}");
+            std::process::exit(1);
+        }
+    };
+
+    let (stop_read, stop_write) = match rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("probe: cannot create the stop pipe: {e}");
+            std::process::exit(1);
+        }
+    };
+    let mut internal_fds = vec![stop_read.as_raw_fd(), stop_write.as_raw_fd()];
+    // With --ignore-term nothing ever writes to the pipe, but its write end
+    // must stay open: with no writer left, the read end would report
+    // end-of-file, which reads as "stop".
+    let _unused_writer = if opts.ignore_term {
+        Some(stop_write)
+    } else {
+        match install_signals(stop_write) {
+            Ok(fd) => {
+                internal_fds.push(fd);
+                None
+            }
+            Err(e) => {
+                eprintln!("probe: cannot install signal handlers: {e}");
+                std::process::exit(1);
+            }
+        }
+    };
+    if opts.ignore_term
+        && let Err(e) = ignore_signals()
+    {
+        eprintln!("probe: cannot install signal handlers: {e}");
+        std::process::exit(1);
+    }
+    let shared = Arc::new(Shared::new(
+        id.clone(),
+        stop_read,
+        opts.drain,
+        internal_fds,
+        fds_at_start,
+    ));
+
+    if opts.spawn_grandchild {
+        spawn_grandchild();
+    }
+    if let Some(after) = opts.exit_after {
+        let id = id.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(after);
+            eprintln!(
+                "probe: gen={} worker={} pid={} exiting with 1 after {} as asked",
+                id.generation,
+                id.worker,
+                id.pid,
+                humantime::format_duration(after)
+            );
+            std::process::exit(1);
+        });
+    }
+
+    // Warm-up: neither accept nor report ready, but do obey the stop signal.
+    let warm_up = if opts.never_ready {
+        None
+    } else {
+        Some(opts.ready_after.unwrap_or_default())
+    };
+    if stop_requested(shared.stop_fd(), warm_up) {
+        say("draining");
+        say("exiting");
+        std::process::exit(0);
+    }
+
+    let mut acceptors = Vec::new();
+    for listener in listeners {
+        let shared = Arc::clone(&shared);
+        let spawned = std::thread::Builder::new()
+            .name("accept".into())
+            .spawn(move || serve::accept_loop(&listener, &shared));
+        match spawned {
+            Ok(handle) => acceptors.push(handle),
+            Err(e) => {
+                eprintln!("probe: cannot start an accept thread: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    if let Err(e) = notifier.ready() {
+        eprintln!("probe: cannot report ready: {e}");
+        std::process::exit(1);
+    }
+    say("ready");
+
+    // Serve until the stop signal.
+    while !stop_requested(shared.stop_fd(), None) {}
+    say("draining");
+    let _ = notifier.stopping();
+    shared.drain_deadline();
+    for handle in acceptors {
+        let _ = handle.join();
+    }
+    shared.wait_until_idle();
+    say("exiting");
+}
+
+/// Takes every inherited listener, in order; exits loudly when there are
+/// none or one cannot be taken.
+fn take_listeners() -> Vec<AnyListener> {
+    let mut inherited = match Inherited::from_env() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("probe: cannot take inherited sockets: {e}");
+            std::process::exit(1);
+        }
+    };
+    if inherited.is_empty() {
+        eprintln!(
+            "probe: no inherited listening sockets ({}); run me under `baton run -l ...` \
+             or systemd socket activation",
+            inherited.absent_reason().unwrap_or("LISTEN_FDS=0")
+        );
+        std::process::exit(1);
+    }
+    let mut out = Vec::new();
+    for i in 0..inherited.len() {
+        match inherited.take_at(i) {
+            Ok(Some(Listener::Tcp(l))) => out.push(AnyListener::Tcp(l)),
+            Ok(Some(Listener::Unix(l))) => out.push(AnyListener::Unix(l)),
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("probe: cannot take inherited socket {i}: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    out
+}
+
+/// Routes SIGTERM and SIGINT to the stop pipe. Returns the extra
+/// descriptor now held by the signal handlers.
+fn install_signals(stop_write: OwnedFd) -> std::io::Result<RawFd> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let again = stop_write.try_clone()?;
+    let extra = again.as_raw_fd();
+    signal_hook::low_level::pipe::register(SIGTERM, stop_write)?;
+    signal_hook::low_level::pipe::register(SIGINT, again)?;
+    Ok(extra)
+}
+
+/// Swallows SIGTERM and SIGINT: a handler that only sets a flag nobody
+/// reads replaces the default action (terminate), and nothing else happens.
+fn ignore_signals() -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let ignored = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(SIGTERM, Arc::clone(&ignored))?;
+    signal_hook::flag::register(SIGINT, ignored)?;
+    Ok(())
+}
+
+/// Waits up to `timeout` (forever with `None`) for the stop signal.
+fn stop_requested(stop: &OwnedFd, timeout: Option<Duration>) -> bool {
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    loop {
+        let ts = deadline.map(|d| {
+            Timespec::try_from(d.saturating_duration_since(std::time::Instant::now())).unwrap_or(
+                Timespec {
+                    tv_sec: i64::MAX,
+                    tv_nsec: 0,
+                },
+            )
+        });
+        let mut fds = [PollFd::new(stop, PollFlags::IN)];
+        match rustix::event::poll(&mut fds, ts.as_ref()) {
+            Ok(0) => return false,
+            Ok(_) => return true,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                eprintln!("probe: poll on the stop pipe failed: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+/// Starts a long `sleep` and leaks it (never kills it); a thread reaps it
+/// if it ever ends while the probe lives.
+fn spawn_grandchild() {
+    match std::process::Command::new("sleep")
+        .arg("1000")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(mut child) => {
+            println!("probe: grandchild pid {}", child.id());
+            std::thread::spawn(move || child.wait());
+        }
+        Err(e) => {
+            eprintln!("probe: cannot start the grandchild: {e}");
+            std::process::exit(1);
+        }
+    }
+}
