@@ -34,6 +34,7 @@
 
 pub mod listeners;
 pub mod notify;
+pub mod upgrade;
 
 pub use listeners::{InheritError, Inherited, Listener};
 pub use notify::{Notifier, NotifyError};

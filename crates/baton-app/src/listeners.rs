@@ -293,6 +293,47 @@ impl Inherited {
         }
     }
 
+    /// Takes the UDP socket named `name` (UDP sockets do not listen, so only
+    /// the type and family are checked).
+    pub fn take_udp(&mut self, name: &str) -> Result<Option<std::net::UdpSocket>, InheritError> {
+        let Some(index) = self.index_of(name) else {
+            return Ok(None);
+        };
+        let slot = &mut self.slots[index];
+        let Some(fd) = slot.fd.take() else {
+            return Ok(None);
+        };
+        let io_err = |source: rustix::io::Errno| InheritError::Inspect {
+            fd: slot.raw,
+            name: slot.name.clone(),
+            source: source.into(),
+        };
+        let ty = rustix::net::sockopt::socket_type(&fd).map_err(io_err);
+        let family = rustix::net::sockopt::socket_domain(&fd).map_err(io_err);
+        match (ty, family) {
+            (Ok(ty), Ok(f))
+                if ty == SocketType::DGRAM
+                    && (f == AddressFamily::INET || f == AddressFamily::INET6) =>
+            {
+                Ok(Some(fd.into()))
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                slot.fd = Some(fd);
+                Err(e)
+            }
+            (Ok(_), Ok(_)) => {
+                let err = InheritError::WrongKind {
+                    fd: slot.raw,
+                    name: slot.name.clone(),
+                    expected: "a UDP socket",
+                    found: "another kind of socket".into(),
+                };
+                slot.fd = Some(fd);
+                Err(err)
+            }
+        }
+    }
+
     /// Takes the TCP listener named `name` as a tokio listener.
     ///
     /// The socket is switched to non-blocking mode first (tokio requires

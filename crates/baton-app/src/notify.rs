@@ -141,7 +141,7 @@ impl Notifier {
 }
 
 fn claim_ready_fd(fd: RawFd) -> Result<OwnedFd, NotifyError> {
-    baton_sys::fd::claim_ready_fd(fd).map_err(|source| NotifyError::ReadyFdClosed { fd, source })
+    baton_sys::fd::claim_fd(fd).map_err(|source| NotifyError::ReadyFdClosed { fd, source })
 }
 
 #[cfg(test)]

@@ -13,12 +13,13 @@ pub const LISTEN_FDS_START: RawFd = 3;
 #[derive(Debug)]
 struct Claims {
     listen: Option<usize>,
-    ready: Option<RawFd>,
+    /// Single descriptors claimed by number (readiness fd, state fd).
+    single: Vec<RawFd>,
 }
 
 static CLAIMS: Mutex<Claims> = Mutex::new(Claims {
     listen: None,
-    ready: None,
+    single: Vec::new(),
 });
 
 fn in_listen_range(fd: RawFd, count: usize) -> bool {
@@ -39,13 +40,13 @@ pub fn claim_listen_fds(count: usize) -> Option<Vec<io::Result<OwnedFd>>> {
         return None;
     }
     claims.listen = Some(count);
-    let ready = claims.ready;
+    let single = claims.single.clone();
     drop(claims);
     Some(
         (0..count)
             .map(|i| {
                 let raw = LISTEN_FDS_START + RawFd::try_from(i).unwrap_or(RawFd::MAX - 3);
-                if ready == Some(raw) {
+                if single.contains(&raw) {
                     return Err(io::Error::from_raw_os_error(libc::EBUSY));
                 }
                 // SAFETY: the record above makes this the only claim of the
@@ -57,25 +58,27 @@ pub fn claim_listen_fds(count: usize) -> Option<Vec<io::Result<OwnedFd>>> {
     )
 }
 
-/// Claims the readiness descriptor (s6 protocol, `BATON_READY_FD`).
+/// Claims one inherited descriptor passed by number in an environment
+/// variable (the readiness fd `BATON_READY_FD`, the state fd
+/// `BATON_STATE_FD`).
 ///
-/// Safe for the same reason as [`claim_listen_fds`]: it succeeds at most once
-/// per process, and refuses a number inside the claimed `LISTEN_FDS` range
-/// (`EBUSY`) or below 3 (`EBADF`).
-pub fn claim_ready_fd(fd: RawFd) -> io::Result<OwnedFd> {
+/// Safe for the same reason as [`claim_listen_fds`]: each number is claimed
+/// at most once per process (a second claim is `EBUSY`), never inside the
+/// claimed `LISTEN_FDS` range (`EBUSY`), and never below 3 (`EBADF`).
+pub fn claim_fd(fd: RawFd) -> io::Result<OwnedFd> {
     let mut claims = CLAIMS
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     if fd < LISTEN_FDS_START {
         return Err(io::Error::from_raw_os_error(libc::EBADF));
     }
-    if claims.ready.is_some() || claims.listen.is_some_and(|n| in_listen_range(fd, n)) {
+    if claims.single.contains(&fd) || claims.listen.is_some_and(|n| in_listen_range(fd, n)) {
         return Err(io::Error::from_raw_os_error(libc::EBUSY));
     }
     // SAFETY: recorded below under the lock, so this number is claimed once;
     // it lies outside the claimed LISTEN_FDS range (checked above).
     let owned = unsafe { claim_inherited(fd) }?;
-    claims.ready = Some(fd);
+    claims.single.push(fd);
     Ok(owned)
 }
 
