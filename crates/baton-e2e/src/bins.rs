@@ -9,6 +9,9 @@
 //! are up to date (as after `./test`'s own build), and never a stale binary
 //! when they are not.
 //!
+//! Under nextest (one process per test) a stamp file named after the run
+//! (`NEXTEST_RUN_ID`) makes that once per run rather than once per test.
+//!
 //! `BATON_E2E_BIN_DIR=DIR` uses binaries from `DIR` and builds nothing;
 //! `BATON_E2E_NO_BUILD=1` uses the target directory as it is.
 
@@ -41,8 +44,21 @@ pub fn bin_dir() -> &'static Path {
             return PathBuf::from(dir);
         }
         let dir = profile_dir();
-        if std::env::var_os("BATON_E2E_NO_BUILD").is_none() {
-            build(&dir);
+        if std::env::var_os("BATON_E2E_NO_BUILD").is_some() {
+            return dir;
+        }
+        // nextest runs each test in its own process; build once per run,
+        // not once per test (a no-op build still costs about a second).
+        let stamp = std::env::var("NEXTEST_RUN_ID")
+            .ok()
+            .map(|id| dir.join(format!(".baton-e2e-built-{id}")));
+        if stamp.as_ref().is_some_and(|s| s.exists()) {
+            return dir;
+        }
+        build(&dir);
+        if let Some(stamp) = stamp {
+            // Best effort: without the stamp the next test builds again.
+            let _ = std::fs::write(stamp, "");
         }
         dir
     })

@@ -1,9 +1,9 @@
 //! What a worker gets: the systemd socket-activation variables, its
 //! identity, the readiness channel, and no other descriptor.
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-use baton_e2e::{BatonCmd, Signal, WAIT, baton::parse_unix_path, http};
+use baton_e2e::{BatonCmd, Signal, WAIT, baton::parse_unix_path, http, procs};
 
 /// The descriptor numbers in a `/fds` listing.
 fn fd_numbers(listing: &str) -> Vec<i32> {
@@ -67,6 +67,14 @@ fn listen_vars_and_descriptors_with_a_tcp_and_a_named_unix_listener() {
             assert!(target.starts_with("socket:"), "fd {n} is {target}");
         }
     }
+
+    // Each worker leads its own process group.
+    let worker: u32 = pid.parse().expect("numeric pid");
+    let stat = procs::stat(worker).expect("the worker runs");
+    assert_eq!(
+        stat.pgrp, worker,
+        "the worker is not its own process group leader"
+    );
 
     // The named Unix listener serves the same worker.
     let via_unix = http::get_unix(&sock, "/").expect("GET over the Unix socket");
@@ -157,4 +165,22 @@ fn unix_socket_keeps_its_inode_across_reloads_and_is_removed_at_stop() {
         "{} still exists after stop",
         sock.display()
     );
+}
+
+#[test]
+fn unix_socket_gets_the_requested_mode() {
+    let cmd = BatonCmd::new();
+    let sock = cmd.dir().join("private.sock");
+    let baton = cmd
+        .listen(format!("unix:{}?mode=0600", sock.display()))
+        .probe(&[])
+        .spawn();
+    baton.wait_for("generation 1 ready", WAIT);
+    let mode = std::fs::metadata(&sock)
+        .expect("socket file exists")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+    let r = http::get_unix(&sock, "/").expect("GET over the Unix socket");
+    assert_eq!(r.status, 200);
 }

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use baton_e2e::{BatonCmd, Proc, Signal, WAIT, http};
+use baton_e2e::{BatonCmd, Proc, Signal, WAIT};
 
 /// How long a process may take to disappear after it was told to.
 const GONE: Duration = Duration::from_secs(10);
@@ -76,24 +76,4 @@ fn leaked_grandchild_is_gone_after_stop() {
     let status = baton.stop(Signal::TERM, WAIT);
     eprintln!("[e2e] baton exited with {status}");
     baton.assert_gone([grandchild], GONE, "the grandchild the worker leaked");
-}
-
-#[test]
-fn a_request_in_flight_is_answered_across_a_graceful_stop() {
-    let mut baton = BatonCmd::new().probe(&["--drain-ms", "50"]).spawn();
-    baton.wait_for("generation 1 ready", WAIT);
-    let port = baton.port();
-    let worker = baton.workers_of(1)[0].pid;
-    let slow = http::send(port, "/slow?ms=1500").expect("send the slow request");
-    // The probe has one accept loop, which takes connections in order: once
-    // a later connection is answered, the slow one was accepted.
-    http::get_ok(port, "/");
-    let mark = baton.mark();
-    baton.signal(Signal::TERM);
-    baton.wait_for_after(mark, &format!("pid={worker} draining"), WAIT);
-    let reply = slow.finish().expect("the request in flight was answered");
-    assert_eq!(reply.status, 200);
-    assert_eq!(reply.header("Connection"), Some("close"), "{reply:?}");
-    let status = baton.wait_exit(WAIT);
-    assert_eq!(status.code(), Some(0));
 }

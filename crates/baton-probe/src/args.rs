@@ -21,7 +21,7 @@ usage: baton-probe [FLAGS]
   --spawn-grandchild    start a `sleep 1000` and leak it
   --script PATH         if PATH exists at start, read more flags from it
                         (whitespace-separated; they override the command line)
-Endpoints: GET /  /fds  /fds?at=start  /env  /slow?ms=N";
+Endpoints: GET /  /fds  /fds?at=start  /env (with PID= and CWD=)  /slow?ms=N";
 
 /// What the probe was asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]

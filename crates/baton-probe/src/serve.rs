@@ -454,7 +454,8 @@ fn respond(req: &Request, shared: &Shared, conn_fd: RawFd) -> Response {
 }
 
 /// The variables a test may want to check, as `KEY=VALUE` lines (absent
-/// ones are left out), then `PID=`.
+/// ones are left out), then `PID=` and `CWD=` (the working directory, as
+/// the kernel resolved it).
 fn env_report(pid: u32) -> String {
     let mut out = String::new();
     for key in [
@@ -471,6 +472,9 @@ fn env_report(pid: u32) -> String {
         }
     }
     let _ = writeln!(out, "PID={pid}");
+    if let Ok(cwd) = std::env::current_dir() {
+        let _ = writeln!(out, "CWD={}", cwd.display());
+    }
     out
 }
 
