@@ -264,7 +264,9 @@ impl Conn {
         self.read_response(deadline, keep_body)
     }
 
-    fn send(&mut self, request: &[u8], deadline: Instant) -> Result<(), Failure> {
+    /// Sends a complete request without reading the answer (see
+    /// [`Conn::read_response`]).
+    pub fn send(&mut self, request: &[u8], deadline: Instant) -> Result<(), Failure> {
         let left = remaining(deadline).map_err(Failure::Write)?;
         self.stream
             .set_write_timeout(left)
@@ -437,6 +439,21 @@ impl Conn {
             if self.fill(deadline)? == 0 {
                 return Ok(());
             }
+        }
+    }
+
+    /// Waits up to `wait` for the server to close this (idle) connection;
+    /// true if it did. Bytes that arrive instead are kept for the next
+    /// response.
+    pub fn peer_closed(&mut self, wait: Duration) -> bool {
+        match self.fill(Instant::now() + wait) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(Failure::Read(e)) => !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ),
+            Err(_) => true,
         }
     }
 

@@ -112,12 +112,20 @@ struct State {
 }
 
 /// An accepting socket, TCP or Unix.
-enum Accepting {
+#[derive(Debug)]
+pub enum Accepting {
     Tcp(tokio::net::TcpListener),
     Unix(tokio::net::UnixListener),
 }
 
 impl Accepting {
+    /// Wraps a std TCP listener (switched to non-blocking). Must be called
+    /// inside a tokio runtime.
+    pub fn tcp(l: std::net::TcpListener) -> std::io::Result<Self> {
+        l.set_nonblocking(true)?;
+        Ok(Accepting::Tcp(tokio::net::TcpListener::from_std(l)?))
+    }
+
     fn describe(&self) -> String {
         match self {
             Accepting::Tcp(l) => l
@@ -190,15 +198,48 @@ fn listener(settings: &Settings) -> anyhow::Result<Accepting> {
     ))
 }
 
-/// Runs the server until it has drained. Must be called inside a tokio
-/// runtime with I/O and time enabled.
-pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    // Signals first: a stop asked for during warm-up must not be lost.
+/// Stop requests, each named for the log (`"SIGTERM"`). The first starts
+/// the drain; a second one ends the process at once.
+pub type Stops = tokio::sync::mpsc::UnboundedReceiver<&'static str>;
+
+/// Forwards SIGTERM and SIGINT into a [`Stops`] channel.
+fn forward_signals() -> anyhow::Result<Stops> {
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            if tx.send(name).is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// The process's server: signals, the inherited (or bound) listener and
+/// the readiness channel from the environment, then [`serve`]. Must be
+/// called inside a tokio runtime with I/O and time enabled.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    // Signals first: a stop asked for during warm-up must not be lost.
+    let stops = forward_signals()?;
     let listener = listener(&settings)?;
     let notifier = baton_app::Notifier::from_env().context("cannot set up readiness")?;
+    serve(settings, listener, &notifier, stops).await
+}
 
+/// Serves on `listener` until a stop request, then drains (see the module
+/// docs). Readiness and `STOPPING=1` go to `notifier`.
+pub async fn serve(
+    settings: Settings,
+    listener: Accepting,
+    notifier: &baton_app::Notifier,
+    mut stops: Stops,
+) -> anyhow::Result<()> {
     let pid = std::process::id();
     let state = Arc::new(State {
         generation: HeaderValue::from_str(&settings.generation)
@@ -219,8 +260,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     if !settings.boot_delay.is_zero() {
         tokio::select! {
             () = tokio::time::sleep(settings.boot_delay) => {}
-            _ = term.recv() => { say!(settings, "stopped while booting"); return Ok(()); }
-            _ = int.recv() => { say!(settings, "stopped while booting"); return Ok(()); }
+            Some(name) = stops.recv() => {
+                say!(settings, "{name} while booting: exiting");
+                return Ok(());
+            }
         }
     }
 
@@ -236,8 +279,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let signal_name = loop {
         tokio::select! {
             biased;
-            _ = term.recv() => break "SIGTERM",
-            _ = int.recv() => break "SIGINT",
+            Some(name) = stops.recv() => break name,
             accepted = accept(&listener, &state, &tracker, &shut_down) => {
                 if let Err(e) = accepted {
                     // Out of descriptors, or the peer gave up before accept:
@@ -267,8 +309,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let drained = tokio::select! {
         () = tracker.wait() => true,
         () = tokio::time::sleep(settings.drain_grace) => false,
-        _ = term.recv() => return Err(immediate(&tracker)),
-        _ = int.recv() => return Err(immediate(&tracker)),
+        Some(_) = stops.recv() => return Err(immediate(&tracker)),
     };
 
     // Step 3: close idle connections, let in-flight requests finish.
@@ -284,8 +325,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             () = tokio::time::sleep(settings.shutdown_timeout) => {
                 say!(settings, "shutdown timeout: abandoning {} connection(s)", tracker.len());
             }
-            _ = term.recv() => return Err(immediate(&tracker)),
-            _ = int.recv() => return Err(immediate(&tracker)),
+            Some(_) = stops.recv() => return Err(immediate(&tracker)),
         }
     }
     say!(
@@ -317,18 +357,26 @@ async fn accept(
             let (stream, _) = l.accept().await?;
             // Responses are small and written at once; do not let Nagle hold them.
             stream.set_nodelay(true)?;
-            tracker.spawn(serve(stream, Arc::clone(state), shut_down.clone()));
+            tracker.spawn(serve_connection(
+                stream,
+                Arc::clone(state),
+                shut_down.clone(),
+            ));
         }
         Accepting::Unix(l) => {
             let (stream, _) = l.accept().await?;
-            tracker.spawn(serve(stream, Arc::clone(state), shut_down.clone()));
+            tracker.spawn(serve_connection(
+                stream,
+                Arc::clone(state),
+                shut_down.clone(),
+            ));
         }
     }
     Ok(())
 }
 
 /// Serves one connection until it closes, or until shutdown closes it.
-async fn serve<I>(io: I, state: Arc<State>, shut_down: CancellationToken)
+async fn serve_connection<I>(io: I, state: Arc<State>, shut_down: CancellationToken)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
