@@ -225,15 +225,31 @@ fn demo(args: &Args) -> anyhow::Result<bool> {
     let load_report = match outcome {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("demo: last lines from baton:");
-            for l in baton.tail(15) {
-                eprintln!("    {l}");
+            if !interrupted.load(Ordering::SeqCst) {
+                eprintln!("demo: last lines from baton:");
+                for l in baton.tail(15) {
+                    eprintln!("    {l}");
+                }
             }
             // Dropping `baton` stops it.
             return Err(e);
         }
     };
 
+    let l = &load_report.latency;
+    println!(
+        "latency: p50 {}  p99 {}  max {}   throughput: {:.0} requests/s",
+        baton_load::human(l.p50),
+        baton_load::human(l.p99),
+        baton_load::human(l.max),
+        load_report.throughput()
+    );
+    if !load_report.errors.is_empty() {
+        println!("errors:");
+        for (k, n) in &load_report.errors {
+            println!("  {n} × {k}");
+        }
+    }
     let url = format!("http://{}", baton.addr);
     let mut pass = load_report.failed == 0;
     let baton_status = if args.keep {
@@ -264,22 +280,7 @@ fn demo(args: &Args) -> anyhow::Result<bool> {
         println!("baton exited with {status} (expected 0: every worker exited on its own)");
         pass = false;
     }
-
-    let l = &load_report.latency;
     println!();
-    println!(
-        "latency: p50 {}  p99 {}  max {}   throughput: {:.0} requests/s",
-        baton_load::human(l.p50),
-        baton_load::human(l.p99),
-        baton_load::human(l.max),
-        load_report.throughput()
-    );
-    if !load_report.errors.is_empty() {
-        println!("errors:");
-        for (k, n) in &load_report.errors {
-            println!("  {n} × {k}");
-        }
-    }
     println!(
         "requests: {}  failed: {}  generations seen: {}  -> {}",
         load_report.requests,
