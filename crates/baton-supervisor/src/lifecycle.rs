@@ -1063,8 +1063,9 @@ impl Lifecycle {
                 }
                 let missing = self.describe_missing(gi);
                 let reason = format!(
-                    "was not ready within {} ({missing})",
-                    humantime::format_duration(self.policy.ready_timeout)
+                    "was not ready within {} ({missing}{})",
+                    humantime::format_duration(self.policy.ready_timeout),
+                    self.ready_hint()
                 );
                 let tail = self.not_ready(generation).first().copied();
                 self.fail_generation(gi, &reason, tail, exit::FIRST_NOT_READY);
@@ -1078,15 +1079,7 @@ impl Lifecycle {
                     return;
                 }
                 let missing = self.describe_missing(gi);
-                let hint = match self.policy.ready {
-                    ReadyMode::Notify => {
-                        "; if the app does not speak sd_notify, use --ready fd, --ready delay:DURATION or --ready exec:CMD"
-                    }
-                    ReadyMode::Fd => {
-                        "; if the app cannot write to BATON_READY_FD, use --ready delay:DURATION or --ready exec:CMD"
-                    }
-                    ReadyMode::Delay(_) | ReadyMode::Exec(_) => "",
-                };
+                let hint = self.ready_hint();
                 self.log(
                     Level::Warn,
                     format!(
@@ -1153,6 +1146,19 @@ impl Lifecycle {
                     self.out.push(Action::Spawn { generation, slot });
                 }
             }
+        }
+    }
+
+    /// What to do when an app cannot speak the configured readiness protocol.
+    fn ready_hint(&self) -> &'static str {
+        match self.policy.ready {
+            ReadyMode::Notify => {
+                "; if the app does not speak sd_notify, use --ready fd, --ready delay:DURATION or --ready exec:CMD"
+            }
+            ReadyMode::Fd => {
+                "; if the app cannot write to BATON_READY_FD, use --ready delay:DURATION or --ready exec:CMD"
+            }
+            ReadyMode::Delay(_) | ReadyMode::Exec(_) => "",
         }
     }
 

@@ -337,6 +337,12 @@ fn failed_start_by_readiness_timeout_kills_new_generation() {
     assert!(s.logged("--ready delay:DURATION"));
     s.advance(Duration::from_secs(55));
     assert!(s.logged("reload failed: generation 2 was not ready within 1m"));
+    assert!(
+        s.logs
+            .iter()
+            .any(|l| l.contains("was not ready within") && l.contains("--ready exec:CMD")),
+        "the failure itself names the other readiness modes"
+    );
     assert_eq!(s.signals, vec![(2, 0, TERM)]);
     // It ignores the stop signal: SIGKILL after the rollback grace.
     s.advance(ROLLBACK_GRACE);
