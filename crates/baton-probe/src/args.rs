@@ -21,7 +21,10 @@ usage: baton-probe [FLAGS]
   --spawn-grandchild    start a `sleep 1000` and leak it
   --script PATH         if PATH exists at start, read more flags from it
                         (whitespace-separated; they override the command line)
-Endpoints: GET /  /fds  /fds?at=start  /env (with PID= and CWD=)  /slow?ms=N";
+Endpoints: GET /  /env (with PID= and CWD=)  /slow?ms=N
+  /fds           open descriptors now, without the probe's own (its pipes,
+                 its connections)
+  /fds?at=start  open descriptors as inherited, listed before anything else";
 
 /// What the probe was asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,6 +12,7 @@
 //! `Connection: close`; connections still idle at the end of the window are
 //! closed; requests in flight are finished.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -47,6 +48,9 @@ pub struct Shared {
     idle: Condvar,
     /// Descriptors the probe opened for its own machinery, left out of `/fds`.
     internal_fds: Vec<RawFd>,
+    /// Accepted connections not yet closed (a count per number: a number
+    /// can be reused before the thread that closed it unregisters it).
+    conn_fds: Mutex<BTreeMap<RawFd, usize>>,
     /// `/proc/self/fd` as it was when `main` started.
     fds_at_start: String,
 }
@@ -68,7 +72,28 @@ impl Shared {
             active: Mutex::new(0),
             idle: Condvar::new(),
             internal_fds,
+            conn_fds: Mutex::new(BTreeMap::new()),
             fds_at_start,
+        }
+    }
+
+    fn conn_fds(&self) -> std::sync::MutexGuard<'_, BTreeMap<RawFd, usize>> {
+        self.conn_fds
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn register_conn(&self, fd: RawFd) {
+        *self.conn_fds().entry(fd).or_default() += 1;
+    }
+
+    fn unregister_conn(&self, fd: RawFd) {
+        let mut fds = self.conn_fds();
+        if let Some(n) = fds.get_mut(&fd) {
+            *n -= 1;
+            if *n == 0 {
+                fds.remove(&fd);
+            }
         }
     }
 
@@ -282,6 +307,7 @@ pub fn accept_loop(listener: &AnyListener, shared: &Arc<Shared>) {
         }
         match listener.accept() {
             Ok(stream) => {
+                shared.register_conn(stream.as_fd().as_raw_fd());
                 let guard = shared.enter();
                 let shared = Arc::clone(shared);
                 let spawned = std::thread::Builder::new()
@@ -407,13 +433,15 @@ fn serve_connection(mut stream: AnyStream, shared: &Shared) {
             .write_all(&response.to_bytes(close, head_only))
             .is_err()
         {
-            return;
+            break;
         }
         if close {
             break;
         }
     }
     close_gently(&mut stream);
+    drop(stream);
+    shared.unregister_conn(conn_fd);
 }
 
 fn respond(req: &Request, shared: &Shared, conn_fd: RawFd) -> Response {
@@ -430,8 +458,12 @@ fn respond(req: &Request, shared: &Shared, conn_fd: RawFd) -> Response {
             Response::new(200, shared.fds_at_start.clone())
         }
         "/fds" => {
+            // The probe's own descriptors are not what a test asks about:
+            // its pipes and every connection it is serving (this one, and
+            // earlier ones still closing).
             let mut skip = shared.internal_fds.clone();
             skip.push(conn_fd);
+            skip.extend(shared.conn_fds().keys());
             Response::new(200, list_fds(&skip))
         }
         "/env" => Response::new(200, env_report(id.pid)),
