@@ -134,6 +134,75 @@ pub fn send(port: u16, path: &str) -> std::io::Result<Pending> {
     Ok(Pending(stream))
 }
 
+/// A keep-alive connection: requests one after another on one socket,
+/// responses delimited by `Content-Length`.
+#[derive(Debug)]
+pub struct KeepAlive {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl KeepAlive {
+    pub fn connect(port: u16) -> std::io::Result<Self> {
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let stream = TcpStream::connect_timeout(&addr, REQUEST_TIMEOUT)?;
+        stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
+        stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+        Ok(Self {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Sends `GET path` (keep-alive) and reads its response.
+    pub fn get(&mut self, path: &str) -> std::io::Result<Reply> {
+        write!(
+            self.stream,
+            "GET {path} HTTP/1.1\r\nHost: baton-e2e\r\n\r\n"
+        )?;
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+                let len = head
+                    .lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .find(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                    .ok_or_else(|| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!("no Content-Length in {head:?}"),
+                        )
+                    })?;
+                let total = end + 4 + len;
+                if self.buf.len() >= total {
+                    let raw: Vec<u8> = self.buf.drain(..total).collect();
+                    return parse(&raw)
+                        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+                }
+            }
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "connection closed before a complete response ({} bytes read)",
+                        self.buf.len()
+                    ),
+                ));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Whether the server has closed its side (a read sees end-of-file).
+    pub fn is_closed_by_peer(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.stream.read(&mut byte), Ok(0))
+    }
+}
+
 /// `GET path` over the Unix socket at `socket`.
 pub fn get_unix(socket: &Path, path: &str) -> std::io::Result<Reply> {
     let stream = UnixStream::connect(socket)?;

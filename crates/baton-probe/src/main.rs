@@ -154,6 +154,14 @@ fn main() {
         std::process::exit(0);
     }
 
+    // Ready first, then accept: the connections wait in the shared queue
+    // for the microseconds in between, and in fd mode the readiness fd is
+    // closed before the first request can ask `/fds` about it.
+    if let Err(e) = notifier.ready() {
+        eprintln!("probe: cannot report ready: {e}");
+        std::process::exit(1);
+    }
+    say("ready");
     let mut acceptors = Vec::new();
     for listener in listeners {
         let shared = Arc::clone(&shared);
@@ -168,11 +176,6 @@ fn main() {
             }
         }
     }
-    if let Err(e) = notifier.ready() {
-        eprintln!("probe: cannot report ready: {e}");
-        std::process::exit(1);
-    }
-    say("ready");
 
     // Serve until the stop signal.
     while !stop_requested(shared.stop_fd(), None) {}
