@@ -88,13 +88,30 @@ impl Notifier {
     /// Reports that the server is ready to take traffic: `READY=1`, or a
     /// newline on the readiness fd (which is then closed, as s6 expects).
     pub fn ready(&self) -> Result<(), NotifyError> {
-        if let Ok(mut guard) = self.ready_fd.lock()
-            && let Some((fd, mut file)) = guard.take()
-        {
-            file.write_all(b"\n")
-                .map_err(|source| NotifyError::Write { fd, source })?;
+        if !self.is_connected() {
+            tracing::debug!("no parent listens for readiness; not reporting ready");
+            return Ok(());
         }
+        self.ready_fd()?;
         self.send("READY=1")
+    }
+
+    /// Reports readiness on the readiness fd only (a newline, then the fd
+    /// is closed), not on `NOTIFY_SOCKET`. Returns whether there was a
+    /// readiness fd. Used by a self-upgraded process, whose parent forwards
+    /// readiness to the service manager together with `MAINPID=`.
+    pub fn ready_fd(&self) -> Result<bool, NotifyError> {
+        let taken = match self.ready_fd.lock() {
+            Ok(mut guard) => guard.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        let Some((fd, mut file)) = taken else {
+            return Ok(false);
+        };
+        file.write_all(b"\n")
+            .map_err(|source| NotifyError::Write { fd, source })?;
+        // Dropping `file` closes the descriptor: the s6 protocol's end.
+        Ok(true)
     }
 
     /// Reports that the server is reloading its configuration.

@@ -79,14 +79,18 @@ const STATE_MAGIC: &[u8; 8] = b"BATONST1";
 const STATE_HEADER: usize = 8 + 4 + 8;
 
 /// Variables the upgrader sets for the child; inherited values are dropped.
-const OWN_VARS: [&str; 6] = [
+const OWN_VARS: [&str; 7] = [
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
     "BATON_READY_FD",
     "BATON_STATE_FD",
     "BATON_GENERATION",
+    UPGRADED_FROM,
 ];
+
+/// Set for a process started by [`Upgrader::upgrade`]: the parent's pid.
+const UPGRADED_FROM: &str = "BATON_UPGRADED_FROM";
 
 /// Why an upgrade, or setting one up, failed.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +113,8 @@ pub enum UpgradeError {
     OwnPath(#[source] std::io::Error),
     #[error("state payload of {size} bytes exceeds the limit of {limit} bytes")]
     StateTooLarge { size: usize, limit: usize },
+    #[error("listener name {0:?} is not usable: it must be non-empty and without ':'")]
+    BadName(String),
     #[error("cannot bind {what}: {source}")]
     Bind {
         what: String,
@@ -191,6 +197,10 @@ struct Inner {
     args: Vec<OsString>,
     env: Vec<OsString>,
     generation: u64,
+    /// The parent's pid, when this process was started by an upgrade.
+    upgraded_from: Option<u32>,
+    /// Set by the first [`Upgrader::ready`].
+    reported_ready: std::sync::atomic::AtomicBool,
     ready_timeout: Duration,
     pid_file: Option<PathBuf>,
     max_state: usize,
@@ -279,6 +289,9 @@ impl UpgraderBuilder {
             }
             Err(_) => None,
         };
+        let upgraded_from = std::env::var(UPGRADED_FROM)
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
         let generation = std::env::var("BATON_GENERATION")
             .ok()
             .and_then(|g| g.parse().ok())
@@ -298,6 +311,8 @@ impl UpgraderBuilder {
                 args: std::env::args_os().collect(),
                 env,
                 generation,
+                upgraded_from,
+                reported_ready: std::sync::atomic::AtomicBool::new(false),
                 ready_timeout: self.ready_timeout,
                 pid_file: self.pid_file,
                 max_state: self.max_state,
@@ -326,10 +341,17 @@ impl Upgrader {
 
     /// Whether this process was started by a previous one's upgrade.
     pub fn is_successor(&self) -> bool {
-        self.inner.generation > 1 && !lock(&self.inner.inherited).is_empty()
+        self.inner.upgraded_from.is_some()
+    }
+
+    /// The pid of the process that started this one by an upgrade, if one
+    /// did.
+    pub fn upgraded_from(&self) -> Option<u32> {
+        self.inner.upgraded_from
     }
 
     fn register(&self, name: &str, fd: &impl AsFd) -> Result<(), UpgradeError> {
+        check_name(name)?;
         let dup = fd
             .as_fd()
             .try_clone_to_owned()
@@ -346,6 +368,7 @@ impl Upgrader {
         name: &str,
         addr: impl ToSocketAddrs + std::fmt::Debug,
     ) -> Result<TcpListener, UpgradeError> {
+        check_name(name)?;
         let inherited = lock(&self.inner.inherited)
             .take_tcp(name)
             .map_err(|source| UpgradeError::Inherit {
@@ -365,6 +388,7 @@ impl Upgrader {
 
     /// The Unix stream listener named `name`, inherited or bound at `path`.
     pub fn unix_listener(&self, name: &str, path: &Path) -> Result<UnixListener, UpgradeError> {
+        check_name(name)?;
         let inherited = lock(&self.inner.inherited)
             .take_unix(name)
             .map_err(|source| UpgradeError::Inherit {
@@ -388,6 +412,7 @@ impl Upgrader {
         name: &str,
         addr: impl ToSocketAddrs + std::fmt::Debug,
     ) -> Result<UdpSocket, UpgradeError> {
+        check_name(name)?;
         let inherited = lock(&self.inner.inherited)
             .take_udp(name)
             .map_err(|source| UpgradeError::Inherit {
@@ -431,13 +456,31 @@ impl Upgrader {
         read_state(&fd, self.inner.state_version, self.inner.max_state).map(Some)
     }
 
-    /// Reports that this process serves: tells the previous process (which
-    /// then drains) or the service manager, and writes the pid file.
+    /// Reports that this process serves: writes the pid file, then tells
+    /// the previous process (which then drains) or the service manager.
+    ///
+    /// A state payload that was handed over but not taken with
+    /// [`Upgrader::take_state`] is closed here: after `ready`, this
+    /// process holds no descriptor it inherited other than its listeners.
+    ///
+    /// A process started by an upgrade reports only to its parent (on the
+    /// readiness pipe); the parent forwards `MAINPID=` and `READY=1` to
+    /// systemd, which accepts them only from the unit's main process.
     pub fn ready(&self) -> Result<(), UpgradeError> {
+        if lock(&self.inner.state).take().is_some() {
+            tracing::debug!("the handed-over state was not taken; closing it");
+        }
         if let Some(path) = &self.inner.pid_file {
             write_pid_file(path, std::process::id())?;
         }
-        self.inner.notifier.ready()?;
+        self.inner
+            .reported_ready
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        if self.inner.upgraded_from.is_some() {
+            self.inner.notifier.ready_fd()?;
+        } else {
+            self.inner.notifier.ready()?;
+        }
         Ok(())
     }
 
@@ -471,13 +514,44 @@ impl Upgrader {
                 Phase::Serving => *phase = Phase::Upgrading,
             }
         }
-        let result = self.run_upgrade(state);
-        let mut phase = lock(&self.inner.phase);
-        *phase = match &result {
-            Ok(h) => Phase::HandedOver(h.child_pid),
-            Err(_) => Phase::Serving,
+        // Back to `Serving` however `run_upgrade` ends, a panic included,
+        // unless it handed over.
+        let mut guard = PhaseGuard {
+            inner: &self.inner,
+            handed_over: None,
         };
+        let _ = self.inner.notifier.reloading().map_err(|e| {
+            tracing::warn!("cannot tell the service manager about the upgrade: {e}");
+        });
+        let result = self.run_upgrade(state);
+        match &result {
+            Ok(h) => guard.handed_over = Some(h.child_pid),
+            Err(e) => self.after_failure(e),
+        }
         result
+    }
+
+    /// Puts things back after a failed upgrade: the pid file names this
+    /// process again (the child may have written it just before it was
+    /// killed at the deadline), and the service manager learns that the
+    /// reload is over.
+    fn after_failure(&self, e: &UpgradeError) {
+        if let Some(path) = &self.inner.pid_file
+            && self
+                .inner
+                .reported_ready
+                .load(std::sync::atomic::Ordering::SeqCst)
+            && std::fs::read_to_string(path).ok().as_deref().map(str::trim)
+                != Some(std::process::id().to_string().as_str())
+            && let Err(e) = write_pid_file(path, std::process::id())
+        {
+            tracing::error!("after a failed upgrade: {e}");
+        }
+        let why = e.to_string().replace('\n', " ");
+        let _ = self
+            .inner
+            .notifier
+            .send(&format!("READY=1\nSTATUS=upgrade failed: {why}"));
     }
 
     fn run_upgrade(&self, state: Option<&[u8]>) -> Result<Handover, UpgradeError> {
@@ -500,6 +574,7 @@ impl Upgrader {
         env.push(var("LISTEN_FDS", fds.len().to_string()));
         env.push(var("LISTEN_FDNAMES", names.join(":")));
         env.push(var("BATON_GENERATION", (inner.generation + 1).to_string()));
+        env.push(var(UPGRADED_FROM, std::process::id().to_string()));
         env.push(var("BATON_READY_FD", (3 + fds.len()).to_string()));
         fds.push(ready_w.as_fd());
         if let Some(fd) = &state_fd {
@@ -531,8 +606,15 @@ impl Upgrader {
             Wait::Ready => {
                 let ready_after = started.elapsed();
                 tracing::info!("upgrade: pid {pid} ready after {ready_after:?}; handing over");
-                // Under systemd the unit follows the new main process.
-                inner.notifier.send(&format!("MAINPID={pid}"))?;
+                // Under systemd the unit follows the new main process. The
+                // child serves already: failing to tell systemd must not
+                // turn this into a failed upgrade (two processes would then
+                // accept, and neither would drain), so it is only logged.
+                if let Err(e) = inner.notifier.send(&format!("MAINPID={pid}\nREADY=1")) {
+                    tracing::warn!(
+                        "upgrade: cannot send MAINPID={pid} to the service manager: {e}"
+                    );
+                }
                 *lock(&inner.successor) = Some(child);
                 Ok(Handover {
                     child_pid: pid,
@@ -550,6 +632,28 @@ impl Upgrader {
             }
         }
     }
+}
+
+/// Restores [`Phase::Serving`] unless the upgrade handed over.
+struct PhaseGuard<'a> {
+    inner: &'a Inner,
+    handed_over: Option<u32>,
+}
+
+impl Drop for PhaseGuard<'_> {
+    fn drop(&mut self) {
+        *lock(&self.inner.phase) = match self.handed_over {
+            Some(pid) => Phase::HandedOver(pid),
+            None => Phase::Serving,
+        };
+    }
+}
+
+fn check_name(name: &str) -> Result<(), UpgradeError> {
+    if name.is_empty() || name.contains(':') {
+        return Err(UpgradeError::BadName(name.to_owned()));
+    }
+    Ok(())
 }
 
 enum Wait {

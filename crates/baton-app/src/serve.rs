@@ -1,0 +1,421 @@
+//! Serving HTTP/1.1 with hyper until a stop, then draining without failing
+//! a request.
+//!
+//! ```no_run
+//! use std::convert::Infallible;
+//! use baton_app::serve::{serve, DrainConfig};
+//! use baton_app::shutdown::Shutdown;
+//! use http_body_util::Full;
+//! use hyper::{body::Bytes, Request, Response};
+//!
+//! # async fn f(listener: tokio::net::TcpListener) -> std::io::Result<()> {
+//! let shutdown = Shutdown::new();
+//! shutdown.on_signals()?;
+//! let service = hyper::service::service_fn(|_req: Request<hyper::body::Incoming>| async {
+//!     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello\n"))))
+//! });
+//! let report = serve(listener, service, &shutdown, DrainConfig::default()).await;
+//! eprintln!("{report:?}");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! An axum `Router` is served the same way, wrapped in hyper-util's
+//! `TowerToHyperService` (see `examples/upgrade-server`).
+//!
+//! # Theory of operation
+//!
+//! [`serve`] accepts connections and serves each on its own task (counted
+//! by a `TaskTracker`) until the [`Shutdown`] flag is set. Then it drains in
+//! three steps:
+//!
+//! 1. **Stop accepting.** The listener is dropped. The socket itself stays
+//!    open in the successor (or the supervisor), so connections waiting in
+//!    the accept queue are not lost: the next process accepts them.
+//! 2. **Grace ([`DrainConfig::grace`], default 1 s): keep serving, and
+//!    answer every request with `Connection: close`.** hyper closes each
+//!    connection right after such a response, and the client learns *in
+//!    band* that it must open a new connection for its next request, which
+//!    the successor accepts. The step ends early when no connection is
+//!    left.
+//! 3. **hyper's `graceful_shutdown` for what remains**: a request in
+//!    progress is finished, an idle connection is closed. The whole drain
+//!    gives up at [`DrainConfig::deadline`]; connections still open then
+//!    are dropped.
+//!
+//! Why step 2: `graceful_shutdown` on its own closes every idle keep-alive
+//! connection at once, without an answer. A client that sends its next
+//! request on such a connection at that moment (it cannot know) gets a
+//! reset or an end of file instead of a response. The project measured it
+//! (DESIGN.md, "Generations": under keep-alive load, one failed request per
+//! open connection at every hand-over); answering `Connection: close` for a
+//! short grace first took that to zero. The demo server
+//! (`examples/demo-server`) uses the same technique.
+//!
+//! Why 1 s: a connection that carries at least one request a second is
+//! told in band; clients and proxies that keep connections alive reuse
+//! them far more often. A connection idle for longer is about as likely to
+//! be closed by the client's own idle timer as to be reused.
+
+use std::future::Future;
+use std::io;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use hyper::body::{Body, Incoming};
+use hyper::header::{CONNECTION, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::shutdown::{Shutdown, StopReason};
+
+/// A listening socket [`serve`] can accept from.
+pub trait Accept {
+    /// An accepted connection.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// Polls for the next connection.
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>>;
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Io = tokio::net::TcpStream;
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>> {
+        let (stream, _) = ready!(tokio::net::TcpListener::poll_accept(self, cx))?;
+        // Responses are small and written at once: do not let Nagle hold
+        // them back. Failing to set it is not a reason to drop the client.
+        let _ = stream.set_nodelay(true);
+        Poll::Ready(Ok(stream))
+    }
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Io = tokio::net::UnixStream;
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>> {
+        let (stream, _) = ready!(tokio::net::UnixListener::poll_accept(self, cx))?;
+        Poll::Ready(Ok(stream))
+    }
+}
+
+/// How a drain is bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainConfig {
+    /// How long to answer every request with `Connection: close` before
+    /// closing idle connections (default 1 s).
+    pub grace: Duration,
+    /// Bound on the whole drain, from the stop (default 20 s). Connections
+    /// still open then are dropped.
+    pub deadline: Duration,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(1),
+            deadline: Duration::from_secs(20),
+        }
+    }
+}
+
+/// How a drain went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Why serving stopped (the gravest reason seen by the end).
+    pub reason: StopReason,
+    /// Connections open when accepting stopped.
+    pub open_at_stop: usize,
+    /// Connections dropped at the deadline or on an immediate stop (0 for
+    /// a clean drain).
+    pub abandoned: usize,
+    /// From the stop to the end of the drain.
+    pub took: Duration,
+}
+
+/// Serves `service` on connections from `listener` until `shutdown` is set,
+/// then drains (see the module docs) and returns how it went.
+///
+/// Accept errors (a peer that gave up, descriptors exhausted) are logged
+/// and retried after 10 ms; they never end the server. Connection errors
+/// are the client's doing and are not logged.
+pub async fn serve<L, S, B>(
+    mut listener: L,
+    service: S,
+    shutdown: &Shutdown,
+    config: DrainConfig,
+) -> DrainReport
+where
+    L: Accept,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tracker = TaskTracker::new();
+    let draining = Arc::new(AtomicBool::new(false));
+    let close_idle = CancellationToken::new();
+    let abandon = CancellationToken::new();
+
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.stopped() => break,
+            accepted = std::future::poll_fn(|cx| listener.poll_accept(cx)) => accepted,
+        };
+        match accepted {
+            Ok(io) => {
+                let service = InBand {
+                    inner: service.clone(),
+                    draining: Arc::clone(&draining),
+                };
+                tracker.spawn(connection(io, service, close_idle.clone(), abandon.clone()));
+            }
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+
+    // Step 1: stop accepting. Queued connections wait for the successor.
+    drop(listener);
+    draining.store(true, Ordering::SeqCst);
+    tracker.close();
+    let began = Instant::now();
+    let open_at_stop = tracker.len();
+    tracing::info!(
+        "draining {open_at_stop} connection(s): {}",
+        shutdown.reason().unwrap_or(StopReason::Requested)
+    );
+    let deadline = tokio::time::Instant::from_std(began + config.deadline);
+
+    // Step 2: answer in band with `Connection: close`.
+    let grace_end = tokio::time::Instant::from_std(began + config.grace.min(config.deadline));
+    let mut abandoned = 0;
+    let drained = tokio::select! {
+        () = tracker.wait() => true,
+        () = tokio::time::sleep_until(grace_end) => false,
+        () = shutdown.immediate() => {
+            abandoned = tracker.len();
+            abandon.cancel();
+            true
+        }
+    };
+    // Step 3: close idle connections, finish requests in progress.
+    if !drained {
+        close_idle.cancel();
+        tokio::select! {
+            () = tracker.wait() => {}
+            () = tokio::time::sleep_until(deadline) => {
+                abandoned = tracker.len();
+                tracing::warn!("drain deadline passed: dropping {abandoned} connection(s)");
+                abandon.cancel();
+            }
+            () = shutdown.immediate() => {
+                abandoned = tracker.len();
+                abandon.cancel();
+            }
+        }
+    }
+    if abandoned > 0 {
+        // Give the tasks a moment to drop their sockets (closing them is
+        // what the clients need to see), without waiting for anything else.
+        let _ = tokio::time::timeout(Duration::from_millis(100), tracker.wait()).await;
+    }
+    DrainReport {
+        reason: shutdown.reason().unwrap_or(StopReason::Requested),
+        open_at_stop,
+        abandoned,
+        took: began.elapsed(),
+    }
+}
+
+/// Serves one connection until it closes, is closed gracefully, or is
+/// abandoned.
+async fn connection<I, S, B>(
+    io: I,
+    service: InBand<S>,
+    close_idle: CancellationToken,
+    abandon: CancellationToken,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), service);
+    let mut conn = pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        () = close_idle.cancelled() => conn.as_mut().graceful_shutdown(),
+        () = abandon.cancelled() => return,
+    }
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = abandon.cancelled() => {}
+    }
+}
+
+/// Wraps a service so that, once draining, every response says
+/// `Connection: close`.
+#[derive(Debug, Clone)]
+struct InBand<S> {
+    inner: S,
+    draining: Arc<AtomicBool>,
+}
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for InBand<S>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
+{
+    type Response = Response<B>;
+    type Error = S::Error;
+    type Future = InBandFuture<S::Future>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        InBandFuture {
+            inner: self.inner.call(req),
+            draining: Arc::clone(&self.draining),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`InBand`].
+    struct InBandFuture<F> {
+        #[pin]
+        inner: F,
+        draining: Arc<AtomicBool>,
+    }
+}
+
+impl<F, B, E> Future for InBandFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut result = ready!(this.inner.poll(cx));
+        // Checked when the response is ready, so a request that was in
+        // progress when the drain began is answered with it too.
+        if let Ok(resp) = &mut result
+            && this.draining.load(Ordering::SeqCst)
+        {
+            resp.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        Poll::Ready(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use std::convert::Infallible;
+    use std::io::{Read, Write};
+
+    async fn hi(_req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+        Ok(Response::new(Full::new(Bytes::from_static(b"hi"))))
+    }
+
+    fn get(stream: &mut std::net::TcpStream) -> String {
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("write");
+        let mut buf = vec![0u8; 1024];
+        let mut got = 0;
+        // Read until the 2-byte body has arrived.
+        while !String::from_utf8_lossy(&buf[..got]).ends_with("hi") {
+            let n = stream.read(&mut buf[got..]).expect("read");
+            assert!(n > 0, "closed before a response");
+            got += n;
+        }
+        String::from_utf8_lossy(&buf[..got]).to_lowercase()
+    }
+
+    #[test]
+    fn draining_answers_in_band_then_closes() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = std_listener.local_addr().expect("addr");
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let shutdown = Shutdown::new();
+        let server = {
+            let shutdown = shutdown.clone();
+            rt.spawn(async move {
+                let l = tokio::net::TcpListener::from_std(std_listener).expect("tokio");
+                let config = DrainConfig {
+                    grace: Duration::from_secs(10),
+                    deadline: Duration::from_secs(20),
+                };
+                serve(l, hyper::service::service_fn(hi), &shutdown, config).await
+            })
+        };
+        let mut a = std::net::TcpStream::connect(addr).expect("connect");
+        let first = get(&mut a);
+        assert!(!first.contains("connection: close"), "{first}");
+        shutdown.stop(StopReason::Requested);
+        // The next response on the kept-alive connection says close, and
+        // the server then closes it: the drain ends well before the grace.
+        let second = get(&mut a);
+        assert!(second.contains("connection: close"), "{second}");
+        let mut rest = Vec::new();
+        a.read_to_end(&mut rest).expect("eof");
+        let report = rt.block_on(server).expect("join");
+        assert_eq!(report.reason, StopReason::Requested);
+        assert_eq!(report.open_at_stop, 1);
+        assert_eq!(report.abandoned, 0);
+        assert!(report.took < Duration::from_secs(10), "{report:?}");
+    }
+
+    #[test]
+    fn idle_connections_are_closed_after_the_grace() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = std_listener.local_addr().expect("addr");
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let shutdown = Shutdown::new();
+        let server = {
+            let shutdown = shutdown.clone();
+            rt.spawn(async move {
+                let l = tokio::net::TcpListener::from_std(std_listener).expect("tokio");
+                let config = DrainConfig {
+                    grace: Duration::from_millis(50),
+                    deadline: Duration::from_secs(20),
+                };
+                serve(l, hyper::service::service_fn(hi), &shutdown, config).await
+            })
+        };
+        let mut a = std::net::TcpStream::connect(addr).expect("connect");
+        get(&mut a);
+        shutdown.stop(StopReason::Requested);
+        let report = rt.block_on(server).expect("join");
+        assert_eq!(report.open_at_stop, 1);
+        assert_eq!(report.abandoned, 0);
+        let mut rest = Vec::new();
+        a.read_to_end(&mut rest).expect("closed by the server");
+        assert!(rest.is_empty());
+    }
+}
