@@ -84,6 +84,8 @@ pub struct Spec {
 /// A running `baton run`; stopped (and, failing that, killed) on drop.
 pub struct Baton {
     pid: Pid,
+    /// The server command as given, to recognise its workers in /proc.
+    program: String,
     shared: Arc<Shared>,
     /// The first listening address baton reported.
     pub addr: SocketAddr,
@@ -208,6 +210,7 @@ impl Baton {
 
         let mut baton = Self {
             pid,
+            program: spec.command.first().cloned().unwrap_or_default(),
             shared,
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             started: Instant::now(),
@@ -220,6 +223,17 @@ impl Baton {
 
     pub fn pid(&self) -> u32 {
         self.pid.as_raw_nonzero().get() as u32
+    }
+
+    /// The pids of the workers baton reported and has not yet said are gone.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.shared
+            .lock()
+            .workers
+            .values()
+            .flatten()
+            .copied()
+            .collect()
     }
 
     /// When baton was started.
@@ -346,6 +360,13 @@ impl Baton {
             let _ = rustix::process::kill_process(self.pid, Signal::KILL);
         }
         for w in workers {
+            // The worker may be gone and its pid reused: only a process still
+            // running the server command is signalled.
+            let cmdline = std::fs::read(format!("/proc/{w}/cmdline")).unwrap_or_default();
+            let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or_default();
+            if self.program.is_empty() || argv0 != self.program.as_bytes() {
+                continue;
+            }
             if let Some(pid) = Pid::from_raw(w as i32) {
                 // Each worker leads its own process group: take its children too.
                 let _ = rustix::process::kill_process_group(pid, Signal::KILL);
