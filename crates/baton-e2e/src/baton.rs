@@ -229,6 +229,9 @@ impl BatonCmd {
             std::env::var_os("BATON_E2E_LOG").unwrap_or_else(|| "debug".into()),
         )
         .env("NO_COLOR", "1")
+        // Each baton's control socket (and notify sockets) in its own
+        // private temp dir: $XDG_RUNTIME_DIR/baton/baton.sock.
+        .env("XDG_RUNTIME_DIR", self.dir.path())
         .envs(self.envs.iter().map(|(k, v)| (k, v)))
         .current_dir(self.dir.path())
         .stdin(Stdio::null())

@@ -22,6 +22,8 @@ pub struct Settings {
     pub args: Vec<std::ffi::OsString>,
     pub policy: Policy,
     pub chdir: Option<PathBuf>,
+    /// Where to create the control socket (`None`: no control socket).
+    pub control: Option<PathBuf>,
 }
 
 /// Parses `--ready`: `notify`, `fd`, `delay:DURATION`, `exec:CMD`.

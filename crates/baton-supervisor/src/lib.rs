@@ -28,6 +28,7 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod control;
 pub mod lifecycle;
 pub mod listen;
 pub mod notify;

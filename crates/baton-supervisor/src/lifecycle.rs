@@ -97,13 +97,53 @@ pub enum TimerKey {
     ProbeRetry(GenId),
     Grace(GenId),
     Restart(GenId, Slot),
+    /// Grace of one worker removed by scaling down.
+    WorkerGrace(GenId, Slot),
+}
+
+/// Identifies a client waiting for a reload's verdict (`baton ctl reload`).
+pub type Ticket = u64;
+
+/// The verdict of a reload, for the clients that asked for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    /// The new generation is ready and serving.
+    Ready { generation: GenId, took: Duration },
+    /// The new generation failed; the old one keeps serving.
+    Failed {
+        generation: GenId,
+        serving: GenId,
+        reason: String,
+        /// The worker whose last output explains the failure.
+        tail: Option<(GenId, Slot)>,
+    },
+    /// No reload ran: baton is stopping, or the first generation failed.
+    Refused(String),
+}
+
+/// What baton tells its own service manager (systemd's `NOTIFY_SOCKET`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sd {
+    /// `READY=1`: a generation serves (after boot, a reload, or a rollback).
+    Ready {
+        serving: GenId,
+        note: Option<String>,
+    },
+    /// `RELOADING=1`: a reload started.
+    Reloading { generation: GenId },
+    /// `STOPPING=1`.
+    Stopping,
 }
 
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// `SIGHUP` or a reload command.
+    /// `SIGHUP`: reload, nobody waits for the verdict.
     Reload,
+    /// A reload asked for by a client that waits for its verdict.
+    ReloadRequest(Ticket),
+    /// Set the number of workers per generation (`ctl scale`, `TTIN`/`TTOU`).
+    Scale(usize),
     /// `SIGTERM`/`SIGINT` (graceful; a second one escalates) or `SIGQUIT`.
     Stop(StopKind),
     /// The runtime started a worker asked for by [`Action::Spawn`].
@@ -195,6 +235,13 @@ pub enum Action {
     Serving {
         generation: GenId,
     },
+    /// Answer the clients waiting for a reload.
+    ReloadDone {
+        tickets: Vec<Ticket>,
+        outcome: ReloadOutcome,
+    },
+    /// Tell baton's own service manager (systemd) about a state change.
+    Notify(Sd),
     /// Write a log line; with `tail`, append that worker's last output lines.
     Log {
         level: Level,
@@ -247,6 +294,10 @@ enum WorkerState {
     },
     /// Crashed; a restart timer is armed.
     Restarting,
+    /// Told to stop because the generation was scaled down.
+    Removing {
+        pid: u32,
+    },
     Exited,
 }
 
@@ -273,7 +324,7 @@ impl Worker {
     fn alive(&self) -> bool {
         matches!(
             self.state,
-            WorkerState::Spawning | WorkerState::Running { .. }
+            WorkerState::Spawning | WorkerState::Running { .. } | WorkerState::Removing { .. }
         )
     }
 }
@@ -284,6 +335,8 @@ struct Generation {
     role: Role,
     workers: Vec<Worker>,
     started: Instant,
+    /// How long it took to become ready, once it did.
+    ready_after: Option<Duration>,
     /// Generation-wide readiness (delay and exec modes).
     gen_ready: bool,
 }
@@ -306,6 +359,25 @@ impl Generation {
                     .all(|w| matches!(w.state, WorkerState::Running { .. }))
         }
     }
+}
+
+/// One generation, as `baton ctl status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerationInfo {
+    pub id: GenId,
+    pub state: &'static str,
+    pub started: Instant,
+    pub ready_after: Option<Duration>,
+    pub workers: Vec<WorkerInfo>,
+}
+
+/// One worker slot, as `baton ctl status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerInfo {
+    pub slot: Slot,
+    pub pid: Option<u32>,
+    pub state: &'static str,
+    pub restarts: u32,
 }
 
 /// Where the supervisor as a whole is.
@@ -351,6 +423,11 @@ pub struct Lifecycle {
     exit_override: Option<u8>,
     killed_any: bool,
     reloads_done: u64,
+    /// Clients waiting for the queued reload.
+    queued_tickets: Vec<Ticket>,
+    /// Clients waiting for the reload in progress.
+    inflight_tickets: Vec<Ticket>,
+    last_reload: Option<ReloadOutcome>,
     out: Vec<Action>,
 }
 
@@ -375,6 +452,9 @@ impl Lifecycle {
             exit_override: None,
             killed_any: false,
             reloads_done: 0,
+            queued_tickets: Vec::new(),
+            inflight_tickets: Vec::new(),
+            last_reload: None,
             out: Vec::new(),
         }
     }
@@ -444,16 +524,35 @@ impl Lifecycle {
     fn step(&mut self, event: &Event, now: Instant) -> Result<(), Impossible> {
         use Phase::{Booting, Done, Reloading, Retiring, Serving, Stopping};
         match (self.phase, event) {
-            (Booting, Event::Reload) => {
+            (Booting, Event::Reload | Event::ReloadRequest(_)) => {
+                self.take_ticket(event);
                 self.queue_reload("the first generation is still starting");
             }
-            (Serving, Event::Reload) => self.start_generation(now),
-            (Reloading, Event::Reload) => self.queue_reload("a reload is in progress"),
-            (Retiring, Event::Reload) => {
+            (Serving, Event::Reload | Event::ReloadRequest(_)) => {
+                self.take_ticket(event);
+                self.start_generation(now);
+            }
+            (Reloading, Event::Reload | Event::ReloadRequest(_)) => {
+                self.take_ticket(event);
+                self.queue_reload("a reload is in progress");
+            }
+            (Retiring, Event::Reload | Event::ReloadRequest(_)) => {
+                self.take_ticket(event);
                 self.queue_reload("the previous generation is still exiting");
             }
             (Stopping(_) | Done, Event::Reload) => {
                 self.log(Level::Info, "reload ignored: baton is stopping".into());
+            }
+            (Stopping(_) | Done, Event::ReloadRequest(ticket)) => {
+                self.out.push(Action::ReloadDone {
+                    tickets: vec![*ticket],
+                    outcome: ReloadOutcome::Refused("baton is stopping".into()),
+                });
+            }
+
+            (Booting | Serving | Reloading | Retiring, Event::Scale(n)) => self.scale(*n, now),
+            (Stopping(_) | Done, Event::Scale(_)) => {
+                self.log(Level::Info, "scale ignored: baton is stopping".into());
             }
 
             (Booting | Serving | Reloading | Retiring, Event::Stop(kind)) => {
@@ -554,6 +653,144 @@ impl Lifecycle {
         self.gens.iter().position(|g| g.id == generation)
     }
 
+    fn take_ticket(&mut self, event: &Event) {
+        if let Event::ReloadRequest(ticket) = event {
+            self.queued_tickets.push(*ticket);
+        }
+    }
+
+    /// Sets the worker count for new generations and adjusts the serving
+    /// one; a generation still starting keeps its count and is adjusted
+    /// once it serves.
+    fn scale(&mut self, n: usize, now: Instant) {
+        let before = self.policy.workers;
+        self.policy.workers = n;
+        self.log(
+            Level::Info,
+            format!(
+                "scaling from {before} to {n} worker{} per generation",
+                plural(n)
+            ),
+        );
+        if let Some(gi) = self.gens.iter().position(|g| g.role == Role::Serving) {
+            self.apply_scale(gi, now);
+        }
+    }
+
+    /// Grows or shrinks serving generation `gi` to `policy.workers`.
+    fn apply_scale(&mut self, gi: usize, _now: Instant) {
+        let want = self.policy.workers;
+        let generation = self.gens[gi].id;
+        // Slots being removed count as gone.
+        let live =
+            |w: &Worker| !matches!(w.state, WorkerState::Removing { .. } | WorkerState::Exited);
+        let have = self.gens[gi].workers.iter().filter(|w| live(w)).count();
+        if want > have {
+            // Reuse slots whose workers are gone, then add new ones.
+            let mut missing = want - have;
+            for slot in 0..self.gens[gi].workers.len() {
+                if missing == 0 {
+                    break;
+                }
+                if self.gens[gi].workers[slot].state == WorkerState::Exited {
+                    self.gens[gi].workers[slot] = Worker::new();
+                    self.out.push(Action::Spawn { generation, slot });
+                    missing -= 1;
+                }
+            }
+            for _ in 0..missing {
+                let slot = self.gens[gi].workers.len();
+                self.gens[gi].workers.push(Worker::new());
+                self.out.push(Action::Spawn { generation, slot });
+            }
+        } else if want < have {
+            // Remove the highest slots first.
+            let mut extra = have - want;
+            for slot in (0..self.gens[gi].workers.len()).rev() {
+                if extra == 0 {
+                    break;
+                }
+                let w = &mut self.gens[gi].workers[slot];
+                match w.state {
+                    WorkerState::Running { pid, .. } => {
+                        w.state = WorkerState::Removing { pid };
+                        self.out.push(Action::Signal {
+                            generation,
+                            slot,
+                            signal: self.policy.stop_signal,
+                        });
+                        self.set_timer(TimerKey::WorkerGrace(generation, slot), self.policy.grace);
+                        extra -= 1;
+                    }
+                    WorkerState::Restarting => {
+                        w.state = WorkerState::Exited;
+                        self.out.push(Action::CancelTimer {
+                            key: TimerKey::Restart(generation, slot),
+                        });
+                        extra -= 1;
+                    }
+                    // A spawn in flight: its answer arrives before anything
+                    // else; remove a running one instead.
+                    WorkerState::Spawning | WorkerState::Removing { .. } | WorkerState::Exited => {}
+                }
+            }
+        }
+    }
+
+    /// The state of every generation, for `baton ctl status`.
+    pub fn snapshot(&self) -> Vec<GenerationInfo> {
+        self.gens
+            .iter()
+            .map(|g| GenerationInfo {
+                id: g.id,
+                state: match g.role {
+                    Role::Starting => "starting",
+                    Role::Serving => "serving",
+                    Role::Draining => "draining",
+                    Role::Failed => "failed",
+                    Role::Stopping => "stopping",
+                },
+                started: g.started,
+                ready_after: g.ready_after,
+                workers: g
+                    .workers
+                    .iter()
+                    .enumerate()
+                    .map(|(slot, w)| WorkerInfo {
+                        slot,
+                        pid: match w.state {
+                            WorkerState::Running { pid, .. } | WorkerState::Removing { pid } => {
+                                Some(pid)
+                            }
+                            WorkerState::Spawning
+                            | WorkerState::Restarting
+                            | WorkerState::Exited => None,
+                        },
+                        state: match w.state {
+                            WorkerState::Spawning => "spawning",
+                            WorkerState::Running { ready: true, .. } => "ready",
+                            WorkerState::Running { ready: false, .. } => "running",
+                            WorkerState::Restarting => "restarting",
+                            WorkerState::Removing { .. } => "removing",
+                            WorkerState::Exited => "exited",
+                        },
+                        restarts: w.restarts,
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// The verdict of the last reload, if any ran.
+    pub fn last_reload(&self) -> Option<&ReloadOutcome> {
+        self.last_reload.as_ref()
+    }
+
+    /// Workers per generation now.
+    pub fn workers(&self) -> usize {
+        self.policy.workers
+    }
+
     fn queue_reload(&mut self, why: &str) {
         if self.reload_pending {
             self.log(
@@ -575,9 +812,13 @@ impl Lifecycle {
             role: Role::Starting,
             workers: (0..n).map(|_| Worker::new()).collect(),
             started: now,
+            ready_after: None,
             gen_ready: false,
         });
         self.phase = if self.serving().is_some() {
+            self.inflight_tickets = std::mem::take(&mut self.queued_tickets);
+            self.out
+                .push(Action::Notify(Sd::Reloading { generation: id }));
             Phase::Reloading
         } else {
             Phase::Booting
@@ -761,11 +1002,23 @@ impl Lifecycle {
             .iter()
             .position(|g| g.role == Role::Serving && g.id != generation);
         self.gens[gi].role = Role::Serving;
+        self.gens[gi].ready_after = Some(took);
         self.out.push(Action::Serving { generation });
+        self.out.push(Action::Notify(Sd::Ready {
+            serving: generation,
+            note: None,
+        }));
+        self.apply_scale(gi, now);
         match old {
             Some(oi) => {
                 self.reloads_done += 1;
                 self.retire(oi, Role::Draining, self.policy.grace);
+                let outcome = ReloadOutcome::Ready { generation, took };
+                self.last_reload = Some(outcome.clone());
+                self.out.push(Action::ReloadDone {
+                    tickets: std::mem::take(&mut self.inflight_tickets),
+                    outcome,
+                });
                 self.phase = Phase::Retiring;
             }
             None => {
@@ -803,8 +1056,9 @@ impl Lifecycle {
                     });
                 }
                 // Its spawn answer will find the generation retiring and
-                // stop it then (see on_spawned).
-                WorkerState::Spawning => any = true,
+                // stop it then (see on_spawned); a removed worker was
+                // already told to stop.
+                WorkerState::Spawning | WorkerState::Removing { .. } => any = true,
                 WorkerState::Exited => {}
             }
         }
@@ -832,11 +1086,37 @@ impl Lifecycle {
         let grace = ROLLBACK_GRACE.min(self.policy.grace);
         self.retire(gi, Role::Failed, grace);
         match serving {
-            Some(_) => self.phase = Phase::Retiring,
+            Some(s) => {
+                let outcome = ReloadOutcome::Failed {
+                    generation,
+                    serving: s,
+                    reason: reason.to_owned(),
+                    tail: tail.map(|slot| (generation, slot)),
+                };
+                self.last_reload = Some(outcome.clone());
+                self.out.push(Action::ReloadDone {
+                    tickets: std::mem::take(&mut self.inflight_tickets),
+                    outcome,
+                });
+                self.out.push(Action::Notify(Sd::Ready {
+                    serving: s,
+                    note: Some(format!("reload to generation {generation} failed")),
+                }));
+                self.phase = Phase::Retiring;
+            }
             None => {
                 // The first generation failed: baton gives up and exits.
                 self.exit_override = Some(boot_code);
                 self.reload_pending = false;
+                let tickets = std::mem::take(&mut self.queued_tickets);
+                if !tickets.is_empty() {
+                    self.out.push(Action::ReloadDone {
+                        tickets,
+                        outcome: ReloadOutcome::Refused(format!(
+                            "the first generation failed ({reason}); baton is exiting"
+                        )),
+                    });
+                }
                 self.phase = Phase::Stopping(StopKind::Graceful);
             }
         }
@@ -856,8 +1136,12 @@ impl Lifecycle {
         let Some(w) = self.gens[gi].workers.get_mut(slot) else {
             return Err(self.impossible(event));
         };
-        let WorkerState::Running { pid, ready } = w.state else {
-            return Err(self.impossible(event));
+        let (pid, ready, removed) = match w.state {
+            WorkerState::Running { pid, ready } => (pid, ready, false),
+            WorkerState::Removing { pid } => (pid, true, true),
+            WorkerState::Spawning | WorkerState::Restarting | WorkerState::Exited => {
+                return Err(self.impossible(event));
+            }
         };
         w.state = WorkerState::Exited;
         let uptime = w
@@ -865,6 +1149,27 @@ impl Lifecycle {
             .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
         // Invariant 7: whatever is left of its process group goes with it.
         self.out.push(Action::ReapGroup { generation, slot });
+        if removed {
+            self.out.push(Action::CancelTimer {
+                key: TimerKey::WorkerGrace(generation, slot),
+            });
+            self.log(
+                Level::Info,
+                format!("worker {slot} of generation {generation} (pid {pid}) removed ({status})"),
+            );
+            // Drop trailing empty slots so the numbering stays compact.
+            let g = &mut self.gens[gi];
+            while g.workers.len() > 1
+                && g.workers
+                    .last()
+                    .is_some_and(|w| w.state == WorkerState::Exited)
+                && g.role == Role::Serving
+            {
+                g.workers.pop();
+            }
+            self.after_exit(gi, now);
+            return Ok(());
+        }
         match self.gens[gi].role {
             Role::Starting => {
                 let when = if ready {
@@ -990,8 +1295,19 @@ impl Lifecycle {
     }
 
     fn stop(&mut self, kind: StopKind, now: Instant) {
+        if !matches!(self.phase, Phase::Stopping(_)) {
+            self.out.push(Action::Notify(Sd::Stopping));
+        }
         self.phase = Phase::Stopping(kind);
         self.reload_pending = false;
+        let mut tickets = std::mem::take(&mut self.queued_tickets);
+        tickets.append(&mut self.inflight_tickets);
+        if !tickets.is_empty() {
+            self.out.push(Action::ReloadDone {
+                tickets,
+                outcome: ReloadOutcome::Refused("baton is stopping".into()),
+            });
+        }
         match kind {
             StopKind::Graceful => {
                 self.log(Level::Info, "stopping (graceful)".into());
@@ -1037,7 +1353,7 @@ impl Lifecycle {
         self.cancel_ready_timers(generation);
         for slot in 0..self.gens[gi].workers.len() {
             match self.gens[gi].workers[slot].state {
-                WorkerState::Running { .. } => {
+                WorkerState::Running { .. } | WorkerState::Removing { .. } => {
                     self.killed_any = true;
                     self.out.push(Action::KillGroup { generation, slot });
                 }
@@ -1128,6 +1444,18 @@ impl Lifecycle {
                         self.kill_generation(gi);
                         self.killed_any = killed;
                     }
+                }
+            }
+            TimerKey::WorkerGrace(generation, slot) => {
+                let Some(gi) = self.gen_index(generation) else {
+                    return;
+                };
+                if let Some(Worker {
+                    state: WorkerState::Removing { .. },
+                    ..
+                }) = self.gens[gi].workers.get(slot)
+                {
+                    self.out.push(Action::KillGroup { generation, slot });
                 }
             }
             TimerKey::Restart(generation, slot) => {

@@ -25,14 +25,18 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::config::Settings;
+use crate::control::{self, ControlSocket, Reply};
 use crate::lifecycle::{
-    Action, Event, GenId, Level, Lifecycle, ReadyMode, Slot, StopKind, TimerKey,
+    Action, Event, GenId, Level, Lifecycle, ReadyMode, ReloadOutcome, Sd, Slot, StopKind, TimerKey,
 };
 use crate::listen::Bound;
 use crate::notify::NotifySocket;
 use crate::output::{Pipe, Stream, Tail};
 use crate::signals::{HANDLED, SignalPipe};
 use crate::worker::{Placement, spawn_probe, spawn_worker};
+
+/// The most workers a generation may have.
+pub const MAX_WORKERS: usize = 1024;
 
 /// Why the runtime could not run.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +53,8 @@ pub enum RuntimeError {
     RunDir(#[source] std::io::Error),
     #[error("cannot open /dev/null: {0}")]
     DevNull(#[source] std::io::Error),
+    #[error(transparent)]
+    Control(control::ControlError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +65,32 @@ enum Source {
     Ready(GenId, Slot),
     Notify(GenId),
     Probe(GenId),
+    Control,
+    Client(u64),
+}
+
+/// What a control client waits for after its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    /// Nothing: its request has not arrived yet, or was answered.
+    Nothing,
+    /// The verdict of its reload; it receives progress lines meanwhile.
+    Reload,
+    /// baton's exit (`ctl stop`): the connection closes when baton exits.
+    Exit,
+}
+
+#[derive(Debug)]
+struct Client {
+    stream: mio::net::UnixStream,
+    token: Token,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    /// When it must have sent its request.
+    deadline: Option<Instant>,
+    waiting: Waiting,
+    close_when_flushed: bool,
+    want_write: bool,
 }
 
 #[derive(Debug)]
@@ -98,6 +130,13 @@ pub struct Runtime {
     machine: Lifecycle,
     queue: VecDeque<Event>,
     exit: Option<u8>,
+    control: Option<(Token, ControlSocket)>,
+    clients: HashMap<u64, Client>,
+    next_client: u64,
+    /// baton's own service manager (systemd), if it gave us NOTIFY_SOCKET.
+    service_manager: Option<baton_app::Notifier>,
+    started: Instant,
+    orphans_to_reap: bool,
 }
 
 fn rundir() -> std::io::Result<tempfile::TempDir> {
@@ -115,6 +154,19 @@ impl Runtime {
     /// anything slow, so an early `SIGTERM` is not lost.
     pub fn new(settings: Settings, listeners: Vec<Bound>) -> Result<Self, RuntimeError> {
         let poll = Poll::new().map_err(RuntimeError::Poll)?;
+        // Orphans of workers (daemonized grandchildren) come to baton, not
+        // to init, so none outlives the supervisor unnoticed; as PID 1 in a
+        // container baton is their reaper anyway.
+        if let Err(e) = baton_sys::spawn::become_subreaper() {
+            tracing::debug!("cannot become a subreaper: {e}");
+        }
+        let service_manager = std::env::var_os("NOTIFY_SOCKET")
+            .filter(|s| !s.is_empty())
+            .map(|s| baton_app::Notifier::with_socket(s.to_string_lossy()));
+        let control = match &settings.control {
+            Some(path) => Some(ControlSocket::bind(path).map_err(RuntimeError::Control)?),
+            None => None,
+        };
         let mut rt = Self {
             machine: Lifecycle::new(settings.policy.clone()),
             settings,
@@ -131,7 +183,22 @@ impl Runtime {
             generations: HashMap::new(),
             queue: VecDeque::new(),
             exit: None,
+            control: None,
+            clients: HashMap::new(),
+            next_client: 1,
+            service_manager,
+            started: Instant::now(),
+            orphans_to_reap: false,
         };
+        if let Some(mut sock) = control {
+            let token = rt.token(Source::Control);
+            rt.poll
+                .registry()
+                .register(&mut sock.listener, token, Interest::READABLE)
+                .map_err(RuntimeError::Poll)?;
+            tracing::info!("control socket {}", sock.path.display());
+            rt.control = Some((token, sock));
+        }
         for (i, sig) in HANDLED.iter().enumerate() {
             let mut pipe = SignalPipe::register(*sig).map_err(|source| RuntimeError::Signal {
                 signal: *sig,
@@ -181,9 +248,12 @@ impl Runtime {
         self.execute(actions);
         let mut events = Events::with_capacity(64);
         while self.exit.is_none() {
+            let next_client_deadline = self.clients.values().filter_map(|c| c.deadline).min();
             let timeout = self
                 .timers
                 .values()
+                .copied()
+                .chain(next_client_deadline)
                 .min()
                 .map(|at| at.saturating_duration_since(Instant::now()));
             match self.poll.poll(&mut events, timeout) {
@@ -196,7 +266,12 @@ impl Runtime {
                     self.dispatch(source);
                 }
             }
+            if self.orphans_to_reap {
+                self.orphans_to_reap = false;
+                self.reap_orphans();
+            }
             let now = Instant::now();
+            self.expire_clients(now);
             let due: Vec<TimerKey> = self
                 .timers
                 .iter()
@@ -215,6 +290,16 @@ impl Runtime {
         for l in &self.listeners {
             l.remove_file();
         }
+        // Last words to clients (a `ctl stop` waits for this connection to
+        // close); then the control socket goes.
+        let ids: Vec<u64> = self.clients.keys().copied().collect();
+        for id in ids {
+            self.flush(id);
+        }
+        self.clients.clear();
+        if let Some((_, sock)) = &self.control {
+            sock.remove_file();
+        }
         Ok(self.exit.unwrap_or(1))
     }
 
@@ -228,6 +313,20 @@ impl Runtime {
                 match self.signals[i].signal {
                     libc::SIGHUP => self.queue.push_back(Event::Reload),
                     libc::SIGQUIT => self.queue.push_back(Event::Stop(StopKind::Immediate)),
+                    libc::SIGCHLD => self.orphans_to_reap = true,
+                    libc::SIGTTIN => {
+                        let want = (self.machine.workers() + n).min(MAX_WORKERS);
+                        self.queue.push_back(Event::Scale(want));
+                    }
+                    libc::SIGTTOU => {
+                        let have = self.machine.workers();
+                        if have <= 1 {
+                            tracing::info!("SIGTTOU ignored: already at 1 worker per generation");
+                        } else {
+                            self.queue
+                                .push_back(Event::Scale(have.saturating_sub(n).max(1)));
+                        }
+                    }
                     _ => {
                         for _ in 0..n.min(2) {
                             self.queue.push_back(Event::Stop(StopKind::Graceful));
@@ -240,6 +339,8 @@ impl Runtime {
             Source::Ready(g, slot) => self.on_ready_fd(g, slot),
             Source::Notify(g) => self.on_notify(g),
             Source::Probe(g) => self.on_probe_exit(g),
+            Source::Control => self.accept_clients(),
+            Source::Client(id) => self.on_client(id),
         }
     }
 
@@ -456,11 +557,13 @@ impl Runtime {
                     tail,
                 } => self.log(level, &message, tail),
                 Action::Exit(code) => self.exit = Some(code),
+                Action::ReloadDone { tickets, outcome } => self.reload_done(&tickets, &outcome),
+                Action::Notify(sd) => self.notify_service_manager(&sd),
             }
         }
     }
 
-    fn log(&self, level: Level, message: &str, tail: Option<(GenId, Slot)>) {
+    fn log(&mut self, level: Level, message: &str, tail: Option<(GenId, Slot)>) {
         let mut text = message.to_owned();
         if let Some(key) = tail
             && let Some(w) = self.workers.get(&key)
@@ -477,6 +580,24 @@ impl Runtime {
                     text.push_str("\n  | ");
                     text.push_str(line);
                 }
+            }
+        }
+        // Progress for clients waiting on a reload; failures reach them as
+        // the verdict itself.
+        if matches!(level, Level::Info | Level::Warn) {
+            let waiting: Vec<u64> = self
+                .clients
+                .iter()
+                .filter(|(_, c)| c.waiting == Waiting::Reload)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in waiting {
+                self.reply(
+                    id,
+                    &Reply::Progress {
+                        message: message.to_owned(),
+                    },
+                );
             }
         }
         match level {
@@ -667,6 +788,428 @@ impl Runtime {
             if let Some(w) = self.workers.remove(&key) {
                 self.forget(w);
             }
+        }
+    }
+}
+
+impl Runtime {
+    fn accept_clients(&mut self) {
+        loop {
+            let Some((_, sock)) = &self.control else {
+                return;
+            };
+            let mut stream = match sock.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!("control socket accept failed: {e}");
+                    return;
+                }
+            };
+            let me = rustix::process::geteuid().as_raw();
+            match rustix::net::sockopt::socket_peercred(&stream) {
+                Ok(cred) if control::uid_allowed(cred.uid.as_raw(), me) => {}
+                Ok(cred) => {
+                    tracing::warn!(
+                        "refused a control client of uid {} (pid {}): only uid {me} and root may control this baton",
+                        cred.uid.as_raw(),
+                        cred.pid.as_raw_nonzero()
+                    );
+                    let line = Reply::Error {
+                        message: format!(
+                            "permission denied: this baton runs as uid {me}; only that user and root may control it"
+                        ),
+                    }
+                    .to_line();
+                    let _ = std::io::Write::write(&mut stream, &line);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!("cannot check a control client's credentials: {e}");
+                    continue;
+                }
+            }
+            let id = self.next_client;
+            self.next_client += 1;
+            let token = self.token(Source::Client(id));
+            if let Err(e) = self
+                .poll
+                .registry()
+                .register(&mut stream, token, Interest::READABLE)
+            {
+                tracing::warn!("cannot watch a control client: {e}");
+                self.tokens.remove(&token);
+                continue;
+            }
+            self.clients.insert(
+                id,
+                Client {
+                    stream,
+                    token,
+                    input: Vec::new(),
+                    output: Vec::new(),
+                    deadline: Some(Instant::now() + control::CLIENT_TIMEOUT),
+                    waiting: Waiting::Nothing,
+                    close_when_flushed: false,
+                    want_write: false,
+                },
+            );
+        }
+    }
+
+    fn on_client(&mut self, id: u64) {
+        self.flush(id);
+        let mut closed = false;
+        let mut request = None;
+        let mut too_large = false;
+        {
+            let Some(c) = self.clients.get_mut(&id) else {
+                return;
+            };
+            let mut buf = [0u8; 4096];
+            loop {
+                match std::io::Read::read(&mut c.stream, &mut buf) {
+                    Ok(0) => {
+                        closed = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        // Only the first line counts; later input is ignored.
+                        if c.deadline.is_some() {
+                            c.input.extend_from_slice(&buf[..n]);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            if c.deadline.is_some() {
+                if let Some(end) = c.input.iter().position(|b| *b == b'\n') {
+                    request = Some(c.input[..end].to_vec());
+                    c.input.clear();
+                    c.deadline = None;
+                } else if c.input.len() > control::MAX_REQUEST {
+                    too_large = true;
+                    c.deadline = None;
+                }
+            }
+        }
+        if too_large {
+            self.reply_and_close(
+                id,
+                &Reply::Error {
+                    message: format!("request longer than {} bytes", control::MAX_REQUEST),
+                },
+            );
+        } else if let Some(line) = request {
+            self.handle_request(id, &line);
+        }
+        if closed {
+            // A client that goes away simply stops hearing; a reload it asked
+            // for still runs to its end.
+            self.close_client(id);
+        }
+    }
+
+    fn handle_request(&mut self, id: u64, line: &[u8]) {
+        let request = match control::parse_request(line) {
+            Ok(r) => r,
+            Err(message) => {
+                self.reply_and_close(id, &Reply::Error { message });
+                return;
+            }
+        };
+        match request.cmd {
+            control::Command::Status => {
+                let status = self.status();
+                self.reply_and_close(id, &Reply::Status(Box::new(status)));
+            }
+            control::Command::Reload => {
+                if let Some(c) = self.clients.get_mut(&id) {
+                    c.waiting = Waiting::Reload;
+                }
+                self.queue.push_back(Event::ReloadRequest(id));
+            }
+            control::Command::Stop { fast } => {
+                self.reply(
+                    id,
+                    &Reply::Ok {
+                        message: if fast {
+                            "stopping immediately".into()
+                        } else {
+                            "stopping gracefully".into()
+                        },
+                    },
+                );
+                if let Some(c) = self.clients.get_mut(&id) {
+                    c.waiting = Waiting::Exit;
+                }
+                self.queue.push_back(Event::Stop(if fast {
+                    StopKind::Immediate
+                } else {
+                    StopKind::Graceful
+                }));
+            }
+            control::Command::Scale { workers } => {
+                if workers == 0 || workers > MAX_WORKERS {
+                    self.reply_and_close(
+                        id,
+                        &Reply::Error {
+                            message: format!(
+                                "cannot scale to {workers} workers: use 1 to {MAX_WORKERS}"
+                            ),
+                        },
+                    );
+                } else {
+                    self.queue.push_back(Event::Scale(workers));
+                    self.reply_and_close(
+                        id,
+                        &Reply::Ok {
+                            message: format!("scaling to {workers} workers per generation"),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    fn reply(&mut self, id: u64, reply: &Reply) {
+        let too_much = match self.clients.get_mut(&id) {
+            Some(c) => {
+                c.output.extend_from_slice(&reply.to_line());
+                c.output.len() > control::MAX_PENDING_OUTPUT
+            }
+            None => return,
+        };
+        if too_much {
+            tracing::warn!("dropping a control client that does not read its replies");
+            self.close_client(id);
+            return;
+        }
+        self.flush(id);
+    }
+
+    fn reply_and_close(&mut self, id: u64, reply: &Reply) {
+        if let Some(c) = self.clients.get_mut(&id) {
+            c.close_when_flushed = true;
+            c.waiting = Waiting::Nothing;
+            c.deadline = None;
+        }
+        self.reply(id, reply);
+    }
+
+    /// Writes what the client can take now; never blocks.
+    fn flush(&mut self, id: u64) {
+        let Some(c) = self.clients.get_mut(&id) else {
+            return;
+        };
+        let mut failed = false;
+        while !c.output.is_empty() {
+            match std::io::Write::write(&mut c.stream, &c.output) {
+                Ok(0) => {
+                    failed = true;
+                    break;
+                }
+                Ok(n) => {
+                    c.output.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        let want_write = !c.output.is_empty();
+        if !failed && want_write != c.want_write {
+            c.want_write = want_write;
+            let interest = if want_write {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            let _ = self
+                .poll
+                .registry()
+                .reregister(&mut c.stream, c.token, interest);
+        }
+        if failed || (c.output.is_empty() && c.close_when_flushed) {
+            self.close_client(id);
+        }
+    }
+
+    fn close_client(&mut self, id: u64) {
+        if let Some(mut c) = self.clients.remove(&id) {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            self.tokens.remove(&c.token);
+        }
+    }
+
+    fn expire_clients(&mut self, now: Instant) {
+        let late: Vec<u64> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.deadline.is_some_and(|d| d <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            self.reply_and_close(
+                id,
+                &Reply::Error {
+                    message: format!(
+                        "no complete request within {} s",
+                        control::CLIENT_TIMEOUT.as_secs()
+                    ),
+                },
+            );
+        }
+    }
+
+    fn reload_done(&mut self, tickets: &[u64], outcome: &ReloadOutcome) {
+        let reply = match outcome {
+            ReloadOutcome::Ready { generation, took } => Reply::Reloaded {
+                generation: *generation,
+                took_ms: took.as_millis() as u64,
+            },
+            ReloadOutcome::Failed {
+                generation,
+                serving,
+                reason,
+                tail,
+            } => Reply::ReloadFailed {
+                generation: *generation,
+                serving: *serving,
+                reason: reason.clone(),
+                output: tail
+                    .and_then(|key| self.workers.get(&key))
+                    .map(|w| w.tail.lines().map(str::to_owned).collect())
+                    .unwrap_or_default(),
+            },
+            ReloadOutcome::Refused(why) => Reply::Error {
+                message: format!("reload refused: {why}"),
+            },
+        };
+        for id in tickets {
+            self.reply_and_close(*id, &reply);
+        }
+    }
+
+    fn notify_service_manager(&self, sd: &Sd) {
+        let Some(n) = &self.service_manager else {
+            return;
+        };
+        let result = match sd {
+            Sd::Ready { serving, note } => {
+                let status = match note {
+                    Some(note) => format!("serving generation {serving} ({note})"),
+                    None => format!("serving generation {serving}"),
+                };
+                n.send(&format!("READY=1\nSTATUS={status}"))
+            }
+            Sd::Reloading { generation } => n
+                .reloading()
+                .and_then(|()| n.status(&format!("reloading: starting generation {generation}"))),
+            Sd::Stopping => n.send("STOPPING=1\nSTATUS=stopping"),
+        };
+        if let Err(e) = result {
+            tracing::warn!("cannot notify the service manager: {e}");
+        }
+    }
+
+    /// Reaps exited children that are not workers or probes: orphans that
+    /// were reparented to baton as a subreaper (or PID 1).
+    fn reap_orphans(&mut self) {
+        loop {
+            let pid = match baton_sys::spawn::peek_exited_child() {
+                Ok(Some(pid)) => pid,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!("waitid: {e}");
+                    return;
+                }
+            };
+            let tracked = self
+                .workers
+                .values()
+                .any(|w| w.child.as_ref().is_some_and(|(_, c)| c.pid == pid))
+                || self
+                    .generations
+                    .values()
+                    .any(|g| g.probe.as_ref().is_some_and(|(_, c)| c.pid == pid));
+            if tracked {
+                // Its pidfd reports it; look again once that is handled.
+                self.orphans_to_reap = true;
+                return;
+            }
+            match baton_sys::spawn::reap_pid(pid) {
+                Ok(Some(status)) => tracing::debug!("reaped orphan pid {pid} ({status})"),
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!("cannot reap orphan pid {pid}: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn status(&self) -> control::Status {
+        let now = Instant::now();
+        control::Status {
+            pid: std::process::id(),
+            uptime_ms: now.saturating_duration_since(self.started).as_millis() as u64,
+            serving: self.machine.serving(),
+            workers_per_generation: self.machine.workers(),
+            reloads: self.machine.reloads_done(),
+            last_reload: self.machine.last_reload().and_then(|o| match o {
+                ReloadOutcome::Ready { generation, took } => Some(control::LastReload {
+                    ok: true,
+                    generation: *generation,
+                    detail: format!("ready in {} ms", took.as_millis()),
+                }),
+                ReloadOutcome::Failed {
+                    generation, reason, ..
+                } => Some(control::LastReload {
+                    ok: false,
+                    generation: *generation,
+                    detail: reason.clone(),
+                }),
+                ReloadOutcome::Refused(_) => None,
+            }),
+            listeners: self
+                .listeners
+                .iter()
+                .map(|l| control::ListenerStatus {
+                    name: l.name.clone(),
+                    address: l.display.clone(),
+                })
+                .collect(),
+            generations: self
+                .machine
+                .snapshot()
+                .into_iter()
+                .map(|g| control::GenerationStatus {
+                    id: g.id,
+                    state: g.state.to_owned(),
+                    age_ms: now.saturating_duration_since(g.started).as_millis() as u64,
+                    ready_after_ms: g.ready_after.map(|d| d.as_millis() as u64),
+                    workers: g
+                        .workers
+                        .into_iter()
+                        .map(|w| control::WorkerStatus {
+                            slot: w.slot,
+                            pid: w.pid,
+                            state: w.state.to_owned(),
+                            restarts: w.restarts,
+                        })
+                        .collect(),
+                })
+                .collect(),
         }
     }
 }

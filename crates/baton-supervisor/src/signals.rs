@@ -7,8 +7,18 @@ use std::io::Read;
 
 use mio::net::UnixStream;
 
-/// The signals baton handles.
-pub const HANDLED: [i32; 4] = [libc::SIGHUP, libc::SIGTERM, libc::SIGINT, libc::SIGQUIT];
+/// The signals baton handles. `SIGCHLD` tells it that an orphan it
+/// inherited as a subreaper may need reaping (workers are reaped through
+/// their pidfds).
+pub const HANDLED: [i32; 7] = [
+    libc::SIGHUP,
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+    libc::SIGCHLD,
+];
 
 /// One registered signal.
 #[derive(Debug)]

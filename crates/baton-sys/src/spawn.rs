@@ -477,6 +477,58 @@ pub fn try_reap(child: &Child) -> io::Result<Option<ExitStatus>> {
     }))
 }
 
+/// The pid of a child that has exited and not been reaped yet, without
+/// reaping it (`waitid(P_ALL, WEXITED | WNOHANG | WNOWAIT)`).
+///
+/// A supervisor that is a subreaper (or PID 1) inherits orphaned
+/// grandchildren and must reap them, but must not steal the exit status of
+/// its own workers, which it reaps through their pidfds. Peeking first lets
+/// the caller reap only the children it does not track.
+pub fn peek_exited_child() -> io::Result<Option<u32>> {
+    // SAFETY: siginfo_t is plain data; waitid only writes into it. With
+    // WNOHANG and no exited child, si_pid stays 0 (zeroed here, as POSIX
+    // asks callers to do).
+    unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let rc = libc::waitid(
+            libc::P_ALL,
+            0,
+            &raw mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        );
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ECHILD) {
+                return Ok(None);
+            }
+            return Err(e);
+        }
+        let pid = info.si_pid();
+        Ok(u32::try_from(pid).ok().filter(|p| *p > 0))
+    }
+}
+
+/// Reaps the exited child `pid` (found by [`peek_exited_child`]).
+pub fn reap_pid(pid: u32) -> io::Result<Option<ExitStatus>> {
+    let Some(p) = rustix::process::Pid::from_raw(pid as i32) else {
+        return Ok(None);
+    };
+    match rustix::process::waitpid(Some(p), rustix::process::WaitOptions::NOHANG) {
+        Ok(Some((_, status))) => Ok(status
+            .exit_status()
+            .map(ExitStatus::Code)
+            .or_else(|| status.terminating_signal().map(ExitStatus::Signal))),
+        Ok(None) | Err(rustix::io::Errno::CHILD) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Makes this process the reaper of its orphaned descendants
+/// (`PR_SET_CHILD_SUBREAPER`), as PID 1 is for the whole system.
+pub fn become_subreaper() -> io::Result<()> {
+    Ok(rustix::process::set_child_subreaper(Some(rustix::process::getpid()))?)
+}
+
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitStatus {
@@ -682,6 +734,33 @@ mod tests {
         assert_eq!(try_reap(&child).expect("waitid"), None);
         signal(&child, libc::SIGTERM).expect("signal");
         assert_eq!(wait(&child), ExitStatus::Signal(libc::SIGTERM));
+    }
+
+    #[test]
+    fn peek_sees_an_exited_child_without_reaping_it() {
+        let args: Vec<OsString> = vec!["true".into()];
+        let child = spawn(&Command {
+            program: std::path::Path::new("/bin/true"),
+            args: &args,
+            env: &env_of_test(),
+            listen_pid: false,
+            fds: &[],
+            stdio: [None, None, None],
+            chdir: None,
+            new_process_group: false,
+            parent_death_signal: None,
+        })
+        .expect("spawn");
+        // Wait for the exit without reaping.
+        let mut fds = [rustix::event::PollFd::new(&child.pidfd, rustix::event::PollFlags::IN)];
+        rustix::event::poll(&mut fds, None).expect("poll");
+        // Other tests in this process may have exited children too; look
+        // for ours among what is peeked.
+        let peeked = peek_exited_child().expect("peek");
+        assert!(peeked.is_some());
+        // Still reapable through the pidfd: peeking did not reap.
+        assert_eq!(try_reap(&child).expect("reap"), Some(ExitStatus::Code(0)));
+        assert_eq!(reap_pid(child.pid).expect("reap again"), None);
     }
 
     #[test]

@@ -23,7 +23,8 @@ Exit codes:
   0  stopped cleanly: every worker exited on its own
   1  internal error
   2  usage: a bad flag or value (listen spec, duration, signal, --workers 0)
-  3  a listener cannot be bound (address in use, permission denied, unsafe path)
+  3  a listener or the control socket cannot be set up (address in use, permission
+     denied, unsafe path, another baton with the same --name)
   4  the command cannot be run (not found, not executable, bad --chdir)
   5  the first generation failed: a worker exited or crashed before it was ready
   6  the first generation was not ready within --ready-timeout
@@ -47,6 +48,10 @@ enum Command {
     /// reload it with zero downtime on SIGHUP.
     #[command(after_help = RUN_HELP)]
     Run(RunArgs),
+    /// Control a running supervisor: reload (and wait for the verdict),
+    /// status, stop, scale.
+    #[command(after_help = crate::ctl::CTL_HELP)]
+    Ctl(crate::ctl::CtlArgs),
 }
 
 const RUN_HELP: &str = "\
@@ -101,6 +106,19 @@ struct RunArgs {
     #[arg(long, value_name = "DIR")]
     chdir: Option<PathBuf>,
 
+    /// Name of this supervisor: its control socket is
+    /// $XDG_RUNTIME_DIR/baton/NAME.sock (or /run/baton/NAME.sock as root)
+    #[arg(long, value_name = "NAME", default_value = "baton", value_parser = parse_name)]
+    name: String,
+
+    /// Control socket path (overrides --name)
+    #[arg(long, value_name = "PATH")]
+    control: Option<PathBuf>,
+
+    /// Do not create a control socket (baton ctl cannot reach this baton)
+    #[arg(long, conflicts_with = "control")]
+    no_control: bool,
+
     /// The server command and its arguments (after --)
     #[arg(
         required = true,
@@ -115,10 +133,17 @@ fn parse_spec(s: &str) -> Result<ListenSpec, String> {
     s.parse::<ListenSpec>().map_err(|e| e.to_string())
 }
 
+pub(crate) fn parse_name(s: &str) -> Result<String, String> {
+    baton_supervisor::control::valid_name(s).map(|()| s.to_owned())
+}
+
 fn parse_workers(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("a generation needs at least one worker; use --workers 1 or more".into()),
-        Ok(n) if n > 1024 => Err(format!("{n} workers is more than the limit of 1024")),
+        Ok(n) if n > baton_supervisor::runtime::MAX_WORKERS => Err(format!(
+            "{n} workers is more than the limit of {}",
+            baton_supervisor::runtime::MAX_WORKERS
+        )),
         Ok(n) => Ok(n),
         Err(_) => Err(format!("{s:?} is not a number of workers")),
     }
@@ -147,6 +172,7 @@ pub fn parse() -> Args {
 pub fn execute(args: Args) -> Result<u8, Failure> {
     match args.command {
         Command::Run(run) => run_command(run),
+        Command::Ctl(ctl) => Ok(crate::ctl::run(&ctl)),
     }
 }
 
@@ -190,6 +216,14 @@ fn validate(run: RunArgs) -> Result<Settings, Failure> {
             stop_signal: run.stop_signal,
         },
         chdir: run.chdir,
+        control: if run.no_control {
+            None
+        } else {
+            Some(
+                run.control
+                    .unwrap_or_else(|| baton_supervisor::control::default_path(&run.name)),
+            )
+        },
     })
 }
 
@@ -214,8 +248,12 @@ fn run_command(run: RunArgs) -> Result<u8, Failure> {
     if bound.is_empty() {
         tracing::warn!("no --listen given: workers get no sockets (LISTEN_FDS=0)");
     }
-    let runtime =
-        Runtime::new(settings, bound).map_err(|e| Failure::new(exit::INTERNAL, e.to_string()))?;
+    let runtime = Runtime::new(settings, bound).map_err(|e| match e {
+        baton_supervisor::runtime::RuntimeError::Control(c) => {
+            Failure::new(exit::LISTEN, c.to_string())
+        }
+        other => Failure::new(exit::INTERNAL, other.to_string()),
+    })?;
     runtime
         .run()
         .map_err(|e| Failure::new(exit::INTERNAL, e.to_string()))

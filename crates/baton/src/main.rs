@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 
 mod cli;
+mod ctl;
 mod logging;
 
 use std::process::ExitCode;

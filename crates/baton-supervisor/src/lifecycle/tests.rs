@@ -21,6 +21,8 @@ struct Sim {
     logs: Vec<String>,
     exit: Option<u8>,
     probes: Vec<GenId>,
+    verdicts: Vec<(Vec<Ticket>, ReloadOutcome)>,
+    sd: Vec<Sd>,
     /// Spawn requests the test wants to fail, by (generation, slot).
     fail_spawn: Vec<(GenId, Slot)>,
     all: Vec<Action>,
@@ -54,6 +56,8 @@ impl Sim {
             logs: Vec::new(),
             exit: None,
             probes: Vec::new(),
+            verdicts: Vec::new(),
+            sd: Vec::new(),
             fail_spawn,
             all: Vec::new(),
         };
@@ -108,6 +112,8 @@ impl Sim {
                     self.exit = Some(code);
                 }
                 Action::RunProbe { generation } => self.probes.push(generation),
+                Action::ReloadDone { tickets, outcome } => self.verdicts.push((tickets, outcome)),
+                Action::Notify(sd) => self.sd.push(sd),
                 Action::PrepareGeneration { .. }
                 | Action::ReleaseGeneration { .. }
                 | Action::Serving { .. } => {}
@@ -116,14 +122,24 @@ impl Sim {
     }
 
     fn ev(&mut self, e: Event) {
+        let grace_timer_fired = matches!(e, Event::Timer(TimerKey::WorkerGrace(..)));
         let actions = self.m.handle(e, self.now);
         // Invariants 3 and 4: the generation that serves after a step is
-        // never the one that step told to stop.
+        // never the one that step told to stop, except single workers
+        // removed by scaling down (stop signal plus their own grace timer,
+        // then SIGKILL when that timer fires).
         let serving = self.m.serving();
         for a in &actions {
+            let allowed = match a {
+                Action::Signal { generation, slot, .. } => actions.iter().any(|x| {
+                    matches!(x, Action::SetTimer { key: TimerKey::WorkerGrace(g, s), .. } if g == generation && s == slot)
+                }),
+                Action::KillGroup { .. } => grace_timer_fired,
+                _ => true,
+            };
             if let Action::Signal { generation, .. } | Action::KillGroup { generation, .. } = a {
                 assert!(
-                    serving != Some(*generation),
+                    allowed || serving != Some(*generation),
                     "serving generation {generation} was signalled: {actions:?}"
                 );
             }
@@ -591,6 +607,176 @@ fn impossible_events_are_reported_not_obeyed() {
     assert_eq!(s.m.serving(), Some(1));
 }
 
+#[test]
+fn reload_request_gets_its_verdict_after_the_drain_starts() {
+    let mut s = Sim::serving(1);
+    s.now += Duration::from_millis(5);
+    s.ev(Event::ReloadRequest(7));
+    assert!(s.verdicts.is_empty());
+    s.now += Duration::from_millis(30);
+    s.ready(2, [0]);
+    assert_eq!(
+        s.verdicts,
+        vec![(
+            vec![7],
+            ReloadOutcome::Ready {
+                generation: 2,
+                took: Duration::from_millis(30)
+            }
+        )]
+    );
+    let draining = s.all.iter().position(
+        |a| matches!(a, Action::Log { message, .. } if message == "generation 1 draining"),
+    );
+    let verdict = s
+        .all
+        .iter()
+        .position(|a| matches!(a, Action::ReloadDone { .. }));
+    assert!(
+        draining < verdict,
+        "the client hears about the drain before the verdict"
+    );
+    assert_eq!(s.m.last_reload(), Some(&s.verdicts[0].1));
+}
+
+#[test]
+fn coalesced_reload_requests_share_the_verdict_of_the_reload_that_serves_them() {
+    let mut s = Sim::serving(1);
+    s.ev(Event::ReloadRequest(1));
+    // Asked while 2 is starting: served by the *next* reload, which starts
+    // from the code as it is after this request.
+    s.ev(Event::ReloadRequest(2));
+    s.ev(Event::ReloadRequest(3));
+    s.ready(2, [0]);
+    assert_eq!(s.verdicts.len(), 1);
+    assert_eq!(s.verdicts[0].0, vec![1]);
+    s.all_exit(1);
+    s.exited(3, 0, ExitStatus::Code(9));
+    assert_eq!(s.verdicts.len(), 2);
+    assert_eq!(s.verdicts[1].0, vec![2, 3]);
+    assert!(matches!(
+        &s.verdicts[1].1,
+        ReloadOutcome::Failed { generation: 3, serving: 2, tail: Some((3, 0)), reason } if reason.contains("status 9")
+    ));
+}
+
+#[test]
+fn reload_requests_are_refused_while_stopping_and_answered_on_stop() {
+    let mut s = Sim::serving(1);
+    s.ev(Event::ReloadRequest(1));
+    s.ev(Event::Stop(StopKind::Graceful));
+    assert!(matches!(&s.verdicts[0], (t, ReloadOutcome::Refused(_)) if t == &vec![1]));
+    s.ev(Event::ReloadRequest(2));
+    assert!(
+        matches!(&s.verdicts[1], (t, ReloadOutcome::Refused(why)) if t == &vec![2] && why.contains("stopping"))
+    );
+}
+
+#[test]
+fn reload_request_during_a_failed_boot_is_refused() {
+    let mut s = Sim::notify(1);
+    s.ev(Event::ReloadRequest(4));
+    s.exited(1, 0, ExitStatus::Code(1));
+    assert!(
+        matches!(&s.verdicts[0], (t, ReloadOutcome::Refused(why)) if t == &vec![4] && why.contains("first generation failed"))
+    );
+}
+
+#[test]
+fn service_manager_hears_ready_reloading_rollback_and_stopping() {
+    let mut s = Sim::serving(1);
+    assert_eq!(
+        s.sd,
+        vec![Sd::Ready {
+            serving: 1,
+            note: None
+        }]
+    );
+    s.ev(Event::Reload);
+    s.ready(2, [0]);
+    s.all_exit(1);
+    s.ev(Event::Reload);
+    s.exited(3, 0, ExitStatus::Code(1));
+    s.all_exit(3);
+    s.ev(Event::Stop(StopKind::Graceful));
+    s.ev(Event::Stop(StopKind::Graceful));
+    assert_eq!(
+        s.sd,
+        vec![
+            Sd::Ready {
+                serving: 1,
+                note: None
+            },
+            Sd::Reloading { generation: 2 },
+            Sd::Ready {
+                serving: 2,
+                note: None
+            },
+            Sd::Reloading { generation: 3 },
+            Sd::Ready {
+                serving: 2,
+                note: Some("reload to generation 3 failed".into())
+            },
+            Sd::Stopping,
+        ],
+        "STOPPING=1 once, even on the escalating second signal"
+    );
+}
+
+#[test]
+fn scale_up_and_down_adjusts_the_serving_generation_and_later_ones() {
+    let mut s = Sim::serving(2);
+    s.ev(Event::Scale(4));
+    assert_eq!(s.spawns(1), 4);
+    assert_eq!(s.m.worker_pids(1).len(), 4);
+    s.ev(Event::Scale(1));
+    // The highest slots go first, with the stop signal and a grace timer.
+    assert_eq!(s.signals, vec![(1, 3, TERM), (1, 2, TERM), (1, 1, TERM)]);
+    assert!(s.timers.contains_key(&TimerKey::WorkerGrace(1, 3)));
+    s.exited(1, 3, ExitStatus::Code(0));
+    s.exited(1, 2, ExitStatus::Code(0));
+    assert!(s.logged("worker 3 of generation 1 (pid"));
+    assert_eq!(s.spawns(1), 4, "removed workers are not restarted");
+    // One ignores the stop signal: killed after the grace.
+    s.advance(Duration::from_secs(30));
+    assert!(s.kills.contains(&(1, 1)));
+    s.exited(1, 1, ExitStatus::Signal(9));
+    assert_eq!(
+        s.m.snapshot()[0].workers.len(),
+        1,
+        "trailing slots are dropped"
+    );
+    // A new generation starts with the new count.
+    s.ev(Event::Reload);
+    assert_eq!(s.spawns(2), 1);
+    assert_eq!(s.m.serving(), Some(1));
+}
+
+#[test]
+fn scale_during_reload_applies_when_the_new_generation_serves() {
+    let mut s = Sim::serving(1);
+    s.ev(Event::Reload);
+    s.ev(Event::Scale(3));
+    assert_eq!(s.spawns(1), 3, "the serving generation grows at once");
+    assert_eq!(s.spawns(2), 1, "the starting one keeps its count");
+    s.ready(2, [0]);
+    assert_eq!(s.spawns(2), 3, "and grows once it serves");
+}
+
+#[test]
+fn snapshot_reports_states_and_ready_time() {
+    let mut s = Sim::notify(2);
+    s.now += Duration::from_millis(12);
+    s.ready(1, [0, 1]);
+    s.exited(1, 1, ExitStatus::Code(1));
+    let snap = s.m.snapshot();
+    assert_eq!(snap[0].state, "serving");
+    assert_eq!(snap[0].ready_after, Some(Duration::from_millis(12)));
+    assert_eq!(snap[0].workers[0].state, "ready");
+    assert_eq!(snap[0].workers[1].state, "restarting");
+    assert_eq!(snap[0].workers[1].restarts, 1);
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;
@@ -598,6 +784,8 @@ mod properties {
     #[derive(Debug, Clone)]
     enum Op {
         Reload,
+        Request(u8),
+        Scale(u8),
         Stop,
         Ready(u8, u8),
         Exit(u8, u8, bool),
@@ -607,6 +795,8 @@ mod properties {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             3 => Just(Op::Reload),
+            1 => any::<u8>().prop_map(Op::Request),
+            1 => (1u8..5).prop_map(Op::Scale),
             1 => Just(Op::Stop),
             6 => (0u8..4, 0u8..3).prop_map(|(g, w)| Op::Ready(g, w)),
             3 => (0u8..4, 0u8..3, any::<bool>()).prop_map(|(g, w, ok)| Op::Exit(g, w, ok)),
@@ -627,6 +817,8 @@ mod properties {
                 let gens: Vec<GenId> = s.m.gens.iter().map(|g| g.id).collect();
                 match op {
                     Op::Reload => s.ev(Event::Reload),
+                    Op::Request(t) => s.ev(Event::ReloadRequest(u64::from(t))),
+                    Op::Scale(n) => s.ev(Event::Scale(usize::from(n))),
                     Op::Stop => s.ev(Event::Stop(StopKind::Graceful)),
                     Op::Ready(g, w) => {
                         if let Some(&generation) = gens.get(g as usize % gens.len().max(1)) {
@@ -645,6 +837,12 @@ mod properties {
                     Op::Advance(ms) => s.advance(Duration::from_millis(u64::from(ms))),
                 }
                 prop_assert!(s.m.gens.len() <= 2);
+                // Every ticket is answered at most once.
+                let mut answered: Vec<Ticket> = s.verdicts.iter().flat_map(|(t, _)| t.clone()).collect();
+                let n = answered.len();
+                answered.sort_unstable();
+                answered.dedup();
+                prop_assert!(answered.len() <= n);
                 prop_assert!(!s.logged("internal error"), "{:?}", s.logs);
             }
         }

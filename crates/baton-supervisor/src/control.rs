@@ -1,0 +1,471 @@
+//! The control socket: `baton ctl` talks to a running supervisor here.
+//!
+//! # Protocol (version 1)
+//!
+//! A Unix stream socket. The client sends one JSON object on one line,
+//! `{"v":1,"cmd":"reload"}`, and reads JSON lines back until the server
+//! closes the connection:
+//!
+//! | request | replies |
+//! | --- | --- |
+//! | `{"v":1,"cmd":"reload"}` | `progress` lines as the reload happens, then `reloaded` or `reload_failed` (or `error`) |
+//! | `{"v":1,"cmd":"status"}` | one `status` |
+//! | `{"v":1,"cmd":"stop","fast":false}` | one `ok`; the connection closes when baton has exited |
+//! | `{"v":1,"cmd":"scale","workers":4}` | one `ok` or `error` |
+//!
+//! # Safety of the socket
+//!
+//! * Its directory is created with mode 0700 and must be a real directory
+//!   owned by baton's user; the socket is bound under a temporary name,
+//!   given mode 0600 and renamed into place, so it never exists with wider
+//!   permissions.
+//! * A symlink at the path is refused, never followed; an existing socket
+//!   is replaced only if nobody accepts on it.
+//! * Each client's uid is checked with `SO_PEERCRED`: only baton's own user
+//!   and root may send commands.
+//! * A request may be at most [`MAX_REQUEST`] bytes and must arrive within
+//!   [`CLIENT_TIMEOUT`], so a slow or hostile client cannot stall the
+//!   supervisor (which never blocks on a client: all I/O is non-blocking).
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this baton speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The largest request line accepted.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// How long a client may take to send its request.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A client that does not read its replies is dropped past this much
+/// unsent output.
+pub const MAX_PENDING_OUTPUT: usize = 1024 * 1024;
+
+/// A command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum Command {
+    Reload,
+    Status,
+    Stop {
+        #[serde(default)]
+        fast: bool,
+    },
+    Scale {
+        workers: usize,
+    },
+}
+
+/// A request line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub v: u32,
+    #[serde(flatten)]
+    pub cmd: Command,
+}
+
+/// One worker in a status report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub slot: usize,
+    pub pid: Option<u32>,
+    pub state: String,
+    pub restarts: u32,
+}
+
+/// One generation in a status report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationStatus {
+    pub id: u64,
+    pub state: String,
+    /// Milliseconds since it was started.
+    pub age_ms: u64,
+    /// How long it took to become ready, once it did.
+    pub ready_after_ms: Option<u64>,
+    pub workers: Vec<WorkerStatus>,
+}
+
+/// A listener in a status report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerStatus {
+    pub name: String,
+    pub address: String,
+}
+
+/// The last reload's result in a status report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastReload {
+    pub ok: bool,
+    pub generation: u64,
+    pub detail: String,
+}
+
+/// `baton ctl status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub pid: u32,
+    pub uptime_ms: u64,
+    pub serving: Option<u64>,
+    pub workers_per_generation: usize,
+    pub reloads: u64,
+    pub last_reload: Option<LastReload>,
+    pub listeners: Vec<ListenerStatus>,
+    pub generations: Vec<GenerationStatus>,
+}
+
+/// A reply line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Reply {
+    /// A step of a reload in progress (a log line).
+    Progress {
+        message: String,
+    },
+    /// The reload succeeded.
+    Reloaded {
+        generation: u64,
+        took_ms: u64,
+    },
+    /// The reload failed and was rolled back.
+    ReloadFailed {
+        generation: u64,
+        serving: u64,
+        reason: String,
+        /// The last lines the failed worker printed.
+        output: Vec<String>,
+    },
+    Status(Box<Status>),
+    Ok {
+        message: String,
+    },
+    Error {
+        message: String,
+    },
+}
+
+impl Reply {
+    /// The reply as one line of JSON, newline included.
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut line = serde_json::to_vec(self).unwrap_or_else(|e| {
+            format!("{{\"type\":\"error\",\"message\":\"cannot encode a reply: {e}\"}}")
+                .into_bytes()
+        });
+        line.push(b'\n');
+        line
+    }
+}
+
+/// Parses a request line; the error is meant for the client.
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    // Check the version first, so a newer client gets a clear answer even
+    // if its command is unknown here.
+    let value: serde_json::Value =
+        serde_json::from_slice(line).map_err(|e| format!("malformed request: {e}"))?;
+    match value.get("v").and_then(serde_json::Value::as_u64) {
+        Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
+        Some(v) => {
+            return Err(format!(
+                "protocol version {v} is not supported: this baton speaks version {PROTOCOL_VERSION}; use a baton ctl of the same release"
+            ));
+        }
+        None => return Err("malformed request: missing protocol version \"v\"".into()),
+    }
+    serde_json::from_value(value).map_err(|e| format!("malformed request: {e}"))
+}
+
+/// Why the control socket cannot be set up or reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control socket {path}: {problem}")]
+    Path { path: String, problem: String },
+}
+
+fn path_err(path: &Path, problem: impl Into<String>) -> ControlError {
+    ControlError::Path {
+        path: path.display().to_string(),
+        problem: problem.into(),
+    }
+}
+
+/// Where the control socket of the supervisor named `name` lives:
+/// `$XDG_RUNTIME_DIR/baton/NAME.sock`, else `/run/baton/NAME.sock` for root,
+/// else `/tmp/baton-UID/NAME.sock`.
+pub fn default_path(name: &str) -> PathBuf {
+    let file = format!("{name}.sock");
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("baton").join(file);
+    }
+    let uid = rustix::process::geteuid();
+    if uid.is_root() {
+        PathBuf::from("/run/baton").join(file)
+    } else {
+        PathBuf::from(format!("/tmp/baton-{}", uid.as_raw())).join(file)
+    }
+}
+
+/// Checks a control socket name: it becomes a file name.
+pub fn valid_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 64
+        || name.starts_with('.')
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        return Err(format!(
+            "{name:?} is not a valid name: use up to 64 letters, digits, '_', '-' or '.', not starting with '.'"
+        ));
+    }
+    Ok(())
+}
+
+/// Makes sure `dir` exists as a private directory of this user.
+fn private_dir(dir: &Path, sock: &Path) -> Result<(), ControlError> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) => {
+            if meta.file_type().is_symlink() {
+                return Err(path_err(
+                    sock,
+                    format!(
+                        "its directory {} is a symbolic link; refusing to use it",
+                        dir.display()
+                    ),
+                ));
+            }
+            if !meta.is_dir() {
+                return Err(path_err(
+                    sock,
+                    format!("{} is not a directory", dir.display()),
+                ));
+            }
+            let me = rustix::process::geteuid().as_raw();
+            if meta.uid() != me {
+                return Err(path_err(
+                    sock,
+                    format!(
+                        "its directory {} belongs to uid {}, not to this user (uid {me})",
+                        dir.display(),
+                        meta.uid()
+                    ),
+                ));
+            }
+            if meta.permissions().mode() & 0o022 != 0 {
+                return Err(path_err(
+                    sock,
+                    format!(
+                        "its directory {} is writable by others (mode {:o}); fix it with chmod 700",
+                        dir.display(),
+                        meta.permissions().mode() & 0o777
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| path_err(sock, format!("cannot create {}: {e}", dir.display())))?;
+            // `recursive` applies the mode to the last component only when
+            // it creates it; make sure.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| path_err(sock, format!("cannot chmod {}: {e}", dir.display())))
+        }
+        Err(e) => Err(path_err(sock, e.to_string())),
+    }
+}
+
+/// The supervisor's listening control socket.
+#[derive(Debug)]
+pub struct ControlSocket {
+    pub listener: mio::net::UnixListener,
+    pub path: PathBuf,
+    identity: (u64, u64),
+}
+
+impl ControlSocket {
+    /// Creates the control socket at `path` (see the module docs).
+    pub fn bind(path: &Path) -> Result<Self, ControlError> {
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        private_dir(dir, path)?;
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) => {
+                let ft = meta.file_type();
+                if ft.is_symlink() {
+                    return Err(path_err(
+                        path,
+                        "it is a symbolic link; refusing to follow it",
+                    ));
+                }
+                if !ft.is_socket() {
+                    return Err(path_err(path, "a file that is not a socket is in the way"));
+                }
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    return Err(path_err(
+                        path,
+                        "another baton is running with this control socket; give this one another --name or --control",
+                    ));
+                }
+                let _ = std::fs::remove_file(path);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(path_err(path, e.to_string())),
+        }
+        let file_name = path
+            .file_name()
+            .ok_or_else(|| path_err(path, "the path has no file name"))?;
+        let tmp = dir.join(format!(
+            ".{}.{}.tmp",
+            file_name.to_string_lossy(),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&tmp);
+        let listener = mio::net::UnixListener::bind(&tmp)
+            .map_err(|e| path_err(path, format!("cannot bind: {e}")))?;
+        let cleanup = |e: String| {
+            let _ = std::fs::remove_file(&tmp);
+            path_err(path, e)
+        };
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| cleanup(format!("cannot chmod: {e}")))?;
+        std::fs::rename(&tmp, path)
+            .map_err(|e| cleanup(format!("cannot rename into place: {e}")))?;
+        let meta = std::fs::symlink_metadata(path).map_err(|e| path_err(path, e.to_string()))?;
+        Ok(Self {
+            listener,
+            path: path.to_path_buf(),
+            identity: (meta.dev(), meta.ino()),
+        })
+    }
+
+    /// Removes the socket file if it is still the one this process made.
+    pub fn remove_file(&self) {
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path)
+            && (meta.dev(), meta.ino()) == self.identity
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Whether a client with `uid` may control a supervisor running as `me`.
+pub fn uid_allowed(uid: u32, me: u32) -> bool {
+    uid == me || uid == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_and_versions_are_checked() {
+        assert_eq!(
+            parse_request(br#"{"v":1,"cmd":"reload"}"#),
+            Ok(Request {
+                v: 1,
+                cmd: Command::Reload
+            })
+        );
+        assert_eq!(
+            parse_request(br#"{"v":1,"cmd":"stop"}"#).map(|r| r.cmd),
+            Ok(Command::Stop { fast: false })
+        );
+        assert_eq!(
+            parse_request(br#"{"v":1,"cmd":"scale","workers":3}"#).map(|r| r.cmd),
+            Ok(Command::Scale { workers: 3 })
+        );
+        let e = parse_request(br#"{"v":2,"cmd":"dance"}"#).expect_err("version");
+        assert!(e.contains("protocol version 2 is not supported"), "{e}");
+        assert!(
+            parse_request(br#"{"cmd":"reload"}"#)
+                .expect_err("no v")
+                .contains("missing protocol version")
+        );
+        assert!(
+            parse_request(b"reload")
+                .expect_err("json")
+                .contains("malformed")
+        );
+        assert!(
+            parse_request(br#"{"v":1,"cmd":"dance"}"#)
+                .expect_err("cmd")
+                .contains("malformed")
+        );
+    }
+
+    #[test]
+    fn replies_are_single_json_lines() {
+        let line = Reply::ReloadFailed {
+            generation: 3,
+            serving: 2,
+            reason: "worker 0 exited\nwith status 1".into(),
+            output: vec!["boom".into()],
+        }
+        .to_line();
+        assert_eq!(line.last(), Some(&b'\n'));
+        assert!(!line[..line.len() - 1].contains(&b'\n'));
+        let back: Reply = serde_json::from_slice(&line).expect("parse");
+        assert!(matches!(back, Reply::ReloadFailed { generation: 3, .. }));
+    }
+
+    #[test]
+    fn socket_is_private_from_the_start_and_refuses_symlinks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sub = dir.path().join("baton");
+        let path = sub.join("x.sock");
+        let s = ControlSocket::bind(&path).expect("bind");
+        let meta = std::fs::symlink_metadata(&path).expect("socket");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let dmeta = std::fs::metadata(&sub).expect("dir");
+        assert_eq!(dmeta.permissions().mode() & 0o777, 0o700);
+        // A second supervisor on the same path is refused.
+        let e = ControlSocket::bind(&path).expect_err("in use");
+        assert!(e.to_string().contains("another baton is running"), "{e}");
+        s.remove_file();
+        assert!(!path.exists());
+        // A stale socket is replaced.
+        drop(std::os::unix::net::UnixListener::bind(&path).expect("stale"));
+        let s = ControlSocket::bind(&path).expect("over stale");
+        s.remove_file();
+        // A symlink is refused.
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), &path).expect("symlink");
+        assert!(
+            ControlSocket::bind(&path)
+                .expect_err("symlink")
+                .to_string()
+                .contains("symbolic link")
+        );
+        // A directory writable by others is refused.
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).expect("mkdir");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        assert!(
+            ControlSocket::bind(&open.join("y.sock"))
+                .expect_err("open dir")
+                .to_string()
+                .contains("writable by others")
+        );
+    }
+
+    #[test]
+    fn names_are_file_names() {
+        assert!(valid_name("web-1.prod").is_ok());
+        assert!(valid_name("").is_err());
+        assert!(valid_name("../x").is_err());
+        assert!(valid_name(".hidden").is_err());
+    }
+
+    #[test]
+    fn only_the_same_user_or_root_may_control() {
+        assert!(uid_allowed(1000, 1000));
+        assert!(uid_allowed(0, 1000));
+        assert!(!uid_allowed(1001, 1000));
+    }
+}
