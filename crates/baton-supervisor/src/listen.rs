@@ -233,7 +233,10 @@ fn parse_tcp(text: &str, at: usize, body: &str) -> Result<ListenAddr, SpecError>
 /// A bound listener, kept for baton's lifetime.
 #[derive(Debug)]
 pub struct Bound {
-    pub spec: ListenSpec,
+    /// The `--listen` it came from (`None`: adopted without one).
+    pub spec: Option<ListenSpec>,
+    /// Whether it was inherited from baton's own parent (socket activation).
+    pub adopted: bool,
     /// The name passed in `LISTEN_FDNAMES`.
     pub name: String,
     pub fd: OwnedFd,
@@ -260,6 +263,8 @@ pub enum BindError {
         addr: String,
         problem: String,
     },
+    #[error("cannot adopt the inherited socket {name:?}: {problem}")]
+    Adopt { name: String, problem: String },
     #[error("cannot use {path} (from --listen {spec}): {problem}")]
     Path {
         spec: String,
@@ -305,7 +310,8 @@ impl Bound {
                     .and_then(|a| SocketAddr::try_from(a).ok())
                     .unwrap_or(addr);
                 Ok(Self {
-                    spec: spec.clone(),
+                    spec: Some(spec.clone()),
+                    adopted: false,
                     name,
                     fd,
                     display: format!("tcp://{local}"),
@@ -320,7 +326,8 @@ impl Bound {
                     problem: e.to_string(),
                 })?;
                 Ok(Self {
-                    spec: spec.clone(),
+                    spec: Some(spec.clone()),
+                    adopted: false,
                     name,
                     fd,
                     display: format!("unix:{}", path.display()),
@@ -330,10 +337,14 @@ impl Bound {
         }
     }
 
-    /// Adopts an already-bound listening socket (systemd socket activation).
-    pub fn adopt(spec: &ListenSpec, name: String, fd: OwnedFd, display: String) -> Self {
+    /// Adopts an already-bound listening socket (systemd socket
+    /// activation). Its file, if any, belongs to whoever made it and is
+    /// never removed by baton.
+    pub fn adopt(spec: Option<&ListenSpec>, name: String, fd: OwnedFd) -> Self {
+        let display = describe_fd(&fd);
         Self {
-            spec: spec.clone(),
+            spec: spec.cloned(),
+            adopted: true,
             name,
             fd,
             display,
@@ -478,6 +489,91 @@ fn bind_unix(spec: &ListenSpec, path: &Path, mode: Option<u32>) -> Result<OwnedF
         .map_err(|e| cleanup_tmp(std::io::Error::from(e).to_string()))?;
     std::fs::rename(&tmp, path).map_err(|e| cleanup_tmp(e.to_string()))?;
     Ok(fd)
+}
+
+/// Sets up every listener: adopts the sockets baton's own parent passed
+/// (systemd socket activation: `LISTEN_FDS` with `LISTEN_PID` equal to
+/// baton's pid) and binds the rest.
+///
+/// Matching is by name: `--listen web=tcp://…` adopts the inherited socket
+/// named `web` (`FileDescriptorName=web` in the `.socket` unit). Without any
+/// `--listen`, every inherited socket is adopted under its own name. An
+/// inherited socket that no `--listen` names is closed, with a warning.
+pub fn open_all(
+    specs: &[ListenSpec],
+    inherited: &mut baton_app::Inherited,
+) -> Result<Vec<Bound>, BindError> {
+    let mut out: Vec<Bound> = Vec::with_capacity(specs.len().max(inherited.len()));
+    let fail = |out: &[Bound], e: BindError| {
+        for b in out {
+            b.remove_file();
+        }
+        e
+    };
+    if specs.is_empty() {
+        for i in 0..inherited.len() {
+            let name = inherited.names().nth(i).unwrap_or("unknown").to_owned();
+            match inherited.take_at(i) {
+                Ok(Some(l)) => out.push(Bound::adopt(None, name, listener_fd(l))),
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(fail(
+                        &out,
+                        BindError::Adopt {
+                            name,
+                            problem: e.to_string(),
+                        },
+                    ));
+                }
+            }
+        }
+        return Ok(out);
+    }
+    for (i, spec) in specs.iter().enumerate() {
+        let adopted = match spec.name.as_deref() {
+            Some(name) => inherited.take(name).map_err(|e| {
+                fail(
+                    &out,
+                    BindError::Adopt {
+                        name: name.to_owned(),
+                        problem: e.to_string(),
+                    },
+                )
+            })?,
+            None => None,
+        };
+        let b = match adopted {
+            Some(l) => Bound::adopt(
+                Some(spec),
+                spec.name.clone().unwrap_or_else(|| format!("listen{i}")),
+                listener_fd(l),
+            ),
+            None => Bound::bind(spec, i).map_err(|e| fail(&out, e))?,
+        };
+        out.push(b);
+    }
+    let names: Vec<String> = inherited.names().map(str::to_owned).collect();
+    let leftover: Vec<String> = names
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| inherited.take_at(*i).ok().flatten().is_some())
+        .map(|(_, n)| n)
+        .collect();
+    if !leftover.is_empty() {
+        tracing::warn!(
+            "closing inherited sockets that no --listen names: {}; name a --listen after them (e.g. -l {}=…) to use them",
+            leftover.join(", "),
+            leftover[0]
+        );
+    }
+    Ok(out)
+}
+
+fn listener_fd(l: baton_app::Listener) -> OwnedFd {
+    match l {
+        baton_app::Listener::Tcp(t) => t.into(),
+        baton_app::Listener::Unix(u) => u.into(),
+    }
 }
 
 /// The family of a bound listener, for display of adopted sockets.

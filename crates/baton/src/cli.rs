@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use baton_supervisor::config::{self, CommandError, Settings};
 use baton_supervisor::lifecycle::{Policy, ReadyMode};
-use baton_supervisor::listen::{Bound, ListenSpec};
+use baton_supervisor::listen::{self, ListenSpec};
 use baton_supervisor::runtime::Runtime;
 use clap::{Parser, Subcommand};
 
@@ -229,21 +229,19 @@ fn validate(run: RunArgs) -> Result<Settings, Failure> {
 
 fn run_command(run: RunArgs) -> Result<u8, Failure> {
     let settings = validate(run)?;
-    let mut bound = Vec::with_capacity(settings.listeners.len());
-    for (i, spec) in settings.listeners.iter().enumerate() {
-        let b = Bound::bind(spec, i).map_err(|e| {
-            // Sockets already bound are closed on return; remove their files.
-            for b in &bound {
-                Bound::remove_file(b);
-            }
-            Failure::new(exit::LISTEN, e.to_string())
-        })?;
-        if spec.name.is_some() {
-            tracing::info!("listening on {} (name {})", b.display, b.name);
+    // Sockets from our own parent (systemd socket activation) first: read
+    // once, adopted only if LISTEN_PID is baton's pid.
+    let mut inherited = baton_app::Inherited::from_env()
+        .map_err(|e| Failure::new(exit::LISTEN, format!("cannot adopt inherited sockets: {e}")))?;
+    let bound = listen::open_all(&settings.listeners, &mut inherited)
+        .map_err(|e| Failure::new(exit::LISTEN, e.to_string()))?;
+    for b in &bound {
+        let how = if b.adopted { "adopted, " } else { "" };
+        if b.spec.as_ref().is_some_and(|s| s.name.is_some()) || b.adopted {
+            tracing::info!("listening on {} ({how}name {})", b.display, b.name);
         } else {
             tracing::info!("listening on {}", b.display);
         }
-        bound.push(b);
     }
     if bound.is_empty() {
         tracing::warn!("no --listen given: workers get no sockets (LISTEN_FDS=0)");
