@@ -353,7 +353,15 @@ fn reloads_under_load(
             let at = Instant::now();
             baton.signal(Signal::HUP)?;
             sent.push((g, at));
-            baton.wait_for_line(&format!("generation {g} ready"), Duration::from_secs(10))?;
+            if let Err(e) =
+                baton.wait_for_line(&format!("generation {g} ready"), Duration::from_secs(30))
+            {
+                bail!(
+                    "reload {} of the run: {e}; baton's last lines:\n{}",
+                    g - 1,
+                    baton.tail(25).join("\n")
+                );
+            }
         }
         let w = wrk
             .join()
@@ -434,6 +442,15 @@ fn machine() -> String {
     format!("{cpus} CPUs ({cpu}){mem}, Linux {kernel}")
 }
 
+/// The 1, 5 and 15 minute load averages (other work on the machine skews
+/// every figure here).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg").map_or_else(
+        |_| "unknown".into(),
+        |l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    )
+}
+
 fn verdict(ok: bool) -> &'static str {
     if ok { "met" } else { "**missed**" }
 }
@@ -465,6 +482,7 @@ fn bench(args: &Args) -> anyhow::Result<()> {
         }
     }
     let started = std::time::SystemTime::now();
+    let load_before = loadavg();
     let mut log = String::new();
     let step = |log: &mut String, s: String| {
         eprintln!("bench: {s}");
@@ -617,6 +635,11 @@ fn bench(args: &Args) -> anyhow::Result<()> {
     if let Some(c) = &args.commit {
         let _ = writeln!(md, "- commit: {c}");
     }
+    let _ = writeln!(
+        md,
+        "- load average (1/5/15 min) before: {load_before}; after: {}",
+        loadavg()
+    );
     let _ = writeln!(md, "- rerun: `{}`", args.rerun);
     let _ = writeln!(
         md,
