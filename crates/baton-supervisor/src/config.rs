@@ -24,6 +24,11 @@ pub struct Settings {
     pub chdir: Option<PathBuf>,
     /// Where to create the control socket (`None`: no control socket).
     pub control: Option<PathBuf>,
+    /// `--watch`: reload when these change in content.
+    pub watch: Vec<PathBuf>,
+    /// `--watch-ignore` globs.
+    pub watch_ignore: Vec<String>,
+    pub watch_debounce: Duration,
 }
 
 /// Parses `--ready`: `notify`, `fd`, `delay:DURATION`, `exec:CMD`.

@@ -35,4 +35,5 @@ pub mod notify;
 pub mod output;
 pub mod runtime;
 pub mod signals;
+pub mod watch;
 pub mod worker;

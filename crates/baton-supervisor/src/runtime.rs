@@ -55,6 +55,8 @@ pub enum RuntimeError {
     DevNull(#[source] std::io::Error),
     #[error(transparent)]
     Control(control::ControlError),
+    #[error(transparent)]
+    Watch(crate::watch::WatchError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +69,7 @@ enum Source {
     Probe(GenId),
     Control,
     Client(u64),
+    Watch,
 }
 
 /// What a control client waits for after its request.
@@ -137,6 +140,7 @@ pub struct Runtime {
     service_manager: Option<baton_app::Notifier>,
     started: Instant,
     orphans_to_reap: bool,
+    watcher: Option<crate::watch::Watcher>,
 }
 
 fn rundir() -> std::io::Result<tempfile::TempDir> {
@@ -189,7 +193,22 @@ impl Runtime {
             service_manager,
             started: Instant::now(),
             orphans_to_reap: false,
+            watcher: None,
         };
+        if !rt.settings.watch.is_empty() {
+            let mut w = crate::watch::Watcher::new(
+                &rt.settings.watch,
+                &rt.settings.watch_ignore,
+                rt.settings.watch_debounce,
+            )
+            .map_err(RuntimeError::Watch)?;
+            let token = rt.token(Source::Watch);
+            rt.poll
+                .registry()
+                .register(&mut w.wake, token, Interest::READABLE)
+                .map_err(RuntimeError::Poll)?;
+            rt.watcher = Some(w);
+        }
         if let Some(mut sock) = control {
             let token = rt.token(Source::Control);
             rt.poll
@@ -339,6 +358,33 @@ impl Runtime {
             Source::Ready(g, slot) => self.on_ready_fd(g, slot),
             Source::Notify(g) => self.on_notify(g),
             Source::Probe(g) => self.on_probe_exit(g),
+            Source::Watch => {
+                if let Some(change) = self
+                    .watcher
+                    .as_mut()
+                    .and_then(crate::watch::Watcher::changes)
+                {
+                    let shown: Vec<String> = change
+                        .files
+                        .iter()
+                        .take(5)
+                        .map(|p| p.display().to_string())
+                        .collect();
+                    let more = change.files.len().saturating_sub(shown.len());
+                    let more = if more > 0 {
+                        format!(" and {more} more")
+                    } else {
+                        String::new()
+                    };
+                    tracing::info!(
+                        "watch: fingerprint {} -> {}: {}{more} changed; reloading",
+                        change.before,
+                        change.after,
+                        shown.join(", ")
+                    );
+                    self.queue.push_back(Event::Reload);
+                }
+            }
             Source::Control => self.accept_clients(),
             Source::Client(id) => self.on_client(id),
         }

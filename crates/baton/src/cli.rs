@@ -115,6 +115,20 @@ struct RunArgs {
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
 
+    /// Reload when this file or directory (recursively) changes in
+    /// content, repeatable; a touch or an identical save does not reload
+    #[arg(long, value_name = "PATH")]
+    watch: Vec<PathBuf>,
+
+    /// With --watch: ignore paths matching this glob (matched against the
+    /// whole path and the file name), repeatable, e.g. '*.pyc', '**/.git/**'
+    #[arg(long, value_name = "GLOB", requires = "watch")]
+    watch_ignore: Vec<String>,
+
+    /// With --watch: wait for this much quiet before looking at changes
+    #[arg(long, value_name = "DURATION", default_value = "300ms", value_parser = config::parse_duration, requires = "watch")]
+    watch_debounce: Duration,
+
     /// Do not create a control socket (baton ctl cannot reach this baton)
     #[arg(long, conflicts_with = "control")]
     no_control: bool,
@@ -192,6 +206,8 @@ fn validate(run: RunArgs) -> Result<Settings, Failure> {
         std::env::var_os("PATH").as_deref(),
     )
     .map_err(|e| Failure::new(exit::COMMAND, format!("cannot run the command: {e}")))?;
+    baton_supervisor::watch::check(&run.watch, &run.watch_ignore)
+        .map_err(|e| Failure::new(exit::USAGE, e.to_string()))?;
     let mut names: Vec<&str> = Vec::new();
     for spec in &run.listen {
         if let Some(n) = spec.name.as_deref() {
@@ -216,6 +232,9 @@ fn validate(run: RunArgs) -> Result<Settings, Failure> {
             stop_signal: run.stop_signal,
         },
         chdir: run.chdir,
+        watch: run.watch,
+        watch_ignore: run.watch_ignore,
+        watch_debounce: run.watch_debounce,
         control: if run.no_control {
             None
         } else {
@@ -249,6 +268,9 @@ fn run_command(run: RunArgs) -> Result<u8, Failure> {
     let runtime = Runtime::new(settings, bound).map_err(|e| match e {
         baton_supervisor::runtime::RuntimeError::Control(c) => {
             Failure::new(exit::LISTEN, c.to_string())
+        }
+        baton_supervisor::runtime::RuntimeError::Watch(w) => {
+            Failure::new(exit::USAGE, w.to_string())
         }
         other => Failure::new(exit::INTERNAL, other.to_string()),
     })?;
