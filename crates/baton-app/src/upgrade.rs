@@ -729,7 +729,10 @@ fn write_pid_file(path: &Path, pid: u32) -> Result<(), UpgradeError> {
         .unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
     writeln!(tmp, "{pid}").map_err(err)?;
-    tmp.as_file().sync_all().map_err(err)?;
+    // No fsync: the rename makes the switch atomic for readers, which is
+    // what a pid file needs; durability across a crash is not (a pid means
+    // nothing after a reboot), and an fsync costs milliseconds on the
+    // hand-over's critical path.
     tmp.persist(path).map_err(|e| err(e.error))?;
     Ok(())
 }
