@@ -526,7 +526,9 @@ pub fn reap_pid(pid: u32) -> io::Result<Option<ExitStatus>> {
 /// Makes this process the reaper of its orphaned descendants
 /// (`PR_SET_CHILD_SUBREAPER`), as PID 1 is for the whole system.
 pub fn become_subreaper() -> io::Result<()> {
-    Ok(rustix::process::set_child_subreaper(Some(rustix::process::getpid()))?)
+    Ok(rustix::process::set_child_subreaper(Some(
+        rustix::process::getpid(),
+    ))?)
 }
 
 /// How a process ended.
@@ -620,6 +622,21 @@ mod tests {
         vec!["PATH=/usr/bin:/bin".into()]
     }
 
+    /// A plain command: no descriptors, inherited stdio.
+    fn plain<'a>(program: &'a str, args: &'a [OsString], env: &'a [OsString]) -> Command<'a> {
+        Command {
+            program: std::path::Path::new(program),
+            args,
+            env,
+            listen_pid: false,
+            fds: &[],
+            stdio: [None, None, None],
+            chdir: None,
+            new_process_group: false,
+            parent_death_signal: None,
+        }
+    }
+
     #[test]
     fn child_gets_fds_at_three_and_its_own_listen_pid() {
         let l1 = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -668,18 +685,8 @@ mod tests {
     #[test]
     fn exec_failure_is_reported_with_errno() {
         let args = vec![OsString::from("nope")];
-        let err = spawn(&Command {
-            program: std::path::Path::new("/nonexistent/program"),
-            args: &args,
-            env: &env_of_test(),
-            listen_pid: false,
-            fds: &[],
-            stdio: [None, None, None],
-            chdir: None,
-            new_process_group: false,
-            parent_death_signal: None,
-        })
-        .expect_err("must fail");
+        let env = env_of_test();
+        let err = spawn(&plain("/nonexistent/program", &args, &env)).expect_err("must fail");
         match err {
             SpawnError::Child { step, source } => {
                 assert_eq!(step, Step::Exec);
@@ -692,16 +699,10 @@ mod tests {
     #[test]
     fn chdir_failure_is_reported() {
         let args = vec![OsString::from("true")];
+        let env = env_of_test();
         let err = spawn(&Command {
-            program: std::path::Path::new("/bin/true"),
-            args: &args,
-            env: &env_of_test(),
-            listen_pid: false,
-            fds: &[],
-            stdio: [None, None, None],
             chdir: Some(std::path::Path::new("/nonexistent/dir")),
-            new_process_group: false,
-            parent_death_signal: None,
+            ..plain("/bin/true", &args, &env)
         })
         .expect_err("must fail");
         assert!(
@@ -719,16 +720,11 @@ mod tests {
     #[test]
     fn signals_reach_the_child_through_its_pidfd() {
         let args: Vec<OsString> = vec!["sleep".into(), "30".into()];
+        let env = env_of_test();
         let child = spawn(&Command {
-            program: std::path::Path::new("/bin/sleep"),
-            args: &args,
-            env: &env_of_test(),
-            listen_pid: false,
-            fds: &[],
-            stdio: [None, None, None],
-            chdir: None,
             new_process_group: true,
             parent_death_signal: Some(libc::SIGKILL),
+            ..plain("/bin/sleep", &args, &env)
         })
         .expect("spawn");
         assert_eq!(try_reap(&child).expect("waitid"), None);
@@ -739,20 +735,13 @@ mod tests {
     #[test]
     fn peek_sees_an_exited_child_without_reaping_it() {
         let args: Vec<OsString> = vec!["true".into()];
-        let child = spawn(&Command {
-            program: std::path::Path::new("/bin/true"),
-            args: &args,
-            env: &env_of_test(),
-            listen_pid: false,
-            fds: &[],
-            stdio: [None, None, None],
-            chdir: None,
-            new_process_group: false,
-            parent_death_signal: None,
-        })
-        .expect("spawn");
+        let env = env_of_test();
+        let child = spawn(&plain("/bin/true", &args, &env)).expect("spawn");
         // Wait for the exit without reaping.
-        let mut fds = [rustix::event::PollFd::new(&child.pidfd, rustix::event::PollFlags::IN)];
+        let mut fds = [rustix::event::PollFd::new(
+            &child.pidfd,
+            rustix::event::PollFlags::IN,
+        )];
         rustix::event::poll(&mut fds, None).expect("poll");
         // Other tests in this process may have exited children too; look
         // for ours among what is peeked.
