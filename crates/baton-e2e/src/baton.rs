@@ -11,9 +11,12 @@ use std::time::{Duration, Instant};
 use rustix::process::{Pid, Signal};
 
 use crate::bins::bin;
-use crate::procs::Proc;
+use crate::procs::{self, Proc};
 
 /// A worker announced by `worker N of generation G started, pid P`.
+///
+/// When baton runs in a pid namespace ([`BatonCmd::spawn_in_pid_namespace`])
+/// `pid` is the worker's pid as the test sees it, not as baton printed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Worker {
     pub generation: u32,
@@ -37,6 +40,10 @@ struct LogState {
 struct Log {
     state: Mutex<LogState>,
     changed: Condvar,
+    /// When baton runs in a pid namespace: the pid of the process whose
+    /// `ns/pid_for_children` is that namespace (the `unshare`), to turn
+    /// the pids baton and the probe print into pids the test can watch.
+    ns_holder: Option<u32>,
 }
 
 impl Log {
@@ -47,21 +54,43 @@ impl Log {
     fn push(&self, tag: &str, raw: &str) {
         let line = strip_ansi(raw);
         eprintln!("[{tag}] {line}");
-        let mut st = self.lock();
-        if let Some(w) = parse_worker_line(&line) {
-            st.workers.push(w);
-        }
-        if let Some(pid) = line
+        let worker = parse_worker_line(&line).map(|w| self.in_host_ns(w));
+        let grandchild = line
             .split("probe: grandchild pid ")
             .nth(1)
             .and_then(|s| s.trim().parse().ok())
-            && let Some(p) = Proc::find(pid)
-        {
+            .and_then(|pid| self.host_proc(pid));
+        let mut st = self.lock();
+        if let Some(w) = worker {
+            st.workers.push(w);
+        }
+        if let Some(p) = grandchild {
             st.grandchildren.push(p);
         }
         st.lines.push(line);
         drop(st);
         self.changed.notify_all();
+    }
+
+    /// The process that `pid` (as printed) names, seen from the test.
+    fn host_proc(&self, pid: u32) -> Option<Proc> {
+        match self.ns_holder {
+            None => Proc::find(pid),
+            Some(holder) => procs::host_pid(pid, holder).and_then(Proc::find),
+        }
+    }
+
+    /// A worker line's pid turned into the test's view (unchanged unless
+    /// baton runs in a pid namespace; there, a pid that cannot be found
+    /// any more keeps its namespace value and gets no `proc`).
+    fn in_host_ns(&self, mut w: Worker) -> Worker {
+        if let Some(holder) = self.ns_holder {
+            w.proc = procs::host_pid(w.pid, holder).and_then(Proc::find);
+            if let Some(p) = w.proc {
+                w.pid = p.pid;
+            }
+        }
+        w
     }
 
     fn close_stream(&self) {
@@ -201,16 +230,65 @@ impl BatonCmd {
     }
 
     /// Starts `baton run ARGS -- COMMAND`.
-    pub fn spawn(mut self) -> Baton {
+    pub fn spawn(self) -> Baton {
+        self.spawn_with(Start::Direct)
+    }
+
+    /// The whole command line: `[path of baton, "run", ARGS..., "--",
+    /// COMMAND...]`, with the default listener added when there is none.
+    fn argv(&mut self) -> Vec<OsString> {
         if self.listens == 0 {
-            self = self.listen("127.0.0.1:0");
+            self.listens = 1;
+            self.args.extend(["-l".into(), "127.0.0.1:0".into()]);
         }
-        let baton = bin("baton");
-        let mut cmd = Command::new(&baton);
-        cmd.arg("run").args(&self.args);
+        let mut argv: Vec<OsString> = vec![bin("baton").into(), "run".into()];
+        argv.extend(self.args.iter().cloned());
         if !self.command.is_empty() {
-            cmd.arg("--").args(&self.command);
+            argv.push("--".into());
+            argv.extend(self.command.iter().cloned());
         }
+        argv
+    }
+
+    /// Starts baton under another program that runs it: `wrap` gets
+    /// baton's whole command line and the test's temp dir and returns the
+    /// command to start instead (a process supervisor, a socket activator).
+    /// The returned command gets the environment, working directory and
+    /// captured output [`BatonCmd::spawn`] would give baton; the wrapper
+    /// must pass baton's output on to its own. [`Baton::pid`] is then the
+    /// wrapper's pid and [`Baton::baton_pid`] finds baton among its
+    /// descendants (or the wrapper itself, once it has exec'd baton).
+    pub fn spawn_under(self, wrap: impl FnOnce(&[OsString], &Path) -> Command) -> Baton {
+        self.spawn_with(Start::Under(Box::new(wrap)))
+    }
+
+    /// Starts baton as PID 1 of a new pid namespace: `unshare --pid --fork
+    /// --mount-proc --kill-child -- baton run ...` (needs root). Worker pids
+    /// from the log are turned into the test's pids; killing the `unshare`
+    /// kills baton, and with it everything in the namespace.
+    pub fn spawn_in_pid_namespace(self) -> Baton {
+        self.spawn_with(Start::PidNamespace)
+    }
+
+    fn spawn_with(mut self, start: Start<'_>) -> Baton {
+        let argv = self.argv();
+        let wrapped = !matches!(start, Start::Direct);
+        let pid_ns = matches!(start, Start::PidNamespace);
+        let mut cmd = match start {
+            Start::Direct => {
+                let mut cmd = Command::new(&argv[0]);
+                cmd.args(&argv[1..]);
+                cmd
+            }
+            Start::Under(wrap) => wrap(&argv, self.dir.path()),
+            Start::PidNamespace => {
+                let mut cmd = Command::new("unshare");
+                cmd.args(["--pid", "--fork", "--mount-proc", "--kill-child", "--"])
+                    .args(&argv);
+                cmd
+            }
+        };
+        let baton = PathBuf::from(cmd.get_program());
         // Nothing of the test runner's own environment that baton or the
         // probe would interpret.
         for k in [
@@ -242,7 +320,10 @@ impl BatonCmd {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", baton.display()));
         let pid = child.id();
-        let log = Arc::new(Log::default());
+        let log = Arc::new(Log {
+            ns_holder: pid_ns.then_some(pid),
+            ..Log::default()
+        });
         log.lock().open = 2;
         let out = child.stdout.take().expect("stdout was piped");
         let err = child.stderr.take().expect("stderr was piped");
@@ -251,6 +332,8 @@ impl BatonCmd {
         Baton {
             child: Mutex::new(child),
             pid,
+            wrapped,
+            exe: argv[0].clone().into(),
             log,
             dir: self.dir,
             status: None,
@@ -266,6 +349,16 @@ impl BatonCmd {
         baton.wait_output_closed(Duration::from_secs(5));
         (status, baton.lines())
     }
+}
+
+/// Builds the command baton runs under from baton's argv and the temp dir.
+type Wrap<'a> = Box<dyn FnOnce(&[OsString], &Path) -> Command + 'a>;
+
+/// How [`BatonCmd`] starts baton.
+enum Start<'a> {
+    Direct,
+    Under(Wrap<'a>),
+    PidNamespace,
 }
 
 fn spawn_reader<R: Read + Send + 'static>(stream: R, tag: String, log: Arc<Log>) {
@@ -294,7 +387,12 @@ fn spawn_reader<R: Read + Send + 'static>(stream: R, tag: String, log: Arc<Log>)
 #[derive(Debug)]
 pub struct Baton {
     child: Mutex<Child>,
+    /// The process the test started: baton, or the program baton runs under.
     pid: u32,
+    /// Started under another program ([`BatonCmd::spawn_under`] and
+    /// [`BatonCmd::spawn_in_pid_namespace`]).
+    wrapped: bool,
+    exe: PathBuf,
     log: Arc<Log>,
     dir: tempfile::TempDir,
     status: Option<ExitStatus>,
@@ -305,8 +403,57 @@ pub struct Baton {
 pub const WAIT: Duration = Duration::from_secs(20);
 
 impl Baton {
+    /// The pid of the process the test started: baton itself, or the
+    /// program it runs under (see [`BatonCmd::spawn_under`]).
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// baton's own pid as the test sees it: [`Baton::pid`] unless baton
+    /// runs under another program; then the process among that program's
+    /// descendants (or the program itself, once it has exec'd baton) that
+    /// runs the baton binary, waited for up to `WAIT`.
+    ///
+    /// # Panics
+    /// When no such process appears in time.
+    pub fn baton_pid(&self) -> u32 {
+        if !self.wrapped {
+            return self.pid;
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(pid) = self.find_baton() {
+                return pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no process runs {} under pid {} after {WAIT:?}; last lines:\n{}",
+                self.exe.display(),
+                self.pid,
+                tail(&self.lines(), 40)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process running the baton binary: the started process or one
+    /// of its descendants; `None` when there is none (yet, or any more).
+    pub fn find_baton(&self) -> Option<u32> {
+        let runs_baton = |pid: u32| {
+            std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| {
+                exe == self.exe || self.exe.canonicalize().is_ok_and(|b| b == exe)
+            })
+        };
+        std::iter::once(self.pid)
+            .chain(procs::descendants(self.pid))
+            .find(|&p| runs_baton(p))
+    }
+
+    /// The pid (as the test sees it) of the process that prints itself as
+    /// `pid` in baton's output: the same number unless baton runs in a pid
+    /// namespace. `None` when no such process runs.
+    pub fn host_pid(&self, pid: u32) -> Option<u32> {
+        self.log.host_proc(pid).map(|p| p.pid)
     }
 
     pub fn dir(&self) -> &Path {
@@ -453,21 +600,29 @@ impl Baton {
         self.log.lock().grandchildren.clone()
     }
 
-    /// Sends `sig` to baton.
+    /// Sends `sig` to baton (to baton itself when it runs under another
+    /// program: see [`Baton::baton_pid`]).
     pub fn signal(&self, sig: Signal) {
         if self.status.is_some() {
             return;
         }
-        let pid = Pid::from_raw(self.pid as i32).expect("a child pid is positive");
+        let target = self.baton_pid();
+        let pid = Pid::from_raw(target as i32).expect("a child pid is positive");
         rustix::process::kill_process(pid, sig)
-            .unwrap_or_else(|e| panic!("cannot signal baton {}: {e}", self.pid));
+            .unwrap_or_else(|e| panic!("cannot signal baton {target}: {e}"));
     }
 
     /// HUP, then waits for `generation {next} ready` and, when there was a
     /// previous generation, `generation {next - 1} exited`.
     pub fn reload(&self, next: u32, timeout: Duration) {
+        self.reload_by(next, timeout, || self.signal(Signal::HUP));
+    }
+
+    /// Like [`Baton::reload`], with `trigger` asking for the reload (for
+    /// example `supervisorctl signal HUP`, or `baton ctl reload`).
+    pub fn reload_by(&self, next: u32, timeout: Duration, trigger: impl FnOnce()) {
         let mark = self.mark();
-        self.signal(Signal::HUP);
+        trigger();
         self.wait_for_after(mark, &format!("generation {next} ready"), timeout);
         if next > 1 {
             self.wait_for_after(mark, &format!("generation {} exited", next - 1), timeout);
@@ -489,7 +644,13 @@ impl Baton {
         timeout: Duration,
         what: &str,
     ) {
-        let reaper = self.status.is_none().then_some(self.pid);
+        let reaper = if self.status.is_some() {
+            None
+        } else if self.wrapped {
+            self.find_baton()
+        } else {
+            Some(self.pid)
+        };
         for p in procs {
             if !p.wait_gone(timeout, reaper) {
                 let tail = tail(&self.lines(), 40);
@@ -558,11 +719,25 @@ impl Drop for Baton {
     fn drop(&mut self) {
         if self.status.is_none() {
             let pid = Pid::from_raw(self.pid as i32).expect("a child pid is positive");
+            // A wrapper may not pass SIGTERM on (unshare ignores it): stop
+            // baton itself first.
+            let inner = if self.wrapped {
+                self.find_baton()
+            } else {
+                None
+            };
+            let inner = inner.and_then(Proc::find);
+            if let Some(b) = inner {
+                b.signal(Signal::TERM);
+            }
             let _ = rustix::process::kill_process(pid, Signal::TERM);
             let gone = Proc::find(self.pid).is_none_or(|p| p.wait_exited(Duration::from_secs(3)));
             if !gone {
                 eprintln!("[e2e] baton {} ignored SIGTERM for 3s: SIGKILL", self.pid);
                 let _ = rustix::process::kill_process(pid, Signal::KILL);
+                if let Some(b) = inner {
+                    b.signal(Signal::KILL);
+                }
             }
             let mut child = self.child.lock().unwrap_or_else(PoisonError::into_inner);
             let _ = child.wait();

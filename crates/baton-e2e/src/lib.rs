@@ -19,6 +19,7 @@ pub mod baton;
 pub mod bins;
 pub mod http;
 pub mod procs;
+pub mod tools;
 
 pub use baton::{Baton, BatonCmd, WAIT, Worker};
 pub use bins::bin;

@@ -113,6 +113,68 @@ impl Proc {
     }
 }
 
+/// The children of `pid` (all its threads'), from
+/// `/proc/<pid>/task/*/children`; empty when there is no such process.
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<u32> = tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Every descendant of `pid` (children first, then theirs).
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut next = children(pid);
+    while let Some(p) = next.pop() {
+        next.extend(children(p));
+        out.push(p);
+    }
+    out
+}
+
+/// The pid, as this process sees it, of the process that is `ns_pid` in
+/// the pid namespace `/proc/<holder>/ns/pid_for_children` names (the
+/// namespace `unshare --pid --fork` made). Scans `/proc`; `None` when no
+/// such process runs.
+pub fn host_pid(ns_pid: u32, holder: u32) -> Option<u32> {
+    let ns = std::fs::read_link(format!("/proc/{holder}/ns/pid_for_children")).ok()?;
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|&pid| {
+            let in_ns = std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok() == Some(ns.clone());
+            in_ns
+                && std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    .ok()
+                    .and_then(|status| {
+                        let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
+                        line.split_whitespace().last()?.parse::<u32>().ok()
+                    })
+                    == Some(ns_pid)
+        })
+}
+
+/// The pid a process has in its own (innermost) pid namespace, from the
+/// `NSpid:` line of `/proc/<pid>/status`.
+pub fn ns_pid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
+    line.split_whitespace().last()?.parse().ok()
+}
+
 /// Polls `fd` for readability up to `timeout`, retrying on `EINTR`.
 pub fn wait_readable(fd: &OwnedFd, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
