@@ -440,9 +440,8 @@ impl Baton {
     /// of its descendants; `None` when there is none (yet, or any more).
     pub fn find_baton(&self) -> Option<u32> {
         let runs_baton = |pid: u32| {
-            std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| {
-                exe == self.exe || self.exe.canonicalize().is_ok_and(|b| b == exe)
-            })
+            std::fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|exe| exe == self.exe || self.exe.canonicalize().is_ok_and(|b| b == exe))
         };
         std::iter::once(self.pid)
             .chain(procs::descendants(self.pid))
