@@ -2,6 +2,14 @@
 //! baton can keep the last lines (to explain a failed start), and are passed
 //! on to baton's own stdout and stderr a line at a time, so lines of
 //! different workers never interleave mid-line.
+//!
+//! Where they are passed on is a [`Sinks`]. The `baton` binary gives
+//! non-blocking, lossy sinks: a supervisor whose stdout is a pipe that
+//! nobody reads (a stalled log collector) must keep supervising, and its
+//! workers must keep serving, rather than block on a full pipe. Measured
+//! before this existed: with stderr unread, baton froze in `write` after
+//! about 115 reloads (the pipe's 64 KiB), and so did every worker writing
+//! to its own full pipe.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -46,6 +54,37 @@ pub enum Stream {
     Stderr,
 }
 
+/// Where worker output goes: baton's stdout and stderr, or stand-ins.
+pub struct Sinks {
+    pub stdout: Box<dyn Write + Send>,
+    pub stderr: Box<dyn Write + Send>,
+}
+
+impl std::fmt::Debug for Sinks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sinks")
+    }
+}
+
+impl Sinks {
+    /// This process's stdout and stderr, written synchronously.
+    pub fn std() -> Self {
+        Self {
+            stdout: Box::new(std::io::stdout()),
+            stderr: Box::new(std::io::stderr()),
+        }
+    }
+
+    fn write(&mut self, stream: Stream, bytes: &[u8]) {
+        // Output is best effort, supervision is not: a closed stream must
+        // not take baton down.
+        let _ = match stream {
+            Stream::Stdout => self.stdout.write_all(bytes),
+            Stream::Stderr => self.stderr.write_all(bytes),
+        };
+    }
+}
+
 /// The read end of one worker pipe, with a partial line.
 #[derive(Debug)]
 pub struct Pipe {
@@ -65,66 +104,70 @@ impl Pipe {
 
     /// Reads what is available, passes complete lines on and records them in
     /// `tail`. Returns `false` at end of file (the worker closed its end).
-    pub fn pump(&mut self, tail: &mut Tail) -> bool {
+    pub fn pump(&mut self, tail: &mut Tail, sinks: &mut Sinks) -> bool {
         let mut buf = [0u8; 16 * 1024];
         loop {
             match rustix::io::read(&self.fd, &mut buf) {
                 Ok(0) => {
-                    self.flush(tail);
+                    self.flush(tail, sinks);
                     return false;
                 }
                 Ok(n) => {
                     self.partial.extend_from_slice(&buf[..n]);
-                    self.emit_lines(tail);
+                    self.emit_lines(tail, sinks);
                 }
                 Err(rustix::io::Errno::INTR) => {}
                 Err(rustix::io::Errno::AGAIN) => return true,
                 Err(e) => {
                     tracing::debug!("worker pipe read failed: {e}");
-                    self.flush(tail);
+                    self.flush(tail, sinks);
                     return false;
                 }
             }
         }
     }
 
-    fn emit_lines(&mut self, tail: &mut Tail) {
+    fn emit_lines(&mut self, tail: &mut Tail, sinks: &mut Sinks) {
         let mut start = 0;
         while let Some(pos) = self.partial[start..].iter().position(|b| *b == b'\n') {
             let end = start + pos + 1;
-            write_out(self.stream, &self.partial[start..end]);
+            sinks.write(self.stream, &self.partial[start..end]);
             tail.push(&self.partial[start..end]);
             start = end;
         }
         self.partial.drain(..start);
         if self.partial.len() > MAX_LINE {
-            self.flush(tail);
+            self.flush(tail, sinks);
         }
     }
 
     /// Passes on a last line without a newline.
-    pub fn flush(&mut self, tail: &mut Tail) {
+    pub fn flush(&mut self, tail: &mut Tail, sinks: &mut Sinks) {
         if !self.partial.is_empty() {
             let mut line = std::mem::take(&mut self.partial);
             tail.push(&line);
             line.push(b'\n');
-            write_out(self.stream, &line);
+            sinks.write(self.stream, &line);
         }
     }
-}
-
-fn write_out(stream: Stream, bytes: &[u8]) {
-    // A closed or full terminal must not take baton down: output is best
-    // effort, supervision is not.
-    let _ = match stream {
-        Stream::Stdout => std::io::stdout().lock().write_all(bytes),
-        Stream::Stderr => std::io::stderr().lock().write_all(bytes),
-    };
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A sink the test can read back.
+    struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
 
     #[test]
     fn tail_keeps_the_last_lines() {
@@ -149,15 +192,22 @@ mod tests {
         .expect("pipe");
         let mut p = Pipe::new(r, Stream::Stderr);
         let mut tail = Tail::default();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut sinks = Sinks {
+            stdout: Box::new(std::io::sink()),
+            stderr: Box::new(Shared(std::sync::Arc::clone(&seen))),
+        };
         rustix::io::write(&w, b"first\nsec").expect("write");
-        assert!(p.pump(&mut tail));
+        assert!(p.pump(&mut tail, &mut sinks));
         assert_eq!(tail.lines().collect::<Vec<_>>(), ["first"]);
         rustix::io::write(&w, b"ond\nlast").expect("write");
         drop(w);
-        assert!(!p.pump(&mut tail));
+        assert!(!p.pump(&mut tail, &mut sinks));
         assert_eq!(
             tail.lines().collect::<Vec<_>>(),
             ["first", "second", "last"]
         );
+        let passed_on = seen.lock().expect("lock").clone();
+        assert_eq!(passed_on, b"first\nsecond\nlast\n");
     }
 }

@@ -141,6 +141,8 @@ pub struct Runtime {
     started: Instant,
     orphans_to_reap: bool,
     watcher: Option<crate::watch::Watcher>,
+    /// Where worker output is passed on.
+    sinks: crate::output::Sinks,
 }
 
 fn rundir() -> std::io::Result<tempfile::TempDir> {
@@ -156,7 +158,11 @@ fn rundir() -> std::io::Result<tempfile::TempDir> {
 impl Runtime {
     /// Installs signal handlers and prepares the loop. Call this before
     /// anything slow, so an early `SIGTERM` is not lost.
-    pub fn new(settings: Settings, listeners: Vec<Bound>) -> Result<Self, RuntimeError> {
+    pub fn new(
+        settings: Settings,
+        listeners: Vec<Bound>,
+        sinks: crate::output::Sinks,
+    ) -> Result<Self, RuntimeError> {
         let poll = Poll::new().map_err(RuntimeError::Poll)?;
         // Orphans of workers (daemonized grandchildren) come to baton, not
         // to init, so none outlives the supervisor unnoticed; as PID 1 in a
@@ -194,6 +200,7 @@ impl Runtime {
             started: Instant::now(),
             orphans_to_reap: false,
             watcher: None,
+            sinks,
         };
         if !rt.settings.watch.is_empty() {
             let mut w = crate::watch::Watcher::new(
@@ -400,7 +407,7 @@ impl Runtime {
             if only.is_some_and(|s| s != pipe.stream) {
                 continue;
             }
-            if !pipe.pump(&mut w.tail) {
+            if !pipe.pump(&mut w.tail, &mut self.sinks) {
                 closed.push((i, *token));
             }
         }

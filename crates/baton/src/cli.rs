@@ -183,9 +183,9 @@ pub fn parse() -> Args {
     Args::parse()
 }
 
-pub fn execute(args: Args) -> Result<u8, Failure> {
+pub fn execute(args: Args, sinks: baton_supervisor::output::Sinks) -> Result<u8, Failure> {
     match args.command {
-        Command::Run(run) => run_command(run),
+        Command::Run(run) => run_command(run, sinks),
         Command::Ctl(ctl) => Ok(crate::ctl::run(&ctl)),
     }
 }
@@ -246,7 +246,7 @@ fn validate(run: RunArgs) -> Result<Settings, Failure> {
     })
 }
 
-fn run_command(run: RunArgs) -> Result<u8, Failure> {
+fn run_command(run: RunArgs, sinks: baton_supervisor::output::Sinks) -> Result<u8, Failure> {
     let settings = validate(run)?;
     // Sockets from our own parent (systemd socket activation) first: read
     // once, adopted only if LISTEN_PID is baton's pid.
@@ -265,7 +265,7 @@ fn run_command(run: RunArgs) -> Result<u8, Failure> {
     if bound.is_empty() {
         tracing::warn!("no --listen given: workers get no sockets (LISTEN_FDS=0)");
     }
-    let runtime = Runtime::new(settings, bound).map_err(|e| match e {
+    let runtime = Runtime::new(settings, bound, sinks).map_err(|e| match e {
         baton_supervisor::runtime::RuntimeError::Control(c) => {
             Failure::new(exit::LISTEN, c.to_string())
         }

@@ -36,7 +36,33 @@ where
     }
 }
 
-pub fn init() {
+/// How many lines each output stream may queue before dropping.
+const QUEUED_LINES: usize = 4_096;
+
+/// baton's output streams, non-blocking, and the guards that flush them at
+/// exit (keep them alive until then).
+pub struct Streams {
+    pub stdout: tracing_appender::non_blocking::NonBlocking,
+    pub stderr: tracing_appender::non_blocking::NonBlocking,
+    /// Held only to be dropped at exit: dropping flushes the queue.
+    _guards: Vec<tracing_appender::non_blocking::WorkerGuard>,
+}
+
+fn stream<W: std::io::Write + Send + 'static>(
+    name: &str,
+    w: W,
+) -> (
+    tracing_appender::non_blocking::NonBlocking,
+    tracing_appender::non_blocking::WorkerGuard,
+) {
+    tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(QUEUED_LINES)
+        .thread_name(name)
+        .finish(w)
+}
+
+pub fn init() -> Streams {
     let level = match std::env::var("BATON_LOG").as_deref().map(str::trim) {
         Ok("error") => Level::ERROR,
         Ok("warn") => Level::WARN,
@@ -44,11 +70,17 @@ pub fn init() {
         Ok("trace") => Level::TRACE,
         _ => Level::INFO,
     };
-    let ansi = false;
+    let (stdout, g1) = stream("baton-stdout", std::io::stdout());
+    let (stderr, g2) = stream("baton-stderr", std::io::stderr());
     tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
+        .with_writer(stderr.clone())
+        .with_ansi(false)
         .event_format(BatonFormat)
         .init();
+    Streams {
+        stdout,
+        stderr,
+        _guards: vec![g1, g2],
+    }
 }

@@ -11,12 +11,19 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args = cli::parse();
-    logging::init();
-    match cli::execute(args) {
-        Ok(code) => ExitCode::from(code),
+    let streams = logging::init();
+    let sinks = baton_supervisor::output::Sinks {
+        stdout: Box::new(streams.stdout.clone()),
+        stderr: Box::new(streams.stderr.clone()),
+    };
+    let code = match cli::execute(args, sinks) {
+        Ok(code) => code,
         Err(e) => {
             tracing::error!("{}", e.message);
-            ExitCode::from(e.code)
+            e.code
         }
-    }
+    };
+    // Flush what is queued (bounded: a stream nobody reads is given up on).
+    drop(streams);
+    ExitCode::from(code)
 }
