@@ -144,10 +144,33 @@ pub struct DrainReport {
 /// and retried after 10 ms; they never end the server. Connection errors
 /// are the client's doing and are not logged.
 pub async fn serve<L, S, B>(
+    listener: L,
+    service: S,
+    shutdown: &Shutdown,
+    config: DrainConfig,
+) -> DrainReport
+where
+    L: Accept,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve_with(listener, service, shutdown, config, |_| {}).await
+}
+
+/// [`serve`], calling `on_drain` with the number of open connections at the
+/// moment the drain begins: accepting has stopped and every response from
+/// then on says `Connection: close`. (A server reports `STOPPING=1` there,
+/// for example.)
+pub async fn serve_with<L, S, B>(
     mut listener: L,
     service: S,
     shutdown: &Shutdown,
     config: DrainConfig,
+    on_drain: impl FnOnce(usize),
 ) -> DrainReport
 where
     L: Accept,
@@ -188,6 +211,7 @@ where
     drop(listener);
     draining.store(true, Ordering::SeqCst);
     tracker.close();
+    on_drain(tracker.len());
     let began = Instant::now();
     let open_at_stop = tracker.len();
     tracing::info!(

@@ -7,37 +7,15 @@
 //! `baton run`), or bind `--bind` when run on its own; warm up for
 //! `--boot-delay`; start accepting; report ready (`READY=1`).
 //!
-//! Draining, on `SIGTERM` or `SIGINT`, in three steps:
-//!
-//! 1. **Stop accepting.** The listener is dropped. It is shared with the
-//!    supervisor and the next generation, so connections still waiting in
-//!    the accept queue stay there and are taken by the new generation.
-//! 2. **Grace (`--drain-grace`, default 1 s): keep serving, but answer every
-//!    request with `Connection: close`.** hyper then closes each connection
-//!    right after that response, and the client knows, in band, to open a
-//!    new connection for its next request (which the new generation
-//!    accepts). The step ends early once no connection is left.
-//! 3. **Graceful shutdown of what remains.** hyper's `graceful_shutdown`
-//!    finishes a request in progress and closes a connection that is idle.
-//!
-//! Why step 2 exists: hyper's `graceful_shutdown` alone closes every idle
-//! keep-alive connection at once, without an answer. A client that sends
-//! its next request on such a connection at that moment gets a reset or an
-//! EOF instead of a response: under keep-alive load that is one failed
-//! request per open connection at every reload. With step 2, a connection
-//! in use receives its next response with `Connection: close` and is closed
-//! by the server only after the client was told.
-//!
-//! Why 1 s of grace: a connection that carries at least one request per
-//! second is told in band; load generators and proxies reuse connections
-//! far more often than that. The step costs nothing when traffic is busy
-//! (it ends as soon as the last connection closes), and a connection left
-//! idle for a whole second is about as likely to be reused as it is to be
-//! closed by the client's own idle timer. A longer grace keeps two
-//! generations alive longer on every reload.
-//!
-//! Step 3 is bounded by `--shutdown-timeout` (default 20 s, below baton's
-//! default 30 s grace, so the server normally exits on its own). A second
+//! Draining, on `SIGTERM` or `SIGINT`: `baton_app::serve` does it, the
+//! same way any Rust server linking baton-app would. It stops accepting
+//! (queued connections stay in the shared accept queue for the next
+//! generation), then for `--drain-grace` (default 1 s) keeps serving while
+//! answering every request with `Connection: close`, so clients learn in
+//! band to reconnect, and only then lets hyper close what is idle and finish
+//! what is in progress, bounded by `--shutdown-timeout` (default 20 s, below
+//! baton's default 30 s grace). See `baton_app::serve` for why the in-band
+//! step is what takes failed requests at a hand-over to zero. A second
 //! `SIGTERM`/`SIGINT` exits at once, with status 1.
 //!
 //! Runtime: tokio's current-thread runtime. baton scales a server with
@@ -48,24 +26,19 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
+use baton_app::serve::{DrainConfig, serve_with};
+use baton_app::shutdown::{Shutdown, StopReason};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
-use hyper::server::conn::http1;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::signal::unix::{SignalKind, signal};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// Settings of one server process.
 #[derive(Debug, Clone)]
@@ -106,8 +79,6 @@ struct State {
     pid: HeaderValue,
     worker: Option<HeaderValue>,
     hello: Bytes,
-    /// Set when draining: every response then says `Connection: close`.
-    draining: AtomicBool,
     served: AtomicU64,
 }
 
@@ -198,47 +169,27 @@ fn listener(settings: &Settings) -> anyhow::Result<Accepting> {
     ))
 }
 
-/// Stop requests, each named for the log (`"SIGTERM"`). The first starts
-/// the drain; a second one ends the process at once.
-pub type Stops = tokio::sync::mpsc::UnboundedReceiver<&'static str>;
-
-/// Forwards SIGTERM and SIGINT into a [`Stops`] channel.
-fn forward_signals() -> anyhow::Result<Stops> {
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let name = tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
-            };
-            if tx.send(name).is_err() {
-                return;
-            }
-        }
-    });
-    Ok(rx)
-}
-
 /// The process's server: signals, the inherited (or bound) listener and
 /// the readiness channel from the environment, then [`serve`]. Must be
 /// called inside a tokio runtime with I/O and time enabled.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // Signals first: a stop asked for during warm-up must not be lost.
-    let stops = forward_signals()?;
+    let shutdown = Shutdown::new();
+    shutdown
+        .on_signals()
+        .context("cannot watch SIGTERM and SIGINT")?;
     let listener = listener(&settings)?;
     let notifier = baton_app::Notifier::from_env().context("cannot set up readiness")?;
-    serve(settings, listener, &notifier, stops).await
+    serve(settings, listener, &notifier, &shutdown).await
 }
 
-/// Serves on `listener` until a stop request, then drains (see the module
-/// docs). Readiness and `STOPPING=1` go to `notifier`.
+/// Serves on `listener` until `shutdown` is set, then drains (see the
+/// module docs). Readiness and `STOPPING=1` go to `notifier`.
 pub async fn serve(
     settings: Settings,
     listener: Accepting,
     notifier: &baton_app::Notifier,
-    mut stops: Stops,
+    shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
     let pid = std::process::id();
     let state = Arc::new(State {
@@ -253,150 +204,62 @@ pub async fn serve(
             "hello from generation {} (pid {pid})\n",
             settings.generation
         )),
-        draining: AtomicBool::new(false),
         served: AtomicU64::new(0),
     });
 
     if !settings.boot_delay.is_zero() {
         tokio::select! {
             () = tokio::time::sleep(settings.boot_delay) => {}
-            Some(name) = stops.recv() => {
-                say!(settings, "{name} while booting: exiting");
+            reason = shutdown.stopped() => {
+                say!(settings, "{reason} while booting: exiting");
                 return Ok(());
             }
         }
     }
 
-    let tracker = TaskTracker::new();
-    let shut_down = CancellationToken::new();
-    // Accepting starts with the first poll of the loop below, right after
-    // READY=1 is sent; connections that arrive in between wait in the queue.
+    // Accepting starts with serve's first poll, right after READY=1 is
+    // sent; connections that arrive in between wait in the queue.
     notifier
         .ready()
         .context("cannot report readiness to the supervisor")?;
     say!(settings, "ready, serving {}", listener.describe());
 
-    let signal_name = loop {
-        tokio::select! {
-            biased;
-            Some(name) = stops.recv() => break name,
-            accepted = accept(&listener, &state, &tracker, &shut_down) => {
-                if let Err(e) = accepted {
-                    // Out of descriptors, or the peer gave up before accept:
-                    // keep serving, but do not spin on a persistent error.
-                    say!(settings, "accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        }
-    };
-
-    // Step 1: stop accepting; queued connections go to the next generation.
-    drop(listener);
-    state.draining.store(true, Ordering::SeqCst);
-    tracker.close();
-    let _ = notifier.stopping();
-    let began = Instant::now();
-    let open = tracker.len();
-    say!(
-        settings,
-        "{signal_name}: draining {open} connection(s), {} request(s) served",
-        state.served.load(Ordering::Relaxed)
-    );
-
-    // Step 2: answer with `Connection: close` for the grace period, or
-    // until every connection has closed.
-    let drained = tokio::select! {
-        () = tracker.wait() => true,
-        () = tokio::time::sleep(settings.drain_grace) => false,
-        Some(_) = stops.recv() => return Err(immediate(&tracker)),
-    };
-
-    // Step 3: close idle connections, let in-flight requests finish.
-    if !drained {
-        say!(
-            settings,
-            "grace over: closing {} idle or finishing connection(s)",
-            tracker.len()
-        );
-        shut_down.cancel();
-        tokio::select! {
-            () = tracker.wait() => {}
-            () = tokio::time::sleep(settings.shutdown_timeout) => {
-                say!(settings, "shutdown timeout: abandoning {} connection(s)", tracker.len());
-            }
-            Some(_) = stops.recv() => return Err(immediate(&tracker)),
-        }
-    }
-    say!(
-        settings,
-        "drained in {} ms, {} request(s) served; exiting",
-        began.elapsed().as_millis(),
-        state.served.load(Ordering::Relaxed)
-    );
-    Ok(())
-}
-
-/// The error for a second stop signal: exit now, dropping open connections.
-fn immediate(tracker: &TaskTracker) -> anyhow::Error {
-    anyhow::anyhow!(
-        "second signal: exiting now with {} connection(s) open",
-        tracker.len()
-    )
-}
-
-/// Accepts one connection and spawns its task.
-async fn accept(
-    listener: &Accepting,
-    state: &Arc<State>,
-    tracker: &TaskTracker,
-    shut_down: &CancellationToken,
-) -> std::io::Result<()> {
-    match listener {
-        Accepting::Tcp(l) => {
-            let (stream, _) = l.accept().await?;
-            // Responses are small and written at once; do not let Nagle hold them.
-            stream.set_nodelay(true)?;
-            tracker.spawn(serve_connection(
-                stream,
-                Arc::clone(state),
-                shut_down.clone(),
-            ));
-        }
-        Accepting::Unix(l) => {
-            let (stream, _) = l.accept().await?;
-            tracker.spawn(serve_connection(
-                stream,
-                Arc::clone(state),
-                shut_down.clone(),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Serves one connection until it closes, or until shutdown closes it.
-async fn serve_connection<I>(io: I, state: Arc<State>, shut_down: CancellationToken)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+    let s = Arc::clone(&state);
     let service = service_fn(move |req| {
-        let state = Arc::clone(&state);
+        let state = Arc::clone(&s);
         async move { Ok::<_, Infallible>(respond(&req, &state).await) }
     });
-    let conn = http1::Builder::new()
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(io), service);
-    let mut conn = pin!(conn);
-    // Errors here are the client's doing (it reset or sent garbage); the
-    // client sees them, so they are not logged.
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        () = shut_down.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
+    let config = DrainConfig {
+        grace: settings.drain_grace,
+        deadline: settings.drain_grace + settings.shutdown_timeout,
+    };
+    let on_drain = |open: usize| {
+        let _ = notifier.stopping();
+        say!(
+            settings,
+            "{}: draining {open} connection(s), {} request(s) served",
+            shutdown.reason().unwrap_or(StopReason::Requested),
+            state.served.load(Ordering::Relaxed)
+        );
+    };
+    let report = match listener {
+        Accepting::Tcp(l) => serve_with(l, service, shutdown, config, on_drain).await,
+        Accepting::Unix(l) => serve_with(l, service, shutdown, config, on_drain).await,
+    };
+    if report.reason == StopReason::Immediate {
+        bail!(
+            "second signal: exited at once, dropping {} connection(s)",
+            report.abandoned
+        );
     }
+    say!(
+        settings,
+        "drained in {} ms ({} connection(s) dropped), {} request(s) served; exiting",
+        report.took.as_millis(),
+        report.abandoned,
+        state.served.load(Ordering::Relaxed)
+    );
+    Ok(())
 }
 
 async fn respond(req: &Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
@@ -422,11 +285,6 @@ async fn respond(req: &Request<Incoming>, state: &State) -> Response<Full<Bytes>
     h.insert("x-pid", state.pid.clone());
     if let Some(w) = &state.worker {
         h.insert("x-worker", w.clone());
-    }
-    // Checked when the response is built, so a request that was in progress
-    // when draining began is answered with it too.
-    if state.draining.load(Ordering::SeqCst) {
-        h.insert(CONNECTION, HeaderValue::from_static("close"));
     }
     resp
 }

@@ -16,7 +16,7 @@ use baton_load::{Config, Conn, Target, get_request};
 use demo_server::server::{Accepting, Settings, serve};
 
 struct Generation {
-    stop: tokio::sync::mpsc::UnboundedSender<&'static str>,
+    stop: baton_app::shutdown::Shutdown,
     done: mpsc::Receiver<anyhow::Result<()>>,
     notify: UnixDatagram,
 }
@@ -29,7 +29,8 @@ impl Generation {
         notify
             .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
-        let (stop, stops) = tokio::sync::mpsc::unbounded_channel();
+        let stop = baton_app::shutdown::Shutdown::new();
+        let shutdown = stop.clone();
         let (done_tx, done) = mpsc::channel();
         let mut settings = Settings::from_env();
         generation.clone_into(&mut settings.generation);
@@ -44,7 +45,7 @@ impl Generation {
             let result = rt.block_on(async move {
                 let accepting = Accepting::tcp(l)?;
                 let notifier = baton_app::Notifier::with_socket(path.to_string_lossy());
-                serve(settings, accepting, &notifier, stops).await
+                serve(settings, accepting, &notifier, &shutdown).await
             });
             let _ = done_tx.send(result);
         });
@@ -64,7 +65,10 @@ impl Generation {
 
     /// Asks for the drain and waits until it has begun.
     fn begin_drain(&self) {
-        self.stop.send("test stop").expect("server is running");
+        assert!(
+            self.stop.stop(baton_app::shutdown::StopReason::Requested),
+            "the server was still running"
+        );
         assert_eq!(self.next_message(), "STOPPING=1");
     }
 
