@@ -51,7 +51,18 @@ pub fn skip(test: &str, why: &str) {
 ///
 /// # Panics
 /// When it cannot be started or runs longer than `timeout`.
-pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Output {
+pub fn run_bounded(cmd: Command, timeout: Duration) -> Output {
+    let shown = format!("{cmd:?}");
+    try_run_bounded(cmd, timeout)
+        .unwrap_or_else(|pid| panic!("{shown} (pid {pid}) did not finish within {timeout:?}"))
+}
+
+/// Like [`run_bounded`], but a command that outlives `timeout` is killed
+/// (by pid) and reported as `Err(pid)` instead of failing the test.
+///
+/// # Panics
+/// When it cannot be started.
+pub fn try_run_bounded(mut cmd: Command, timeout: Duration) -> Result<Output, u32> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -64,12 +75,12 @@ pub fn run_bounded(mut cmd: Command, timeout: Duration) -> Output {
         let _ = tx.send(child.wait_with_output());
     });
     if let Ok(out) = rx.recv_timeout(timeout) {
-        out.unwrap_or_else(|e| panic!("waiting for {cmd:?}: {e}"))
+        Ok(out.unwrap_or_else(|e| panic!("waiting for {cmd:?}: {e}")))
     } else {
         if let Some(p) = Proc::find(pid) {
             p.signal(Signal::KILL);
         }
-        panic!("{cmd:?} (pid {pid}) did not finish within {timeout:?}");
+        Err(pid)
     }
 }
 
