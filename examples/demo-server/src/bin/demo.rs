@@ -212,6 +212,10 @@ fn demo(args: &Args) -> anyhow::Result<bool> {
             args.listen.to_string(),
             "--workers".into(),
             args.workers.to_string(),
+            // Its own control socket, so a baton the user already runs
+            // (default name "baton") is never in the way.
+            "--name".into(),
+            format!("demo-{}", std::process::id()),
         ],
         command: vec![server_bin.to_string_lossy().into_owned()],
     };
@@ -263,6 +267,10 @@ fn demo(args: &Args) -> anyhow::Result<bool> {
             "  kill -HUP {}        # reload; X-Generation goes up",
             baton.pid()
         );
+        println!(
+            "  {baton_shown} ctl --name demo-{} reload   # the same, waiting for the verdict",
+            std::process::id()
+        );
         println!("Ctrl-C here stops it.");
         // Ctrl-C ends the wait; baton is then stopped below.
         baton.wait_exit(Duration::MAX).ok()
@@ -293,6 +301,8 @@ fn demo(args: &Args) -> anyhow::Result<bool> {
     println!("  {baton_shown} run -l 127.0.0.1:8080 -- {server_shown}");
     println!("  curl -i 127.0.0.1:8080            # in another terminal");
     println!("  kill -HUP <baton pid>             # reload; watch X-Generation");
+    println!("  {baton_shown} ctl reload               # or: reload and wait for the verdict");
+    println!("  {baton_shown} ctl status               # generations, workers, last reload");
     println!(
         "  {} --url http://127.0.0.1:8080/ -d 30s   # load while you reload",
         display_path(&dir.join("baton-load"))
