@@ -696,10 +696,10 @@ fn wait_ready(child: &Child, ready: &OwnedFd, timeout: Duration) -> Wait {
                 Ok(_) => {}
             }
         }
-        if !exit_revents.is_empty() {
-            if let Ok(Some(status)) = baton_sys::spawn::try_reap(child) {
-                return Wait::Exited(status);
-            }
+        if !exit_revents.is_empty()
+            && let Ok(Some(status)) = baton_sys::spawn::try_reap(child)
+        {
+            return Wait::Exited(status);
         }
     }
 }

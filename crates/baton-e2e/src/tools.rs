@@ -102,8 +102,8 @@ pub fn run_ok<S: AsRef<OsStr>>(program: impl AsRef<OsStr>, args: &[S]) -> String
     let out = run_bounded(cmd, Duration::from_secs(30));
     assert!(
         out.status.success(),
-        "{:?} {:?} failed: {}",
-        program.as_ref(),
+        "{} {:?} failed: {}",
+        program.as_ref().display(),
         args.iter().map(AsRef::as_ref).collect::<Vec<_>>(),
         output_text(&out)
     );

@@ -468,10 +468,10 @@ impl Runtime {
             Err(_) => (false, true),
         };
         let token = *token;
-        if ready || closed {
-            if let Some((_, fd)) = w.ready.take() {
-                self.deregister_fd(&fd, token);
-            }
+        if (ready || closed)
+            && let Some((_, fd)) = w.ready.take()
+        {
+            self.deregister_fd(&fd, token);
         }
         if ready {
             self.queue.push_back(Event::WorkerReady {

@@ -99,6 +99,10 @@ pub struct Command<'a> {
     pub parent_death_signal: Option<i32>,
 }
 
+#[expect(
+    clippy::unnecessary_debug_formatting,
+    reason = "the escaped form shows where the NUL byte is"
+)]
 fn cstring(what: &str, s: &OsStr) -> Result<CString, SpawnError> {
     use std::os::unix::ffi::OsStrExt;
     CString::new(s.as_bytes()).map_err(|_| SpawnError::Nul(format!("{what} {s:?}")))

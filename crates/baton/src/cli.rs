@@ -197,7 +197,7 @@ fn validate(run: RunArgs) -> Result<Settings, Failure> {
     let Some(program_name) = first.to_str() else {
         return Err(Failure::new(
             exit::COMMAND,
-            format!("the command name {first:?} is not valid UTF-8"),
+            format!("the command name {} is not valid UTF-8", first.display()),
         ));
     };
     let program = config::resolve_program(
