@@ -360,6 +360,34 @@ impl Upgrader {
         Ok(())
     }
 
+    /// The socket named `name`: taken from the inherited ones with `take`,
+    /// or made with `bind` (`what` names it for errors); registered to be
+    /// passed on to the next process under the same name.
+    fn inherit_or_bind<T: AsFd>(
+        &self,
+        name: &str,
+        take: impl FnOnce(&mut Inherited, &str) -> Result<Option<T>, InheritError>,
+        what: impl FnOnce() -> String,
+        bind: impl FnOnce() -> std::io::Result<T>,
+    ) -> Result<T, UpgradeError> {
+        check_name(name)?;
+        let inherited = take(&mut lock(&self.inner.inherited), name).map_err(|source| {
+            UpgradeError::Inherit {
+                name: name.to_owned(),
+                source,
+            }
+        })?;
+        let socket = match inherited {
+            Some(s) => s,
+            None => bind().map_err(|source| UpgradeError::Bind {
+                what: what(),
+                source,
+            })?,
+        };
+        self.register(name, &socket)?;
+        Ok(socket)
+    }
+
     /// The TCP listener named `name`: inherited if the previous process (or
     /// systemd) passed one by that name, bound to `addr` otherwise. It is
     /// passed on to the next process under the same name.
@@ -368,42 +396,22 @@ impl Upgrader {
         name: &str,
         addr: impl ToSocketAddrs + std::fmt::Debug,
     ) -> Result<TcpListener, UpgradeError> {
-        check_name(name)?;
-        let inherited = lock(&self.inner.inherited)
-            .take_tcp(name)
-            .map_err(|source| UpgradeError::Inherit {
-                name: name.to_owned(),
-                source,
-            })?;
-        let listener = match inherited {
-            Some(l) => l,
-            None => TcpListener::bind(&addr).map_err(|source| UpgradeError::Bind {
-                what: format!("{addr:?}"),
-                source,
-            })?,
-        };
-        self.register(name, &listener)?;
-        Ok(listener)
+        self.inherit_or_bind(
+            name,
+            Inherited::take_tcp,
+            || format!("{addr:?}"),
+            || TcpListener::bind(&addr),
+        )
     }
 
     /// The Unix stream listener named `name`, inherited or bound at `path`.
     pub fn unix_listener(&self, name: &str, path: &Path) -> Result<UnixListener, UpgradeError> {
-        check_name(name)?;
-        let inherited = lock(&self.inner.inherited)
-            .take_unix(name)
-            .map_err(|source| UpgradeError::Inherit {
-                name: name.to_owned(),
-                source,
-            })?;
-        let listener = match inherited {
-            Some(l) => l,
-            None => UnixListener::bind(path).map_err(|source| UpgradeError::Bind {
-                what: path.display().to_string(),
-                source,
-            })?,
-        };
-        self.register(name, &listener)?;
-        Ok(listener)
+        self.inherit_or_bind(
+            name,
+            Inherited::take_unix,
+            || path.display().to_string(),
+            || UnixListener::bind(path),
+        )
     }
 
     /// The UDP socket named `name`, inherited or bound to `addr`.
@@ -412,22 +420,12 @@ impl Upgrader {
         name: &str,
         addr: impl ToSocketAddrs + std::fmt::Debug,
     ) -> Result<UdpSocket, UpgradeError> {
-        check_name(name)?;
-        let inherited = lock(&self.inner.inherited)
-            .take_udp(name)
-            .map_err(|source| UpgradeError::Inherit {
-                name: name.to_owned(),
-                source,
-            })?;
-        let socket = match inherited {
-            Some(s) => s,
-            None => UdpSocket::bind(&addr).map_err(|source| UpgradeError::Bind {
-                what: format!("{addr:?}"),
-                source,
-            })?,
-        };
-        self.register(name, &socket)?;
-        Ok(socket)
+        self.inherit_or_bind(
+            name,
+            Inherited::take_udp,
+            || format!("{addr:?}"),
+            || UdpSocket::bind(&addr),
+        )
     }
 
     /// Any other inherited listener by name, without binding a fallback.

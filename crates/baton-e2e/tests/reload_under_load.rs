@@ -6,47 +6,32 @@
 //! hand-over really happens under traffic. These are the heavy tests: the
 //! nextest config runs them one at a time.
 
-use std::net::{Ipv4Addr, SocketAddr};
+mod common;
 
 use baton_e2e::{Baton, BatonCmd, Signal, WAIT};
-use baton_load::{Config, Report, Target};
+use baton_load::Report;
+use common::{Load, reloads_under_load};
 
 const RELOADS: u32 = 20;
 
-/// Runs `RELOADS` reloads under load and returns the load report; fails on
-/// the first reload after which a request had failed, naming it.
+/// `RELOADS` SIGHUP reloads under load on 8 connections (the shared loop in
+/// `common`: each reload waits for the new generation's answers and the old
+/// workers' exit, and fails at the first failed request); then checks that
+/// every generation answered.
 fn reload_under_load(baton: &Baton, keep_alive: bool) -> Report {
     baton.wait_for("generation 1 ready", WAIT);
-    let port = baton.port();
-    let mut cfg = Config::new(Target::Tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, port))));
-    cfg.concurrency = 8;
-    cfg.keep_alive = keep_alive;
-    let run = baton_load::start(cfg);
-    assert!(
-        run.wait_for_generation("1", WAIT).is_some(),
-        "no response from generation 1: {}",
-        run.snapshot()
+    let load = Load {
+        reloads: RELOADS,
+        keep_alive,
+        ..Load::default()
+    };
+    let report = reloads_under_load(
+        baton,
+        baton.port(),
+        &load,
+        || baton.signal(Signal::HUP),
+        |_| {},
     );
-    for g in 2..=RELOADS + 1 {
-        baton.reload(g, WAIT);
-        assert!(
-            run.wait_for_generation(&g.to_string(), WAIT).is_some(),
-            "no response from generation {g} after it was ready: {}",
-            run.snapshot()
-        );
-        // The drained generation's workers are gone and reaped by baton.
-        let old = baton.workers_of(g - 1).into_iter().filter_map(|w| w.proc);
-        baton.assert_gone(old, WAIT, &format!("a worker of generation {}", g - 1));
-        let snap = run.snapshot();
-        assert_eq!(
-            snap.failed,
-            0,
-            "requests failed by reload {} (generation {g}): {snap}",
-            g - 1
-        );
-    }
-    let report = run.stop();
-    assert_eq!(report.failed, 0, "{report}");
     for g in 1..=RELOADS + 1 {
         assert!(
             report.generations.contains_key(&g.to_string()),

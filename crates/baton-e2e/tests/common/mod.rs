@@ -1,5 +1,6 @@
-//! Shared by the integration tests (`supervisord.rs`, `real_apps.rs`,
-//! `socket_activation.rs`): reloads under load with strict accounting.
+//! Shared by the tests that reload under load (`reload_under_load.rs`,
+//! `supervisord.rs`, `real_apps.rs`, `socket_activation.rs`), with strict
+//! accounting.
 #![allow(dead_code)] // each test binary uses its own part
 
 use std::net::{Ipv4Addr, SocketAddr};
