@@ -670,9 +670,18 @@ impl Baton {
         if let Some(s) = self.status {
             return s;
         }
+        let deadline = Instant::now() + timeout;
         let exited = Proc::find(self.pid).is_none_or(|p| p.wait_exited(timeout));
         let mut child = self.child.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Ok(Some(status)) = child.try_wait() {
+        // baton has threads (its output writers): its main thread can show
+        // as a zombie while the others are still exiting, and it can be
+        // reaped only once they are gone. Wait for the reap itself, bounded.
+        let mut reaped = child.try_wait();
+        while exited && matches!(reaped, Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            reaped = child.try_wait();
+        }
+        if let Ok(Some(status)) = reaped {
             drop(child);
             self.status = Some(status);
             eprintln!("[e2e] baton {} exited: {status}", self.pid);
