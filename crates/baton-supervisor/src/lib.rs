@@ -19,7 +19,7 @@
 //! * [`lifecycle`] is a pure state machine: it decides which generation to
 //!   start, whom to signal and when to roll back. Its invariants are listed
 //!   in its module docs and tested transition by transition.
-//! * [`runtime`] is a single-threaded `mio` loop that gathers events
+//! * [`runtime`] is a `mio` loop on one thread that gathers events
 //!   (signals through a self-pipe, child exits through pidfds, readiness
 //!   datagrams, output pipes, timers) and carries out the actions.
 //! * [`listen`] parses and binds listen specs; [`worker`] builds each

@@ -1,4 +1,4 @@
-//! The runtime: a single-threaded `mio` loop that gathers events for the
+//! The runtime: a `mio` loop on one thread that gathers events for the
 //! [`Lifecycle`](crate::lifecycle::Lifecycle) and carries out its actions.
 //!
 //! Event sources, all non-blocking and registered with one `Poll`:
