@@ -784,7 +784,7 @@ mod properties {
     #[derive(Debug, Clone)]
     enum Op {
         Reload,
-        Request(u8),
+        Request,
         Scale(u8),
         Stop,
         Ready(u8, u8),
@@ -795,7 +795,7 @@ mod properties {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             3 => Just(Op::Reload),
-            1 => any::<u8>().prop_map(Op::Request),
+            1 => Just(Op::Request),
             1 => (1u8..5).prop_map(Op::Scale),
             1 => Just(Op::Stop),
             6 => (0u8..4, 0u8..3).prop_map(|(g, w)| Op::Ready(g, w)),
@@ -813,11 +813,16 @@ mod properties {
         #[test]
         fn invariants_hold(ops in proptest::collection::vec(op(), 1..120)) {
             let mut s = Sim::notify(2);
+            let mut next_ticket: Ticket = 0;
             for op in ops {
                 let gens: Vec<GenId> = s.m.gens.iter().map(|g| g.id).collect();
                 match op {
                     Op::Reload => s.ev(Event::Reload),
-                    Op::Request(t) => s.ev(Event::ReloadRequest(u64::from(t))),
+                    Op::Request => {
+                        // Tickets are unique, like the client ids they are.
+                        next_ticket += 1;
+                        s.ev(Event::ReloadRequest(next_ticket));
+                    }
                     Op::Scale(n) => s.ev(Event::Scale(usize::from(n))),
                     Op::Stop => s.ev(Event::Stop(StopKind::Graceful)),
                     Op::Ready(g, w) => {
@@ -837,12 +842,16 @@ mod properties {
                     Op::Advance(ms) => s.advance(Duration::from_millis(u64::from(ms))),
                 }
                 prop_assert!(s.m.gens.len() <= 2);
-                // Every ticket is answered at most once.
+                // Every ticket is answered at most once...
                 let mut answered: Vec<Ticket> = s.verdicts.iter().flat_map(|(t, _)| t.clone()).collect();
                 let n = answered.len();
                 answered.sort_unstable();
                 answered.dedup();
-                prop_assert!(answered.len() <= n);
+                prop_assert_eq!(answered.len(), n, "a ticket was answered twice: {:?}", s.verdicts);
+                // ...and once baton has exited, every ticket was answered.
+                if s.exit.is_some() {
+                    prop_assert_eq!(n as u64, next_ticket, "a reload request was never answered: {:?}", s.verdicts);
+                }
                 prop_assert!(!s.logged("internal error"), "{:?}", s.logs);
             }
         }
