@@ -58,7 +58,7 @@
 
 use std::ffi::OsString;
 use std::io::Write as _;
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
+use std::net::{TcpListener, ToSocketAddrs, UdpSocket};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -816,11 +816,6 @@ pub fn exit_after(deadline: Duration) {
     if let Err(e) = spawned {
         tracing::error!("cannot start the drain deadline thread: {e}");
     }
-}
-
-/// The `SocketAddr` of a TCP listener, for logs.
-pub fn local_addr(l: &TcpListener) -> Option<SocketAddr> {
-    l.local_addr().ok()
 }
 
 #[cfg(test)]

@@ -550,7 +550,7 @@ impl Lifecycle {
                 });
             }
 
-            (Booting | Serving | Reloading | Retiring, Event::Scale(n)) => self.scale(*n, now),
+            (Booting | Serving | Reloading | Retiring, Event::Scale(n)) => self.scale(*n),
             (Stopping(_) | Done, Event::Scale(_)) => {
                 self.log(Level::Info, "scale ignored: baton is stopping".into());
             }
@@ -662,7 +662,7 @@ impl Lifecycle {
     /// Sets the worker count for new generations and adjusts the serving
     /// one; a generation still starting keeps its count and is adjusted
     /// once it serves.
-    fn scale(&mut self, n: usize, now: Instant) {
+    fn scale(&mut self, n: usize) {
         let before = self.policy.workers;
         self.policy.workers = n;
         self.log(
@@ -673,12 +673,12 @@ impl Lifecycle {
             ),
         );
         if let Some(gi) = self.gens.iter().position(|g| g.role == Role::Serving) {
-            self.apply_scale(gi, now);
+            self.apply_scale(gi);
         }
     }
 
     /// Grows or shrinks serving generation `gi` to `policy.workers`.
-    fn apply_scale(&mut self, gi: usize, _now: Instant) {
+    fn apply_scale(&mut self, gi: usize) {
         let want = self.policy.workers;
         let generation = self.gens[gi].id;
         // Slots being removed count as gone.
@@ -1008,7 +1008,7 @@ impl Lifecycle {
             serving: generation,
             note: None,
         }));
-        self.apply_scale(gi, now);
+        self.apply_scale(gi);
         match old {
             Some(oi) => {
                 self.reloads_done += 1;

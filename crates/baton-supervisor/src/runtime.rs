@@ -240,11 +240,6 @@ impl Runtime {
         Ok(rt)
     }
 
-    /// The listeners, as bound.
-    pub fn listeners(&self) -> &[Bound] {
-        &self.listeners
-    }
-
     fn token(&mut self, source: Source) -> Token {
         let t = Token(self.next_token);
         self.next_token += 1;
