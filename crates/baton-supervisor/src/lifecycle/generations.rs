@@ -1,0 +1,294 @@
+//! Generations: starting one, its readiness, retiring, failing and
+//! removing it, and the queued reload.
+
+use std::time::{Duration, Instant};
+
+use super::{
+    Action, GenId, Generation, Level, Lifecycle, Phase, READY_HINT_AFTER, ROLLBACK_GRACE,
+    ReadyMode, ReloadOutcome, Role, Sd, Slot, StopKind, TimerKey, Worker, WorkerState, exit, ms,
+    plural,
+};
+
+impl Lifecycle {
+    pub(super) fn queue_reload(&mut self, why: &str) {
+        if self.reload_pending {
+            self.log(
+                Level::Info,
+                format!("reload queued ({why}); it coalesces with the one already queued"),
+            );
+        } else {
+            self.reload_pending = true;
+            self.log(Level::Info, format!("reload queued ({why})"));
+        }
+    }
+
+    pub(super) fn start_generation(&mut self, now: Instant) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let n = self.policy.workers;
+        self.gens.push(Generation {
+            id,
+            role: Role::Starting,
+            workers: (0..n).map(|_| Worker::new()).collect(),
+            started: now,
+            ready_after: None,
+            gen_ready: false,
+        });
+        self.phase = if self.serving().is_some() {
+            self.inflight_tickets = std::mem::take(&mut self.queued_tickets);
+            self.out
+                .push(Action::Notify(Sd::Reloading { generation: id }));
+            Phase::Reloading
+        } else {
+            Phase::Booting
+        };
+        self.log(
+            Level::Info,
+            format!("generation {id} starting ({n} worker{})", plural(n)),
+        );
+        self.out.push(Action::PrepareGeneration { generation: id });
+        for slot in 0..n {
+            self.out.push(Action::Spawn {
+                generation: id,
+                slot,
+            });
+        }
+        self.set_timer(TimerKey::ReadyDeadline(id), self.policy.ready_timeout);
+        self.set_timer(TimerKey::ReadyHint(id), READY_HINT_AFTER);
+        match &self.policy.ready {
+            ReadyMode::Delay(d) => self.set_timer(TimerKey::ReadyDelay(id), *d),
+            ReadyMode::Exec(_) => self.out.push(Action::RunProbe { generation: id }),
+            ReadyMode::Notify | ReadyMode::Fd => {}
+        }
+    }
+
+    pub(super) fn set_timer(&mut self, key: TimerKey, after: Duration) {
+        self.out.push(Action::SetTimer { key, after });
+    }
+
+    pub(super) fn cancel_ready_timers(&mut self, generation: GenId) {
+        for key in [
+            TimerKey::ReadyDeadline(generation),
+            TimerKey::ReadyHint(generation),
+            TimerKey::ReadyDelay(generation),
+            TimerKey::ProbeRetry(generation),
+        ] {
+            self.out.push(Action::CancelTimer { key });
+        }
+    }
+
+    /// A starting generation became ready if all its workers (and the
+    /// generation-wide check, if any) say so.
+    pub(super) fn maybe_ready(&mut self, gi: usize, now: Instant) {
+        let per_worker = self.policy.ready.per_worker();
+        if !self.gens[gi].ready(per_worker) {
+            return;
+        }
+        let generation = self.gens[gi].id;
+        let took = now.saturating_duration_since(self.gens[gi].started);
+        self.cancel_ready_timers(generation);
+        self.log(
+            Level::Info,
+            format!("generation {generation} ready in {} ms", ms(took)),
+        );
+        // Invariant 3: only now is the previous generation told to drain.
+        let old = self
+            .gens
+            .iter()
+            .position(|g| g.role == Role::Serving && g.id != generation);
+        self.gens[gi].role = Role::Serving;
+        self.gens[gi].ready_after = Some(took);
+        self.out.push(Action::Serving { generation });
+        self.out.push(Action::Notify(Sd::Ready {
+            serving: generation,
+            note: None,
+        }));
+        self.apply_scale(gi);
+        match old {
+            Some(oi) => {
+                self.reloads_done += 1;
+                self.retire(oi, Role::Draining, self.policy.grace);
+                let outcome = ReloadOutcome::Ready { generation, took };
+                self.last_reload = Some(outcome.clone());
+                self.out.push(Action::ReloadDone {
+                    tickets: std::mem::take(&mut self.inflight_tickets),
+                    outcome,
+                });
+                self.phase = Phase::Retiring;
+            }
+            None => {
+                self.phase = Phase::Serving;
+                self.run_pending_reload(now);
+            }
+        }
+    }
+
+    /// Sends the stop signal to every live worker of a generation and arms
+    /// its grace timer.
+    pub(super) fn retire(&mut self, gi: usize, role: Role, grace: Duration) {
+        let generation = self.gens[gi].id;
+        self.gens[gi].role = role;
+        if role == Role::Draining {
+            self.log(Level::Info, format!("generation {generation} draining"));
+        }
+        let signal = self.policy.stop_signal;
+        let mut any = false;
+        for slot in 0..self.gens[gi].workers.len() {
+            let w = &mut self.gens[gi].workers[slot];
+            match w.state {
+                WorkerState::Running { .. } => {
+                    any = true;
+                    self.out.push(Action::Signal {
+                        generation,
+                        slot,
+                        signal,
+                    });
+                }
+                WorkerState::Restarting => {
+                    w.state = WorkerState::Exited;
+                    self.out.push(Action::CancelTimer {
+                        key: TimerKey::Restart(generation, slot),
+                    });
+                }
+                // Its spawn answer will find the generation retiring and
+                // stop it then (see on_spawned); a removed worker was
+                // already told to stop.
+                WorkerState::Spawning | WorkerState::Removing { .. } => any = true,
+                WorkerState::Exited => {}
+            }
+        }
+        self.cancel_ready_timers(generation);
+        if any {
+            self.set_timer(TimerKey::Grace(generation), grace);
+        }
+    }
+
+    /// Rolls a starting generation back. The caller runs `after_exit` once
+    /// afterwards (the generation may already be empty).
+    pub(super) fn fail_generation(
+        &mut self,
+        gi: usize,
+        reason: &str,
+        tail: Option<Slot>,
+        boot_code: u8,
+    ) {
+        let generation = self.gens[gi].id;
+        let serving = self.serving();
+        let message = match serving {
+            Some(s) => format!(
+                "reload failed: generation {generation} {reason}; generation {s} keeps serving"
+            ),
+            None => format!("generation {generation} failed: {reason}"),
+        };
+        match tail {
+            Some(slot) => self.log_tail(Level::Error, message, generation, slot),
+            None => self.log(Level::Error, message),
+        }
+        let grace = ROLLBACK_GRACE.min(self.policy.grace);
+        self.retire(gi, Role::Failed, grace);
+        match serving {
+            Some(s) => {
+                let outcome = ReloadOutcome::Failed {
+                    generation,
+                    serving: s,
+                    reason: reason.to_owned(),
+                    tail: tail.map(|slot| (generation, slot)),
+                };
+                self.last_reload = Some(outcome.clone());
+                self.out.push(Action::ReloadDone {
+                    tickets: std::mem::take(&mut self.inflight_tickets),
+                    outcome,
+                });
+                self.out.push(Action::Notify(Sd::Ready {
+                    serving: s,
+                    note: Some(format!("reload to generation {generation} failed")),
+                }));
+                self.phase = Phase::Retiring;
+            }
+            None => {
+                // The first generation failed: baton gives up and exits.
+                self.exit_override = Some(boot_code);
+                self.reload_pending = false;
+                let tickets = std::mem::take(&mut self.queued_tickets);
+                if !tickets.is_empty() {
+                    self.out.push(Action::ReloadDone {
+                        tickets,
+                        outcome: ReloadOutcome::Refused(format!(
+                            "the first generation failed ({reason}); baton is exiting"
+                        )),
+                    });
+                }
+                self.phase = Phase::Stopping(StopKind::Graceful);
+            }
+        }
+    }
+
+    /// Called after a worker of generation `gi` ended: removes the
+    /// generation when nothing of it is left and moves the phase on.
+    pub(super) fn after_exit(&mut self, gi: usize, now: Instant) {
+        let g = &self.gens[gi];
+        let gone = !g.alive() && matches!(g.role, Role::Draining | Role::Failed | Role::Stopping);
+        if !gone {
+            return;
+        }
+        let generation = g.id;
+        self.gens.remove(gi);
+        self.out.push(Action::CancelTimer {
+            key: TimerKey::Grace(generation),
+        });
+        self.out.push(Action::ReleaseGeneration { generation });
+        self.log(Level::Info, format!("generation {generation} exited"));
+        match self.phase {
+            Phase::Retiring => {
+                self.phase = Phase::Serving;
+                self.run_pending_reload(now);
+            }
+            Phase::Stopping(_) => {
+                if self.gens.is_empty() {
+                    let code = self.exit_override.unwrap_or(if self.killed_any {
+                        exit::KILLED
+                    } else {
+                        exit::OK
+                    });
+                    if code == exit::OK {
+                        self.log(Level::Info, "stopped".into());
+                    } else {
+                        self.log(Level::Info, format!("stopped (exit code {code})"));
+                    }
+                    self.phase = Phase::Done;
+                    self.out.push(Action::Exit(code));
+                }
+            }
+            Phase::Booting | Phase::Serving | Phase::Reloading | Phase::Done => {}
+        }
+    }
+
+    pub(super) fn run_pending_reload(&mut self, now: Instant) {
+        if self.reload_pending && self.phase == Phase::Serving {
+            self.reload_pending = false;
+            self.log(Level::Info, "running the queued reload".into());
+            self.start_generation(now);
+        }
+    }
+
+    /// `SIGKILL` for every live worker of a generation.
+    pub(super) fn kill_generation(&mut self, gi: usize) {
+        let generation = self.gens[gi].id;
+        self.cancel_ready_timers(generation);
+        for slot in 0..self.gens[gi].workers.len() {
+            match self.gens[gi].workers[slot].state {
+                WorkerState::Running { .. } | WorkerState::Removing { .. } => {
+                    self.killed_any = true;
+                    self.out.push(Action::KillGroup { generation, slot });
+                }
+                WorkerState::Restarting => {
+                    self.gens[gi].workers[slot].state = WorkerState::Exited;
+                    self.out.push(Action::CancelTimer {
+                        key: TimerKey::Restart(generation, slot),
+                    });
+                }
+                WorkerState::Spawning | WorkerState::Exited => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Scaling: workers per generation (`ctl scale`, `TTIN`/`TTOU`).
+
+use super::{Action, Level, Lifecycle, Role, TimerKey, Worker, WorkerState, plural};
+
+impl Lifecycle {
+    /// Sets the worker count for new generations and adjusts the serving
+    /// one; a generation still starting keeps its count and is adjusted
+    /// once it serves.
+    pub(super) fn scale(&mut self, n: usize) {
+        let before = self.policy.workers;
+        self.policy.workers = n;
+        self.log(
+            Level::Info,
+            format!(
+                "scaling from {before} to {n} worker{} per generation",
+                plural(n)
+            ),
+        );
+        if let Some(gi) = self.gens.iter().position(|g| g.role == Role::Serving) {
+            self.apply_scale(gi);
+        }
+    }
+
+    /// Grows or shrinks serving generation `gi` to `policy.workers`.
+    pub(super) fn apply_scale(&mut self, gi: usize) {
+        let want = self.policy.workers;
+        let generation = self.gens[gi].id;
+        // Slots being removed count as gone.
+        let live =
+            |w: &Worker| !matches!(w.state, WorkerState::Removing { .. } | WorkerState::Exited);
+        let have = self.gens[gi].workers.iter().filter(|w| live(w)).count();
+        if want > have {
+            // Reuse slots whose workers are gone, then add new ones.
+            let mut missing = want - have;
+            for slot in 0..self.gens[gi].workers.len() {
+                if missing == 0 {
+                    break;
+                }
+                if self.gens[gi].workers[slot].state == WorkerState::Exited {
+                    self.gens[gi].workers[slot] = Worker::new();
+                    self.out.push(Action::Spawn { generation, slot });
+                    missing -= 1;
+                }
+            }
+            for _ in 0..missing {
+                let slot = self.gens[gi].workers.len();
+                self.gens[gi].workers.push(Worker::new());
+                self.out.push(Action::Spawn { generation, slot });
+            }
+        } else if want < have {
+            // Remove the highest slots first.
+            let mut extra = have - want;
+            for slot in (0..self.gens[gi].workers.len()).rev() {
+                if extra == 0 {
+                    break;
+                }
+                let w = &mut self.gens[gi].workers[slot];
+                match w.state {
+                    WorkerState::Running { pid, .. } => {
+                        w.state = WorkerState::Removing { pid };
+                        self.out.push(Action::Signal {
+                            generation,
+                            slot,
+                            signal: self.policy.stop_signal,
+                        });
+                        self.set_timer(TimerKey::WorkerGrace(generation, slot), self.policy.grace);
+                        extra -= 1;
+                    }
+                    WorkerState::Restarting => {
+                        w.state = WorkerState::Exited;
+                        self.out.push(Action::CancelTimer {
+                            key: TimerKey::Restart(generation, slot),
+                        });
+                        extra -= 1;
+                    }
+                    // A spawn in flight: its answer arrives before anything
+                    // else; remove a running one instead.
+                    WorkerState::Spawning | WorkerState::Removing { .. } | WorkerState::Exited => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! What `baton ctl status` shows of the lifecycle.
+
+use super::{GenerationInfo, Lifecycle, ReloadOutcome, Role, WorkerInfo, WorkerState};
+
+impl Lifecycle {
+    /// The state of every generation, for `baton ctl status`.
+    pub fn snapshot(&self) -> Vec<GenerationInfo> {
+        self.gens
+            .iter()
+            .map(|g| GenerationInfo {
+                id: g.id,
+                state: match g.role {
+                    Role::Starting => "starting",
+                    Role::Serving => "serving",
+                    Role::Draining => "draining",
+                    Role::Failed => "failed",
+                    Role::Stopping => "stopping",
+                },
+                started: g.started,
+                ready_after: g.ready_after,
+                workers: g
+                    .workers
+                    .iter()
+                    .enumerate()
+                    .map(|(slot, w)| WorkerInfo {
+                        slot,
+                        pid: match w.state {
+                            WorkerState::Running { pid, .. } | WorkerState::Removing { pid } => {
+                                Some(pid)
+                            }
+                            WorkerState::Spawning
+                            | WorkerState::Restarting
+                            | WorkerState::Exited => None,
+                        },
+                        state: match w.state {
+                            WorkerState::Spawning => "spawning",
+                            WorkerState::Running { ready: true, .. } => "ready",
+                            WorkerState::Running { ready: false, .. } => "running",
+                            WorkerState::Restarting => "restarting",
+                            WorkerState::Removing { .. } => "removing",
+                            WorkerState::Exited => "exited",
+                        },
+                        restarts: w.restarts,
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// The verdict of the last reload, if any ran.
+    pub fn last_reload(&self) -> Option<&ReloadOutcome> {
+        self.last_reload.as_ref()
+    }
+}

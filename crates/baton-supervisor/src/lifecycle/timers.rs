@@ -1,0 +1,160 @@
+//! Timers: readiness deadlines and hints, delays, probe retries, grace
+//! periods and restarts.
+
+use std::time::Instant;
+
+use super::{
+    Action, Level, Lifecycle, READY_HINT_AFTER, ReadyMode, Role, TimerKey, Worker, WorkerState,
+    exit, plural,
+};
+
+impl Lifecycle {
+    pub(super) fn on_timer(&mut self, key: TimerKey, now: Instant) {
+        match key {
+            TimerKey::ReadyDeadline(generation) => {
+                let Some(gi) = self.gen_index(generation) else {
+                    return;
+                };
+                if self.gens[gi].role != Role::Starting {
+                    return;
+                }
+                let missing = self.describe_missing(gi);
+                let reason = format!(
+                    "was not ready within {} ({missing}{})",
+                    humantime::format_duration(self.policy.ready_timeout),
+                    self.ready_hint()
+                );
+                let tail = self.not_ready(generation).first().copied();
+                self.fail_generation(gi, &reason, tail, exit::FIRST_NOT_READY);
+                self.after_exit(gi, now);
+            }
+            TimerKey::ReadyHint(generation) => {
+                let Some(gi) = self.gen_index(generation) else {
+                    return;
+                };
+                if self.gens[gi].role != Role::Starting {
+                    return;
+                }
+                let missing = self.describe_missing(gi);
+                let hint = self.ready_hint();
+                self.log(
+                    Level::Warn,
+                    format!(
+                        "generation {generation} not ready after {} s: {missing}{hint}",
+                        READY_HINT_AFTER.as_secs()
+                    ),
+                );
+            }
+            TimerKey::ReadyDelay(generation) => {
+                let Some(gi) = self.gen_index(generation) else {
+                    return;
+                };
+                if self.gens[gi].role == Role::Starting {
+                    self.gens[gi].gen_ready = true;
+                    self.maybe_ready(gi, now);
+                }
+            }
+            TimerKey::ProbeRetry(generation) => {
+                let Some(gi) = self.gen_index(generation) else {
+                    return;
+                };
+                if self.gens[gi].role == Role::Starting {
+                    self.out.push(Action::RunProbe { generation });
+                }
+            }
+            TimerKey::Grace(generation) => {
+                let Some(gi) = self.gen_index(generation) else {
+                    return;
+                };
+                if self.gens[gi].alive() {
+                    let n = self.gens[gi].workers.iter().filter(|w| w.alive()).count();
+                    self.log(
+                        Level::Warn,
+                        format!(
+                            "generation {generation}: {n} worker{} still running at the end of the grace period; sending SIGKILL",
+                            plural(n)
+                        ),
+                    );
+                    if self.gens[gi].role == Role::Draining || self.gens[gi].role == Role::Stopping
+                    {
+                        self.kill_generation(gi);
+                    } else {
+                        // A failed generation being killed is not a stop
+                        // that "had to kill" serving workers.
+                        let killed = self.killed_any;
+                        self.kill_generation(gi);
+                        self.killed_any = killed;
+                    }
+                }
+            }
+            TimerKey::WorkerGrace(generation, slot) => {
+                let Some(gi) = self.gen_index(generation) else {
+                    return;
+                };
+                if let Some(Worker {
+                    state: WorkerState::Removing { .. },
+                    ..
+                }) = self.gens[gi].workers.get(slot)
+                {
+                    self.out.push(Action::KillGroup { generation, slot });
+                }
+            }
+            TimerKey::Restart(generation, slot) => {
+                let Some(gi) = self.gen_index(generation) else {
+                    return;
+                };
+                let g = &mut self.gens[gi];
+                if g.role != Role::Serving {
+                    return;
+                }
+                let Some(w) = g.workers.get_mut(slot) else {
+                    return;
+                };
+                if w.state == WorkerState::Restarting {
+                    w.state = WorkerState::Spawning;
+                    self.out.push(Action::Spawn { generation, slot });
+                }
+            }
+        }
+    }
+
+    /// What to do when an app cannot speak the configured readiness protocol.
+    pub(super) fn ready_hint(&self) -> &'static str {
+        match self.policy.ready {
+            ReadyMode::Notify => {
+                "; if the app does not speak sd_notify, use --ready fd, --ready delay:DURATION or --ready exec:CMD"
+            }
+            ReadyMode::Fd => {
+                "; if the app cannot write to BATON_READY_FD, use --ready delay:DURATION or --ready exec:CMD"
+            }
+            ReadyMode::Delay(_) | ReadyMode::Exec(_) => "",
+        }
+    }
+
+    pub(super) fn describe_missing(&self, gi: usize) -> String {
+        let g = &self.gens[gi];
+        match &self.policy.ready {
+            ReadyMode::Notify | ReadyMode::Fd => {
+                let missing: Vec<String> = self
+                    .not_ready(g.id)
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                let channel = if self.policy.ready == ReadyMode::Notify {
+                    "READY=1 on NOTIFY_SOCKET"
+                } else {
+                    "a newline on BATON_READY_FD"
+                };
+                format!(
+                    "still waiting for {channel} from worker{} {}",
+                    plural(missing.len()),
+                    missing.join(", ")
+                )
+            }
+            ReadyMode::Delay(d) => {
+                format!("waiting out the {} delay", humantime::format_duration(*d))
+            }
+            ReadyMode::Exec(cmd) => format!("the readiness command {cmd:?} has not succeeded yet"),
+        }
+    }
+}

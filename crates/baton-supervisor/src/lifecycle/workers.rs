@@ -1,0 +1,259 @@
+//! Workers: spawned, ready, exited, restarted with backoff.
+
+use std::time::{Duration, Instant};
+
+use super::{
+    Action, BACKOFF_MAX, BACKOFF_START, CRASH_LOOP_AFTER, Event, ExitStatus, GenId, Impossible,
+    Level, Lifecycle, PROBE_INTERVAL, Role, STABLE_AFTER, Slot, TimerKey, Worker, WorkerState,
+    exit, ms,
+};
+
+impl Lifecycle {
+    pub(super) fn on_spawned(
+        &mut self,
+        generation: GenId,
+        slot: Slot,
+        pid: u32,
+        now: Instant,
+        event: &Event,
+    ) -> Result<(), Impossible> {
+        let Some(gi) = self.gen_index(generation) else {
+            return Err(self.impossible(event));
+        };
+        let g = &mut self.gens[gi];
+        let Some(w) = g.workers.get_mut(slot) else {
+            return Err(self.impossible(event));
+        };
+        if w.state != WorkerState::Spawning {
+            return Err(self.impossible(event));
+        }
+        w.state = WorkerState::Running { pid, ready: false };
+        w.started = Some(now);
+        let role = g.role;
+        self.log(
+            Level::Info,
+            format!("worker {slot} of generation {generation} started, pid {pid}"),
+        );
+        match role {
+            // Spawned while being stopped (the stop came between the spawn
+            // request and its answer): stop it too.
+            Role::Stopping | Role::Draining | Role::Failed => {
+                self.out.push(Action::Signal {
+                    generation,
+                    slot,
+                    signal: self.policy.stop_signal,
+                });
+            }
+            Role::Starting | Role::Serving => {}
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_spawn_failed(
+        &mut self,
+        generation: GenId,
+        slot: Slot,
+        error: &str,
+        now: Instant,
+        event: &Event,
+    ) -> Result<(), Impossible> {
+        let Some(gi) = self.gen_index(generation) else {
+            return Err(self.impossible(event));
+        };
+        let Some(w) = self.gens[gi].workers.get_mut(slot) else {
+            return Err(self.impossible(event));
+        };
+        w.state = WorkerState::Exited;
+        match self.gens[gi].role {
+            Role::Starting => {
+                let reason = format!("worker {slot} could not be started: {error}");
+                self.fail_generation(gi, &reason, None, exit::CANNOT_RUN);
+            }
+            Role::Serving => {
+                self.log(
+                    Level::Error,
+                    format!(
+                        "worker {slot} of generation {generation} could not be restarted: {error}"
+                    ),
+                );
+                self.schedule_restart(gi, slot, now);
+            }
+            Role::Draining | Role::Failed | Role::Stopping => {}
+        }
+        self.after_exit(gi, now);
+        Ok(())
+    }
+
+    pub(super) fn on_worker_ready(&mut self, generation: GenId, slot: Slot, now: Instant) {
+        let Some(gi) = self.gen_index(generation) else {
+            return;
+        };
+        let g = &mut self.gens[gi];
+        let role = g.role;
+        if let Some(Worker {
+            state: WorkerState::Running { ready, .. },
+            ..
+        }) = g.workers.get_mut(slot)
+        {
+            if *ready {
+                return;
+            }
+            *ready = true;
+        } else {
+            return;
+        }
+        match role {
+            Role::Starting => {
+                self.log(
+                    Level::Debug,
+                    format!("worker {slot} of generation {generation} is ready"),
+                );
+                self.maybe_ready(gi, now);
+            }
+            Role::Serving => self.log(
+                Level::Info,
+                format!("worker {slot} of generation {generation} is ready again"),
+            ),
+            Role::Draining | Role::Failed | Role::Stopping => {}
+        }
+    }
+
+    pub(super) fn on_probe_done(&mut self, generation: GenId, success: bool, now: Instant) {
+        let Some(gi) = self.gen_index(generation) else {
+            return;
+        };
+        if self.gens[gi].role != Role::Starting {
+            return;
+        }
+        if success {
+            self.gens[gi].gen_ready = true;
+            self.maybe_ready(gi, now);
+        } else {
+            self.set_timer(TimerKey::ProbeRetry(generation), PROBE_INTERVAL);
+        }
+    }
+
+    pub(super) fn on_worker_exited(
+        &mut self,
+        generation: GenId,
+        slot: Slot,
+        status: ExitStatus,
+        now: Instant,
+        event: &Event,
+    ) -> Result<(), Impossible> {
+        let Some(gi) = self.gen_index(generation) else {
+            return Err(self.impossible(event));
+        };
+        let Some(w) = self.gens[gi].workers.get_mut(slot) else {
+            return Err(self.impossible(event));
+        };
+        let (pid, ready, removed) = match w.state {
+            WorkerState::Running { pid, ready } => (pid, ready, false),
+            WorkerState::Removing { pid } => (pid, true, true),
+            WorkerState::Spawning | WorkerState::Restarting | WorkerState::Exited => {
+                return Err(self.impossible(event));
+            }
+        };
+        w.state = WorkerState::Exited;
+        let uptime = w
+            .started
+            .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+        // Invariant 7: whatever is left of its process group goes with it.
+        self.out.push(Action::ReapGroup { generation, slot });
+        if removed {
+            self.out.push(Action::CancelTimer {
+                key: TimerKey::WorkerGrace(generation, slot),
+            });
+            self.log(
+                Level::Info,
+                format!("worker {slot} of generation {generation} (pid {pid}) removed ({status})"),
+            );
+            // Drop trailing empty slots so the numbering stays compact.
+            let g = &mut self.gens[gi];
+            while g.workers.len() > 1
+                && g.workers
+                    .last()
+                    .is_some_and(|w| w.state == WorkerState::Exited)
+                && g.role == Role::Serving
+            {
+                g.workers.pop();
+            }
+            self.after_exit(gi, now);
+            return Ok(());
+        }
+        match self.gens[gi].role {
+            Role::Starting => {
+                let when = if ready {
+                    "after it was ready"
+                } else {
+                    "before it was ready"
+                };
+                let mut reason = format!("worker {slot} (pid {pid}) exited with {status} {when}");
+                if status == ExitStatus::Code(0) {
+                    reason.push_str(
+                        " (a server must keep running; if the command daemonizes, run it in the foreground)",
+                    );
+                }
+                self.fail_generation(gi, &reason, Some(slot), exit::FIRST_FAILED);
+            }
+            Role::Serving => {
+                self.log_tail(
+                    Level::Warn,
+                    format!(
+                        "worker {slot} of generation {generation} (pid {pid}) exited with {status} after {}",
+                        humantime::format_duration(Duration::from_millis(uptime.as_millis() as u64))
+                    ),
+                    generation,
+                    slot,
+                );
+                self.schedule_restart(gi, slot, now);
+            }
+            Role::Draining | Role::Failed | Role::Stopping => {
+                self.log(
+                    Level::Debug,
+                    format!(
+                        "worker {slot} of generation {generation} (pid {pid}) exited with {status}"
+                    ),
+                );
+            }
+        }
+        self.after_exit(gi, now);
+        Ok(())
+    }
+
+    pub(super) fn schedule_restart(&mut self, gi: usize, slot: Slot, now: Instant) {
+        let generation = self.gens[gi].id;
+        let w = &mut self.gens[gi].workers[slot];
+        let uptime = w
+            .started
+            .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+        if uptime >= STABLE_AFTER {
+            w.backoff = BACKOFF_START;
+            w.quick_restarts = 0;
+        }
+        let delay = w.backoff;
+        w.backoff = (w.backoff * 2).min(BACKOFF_MAX);
+        w.quick_restarts += 1;
+        w.restarts += 1;
+        w.state = WorkerState::Restarting;
+        let quick = w.quick_restarts;
+        self.log(
+            Level::Info,
+            format!(
+                "worker {slot} of generation {generation} restarting in {} ms",
+                ms(delay)
+            ),
+        );
+        if quick == CRASH_LOOP_AFTER || (quick > CRASH_LOOP_AFTER && delay == BACKOFF_MAX) {
+            self.log(
+                Level::Error,
+                format!(
+                    "worker {slot} of generation {generation} is crash-looping: {quick} restarts in a row, each up less than {}; restarts continue with up to {} s between them",
+                    humantime::format_duration(STABLE_AFTER),
+                    BACKOFF_MAX.as_secs()
+                ),
+            );
+        }
+        self.set_timer(TimerKey::Restart(generation, slot), delay);
+    }
+}

@@ -1,0 +1,398 @@
+//! Control clients: accepting them, reading their one request, answering
+//! without ever blocking the loop.
+
+use std::time::Instant;
+
+use mio::{Interest, Token};
+
+use super::{MAX_WORKERS, Runtime, Source};
+use crate::control::{self, Reply};
+use crate::lifecycle::{Event, ReloadOutcome, StopKind};
+
+/// What a control client waits for after its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Waiting {
+    /// Nothing: its request has not arrived yet, or was answered.
+    Nothing,
+    /// The verdict of its reload; it receives progress lines meanwhile.
+    Reload,
+    /// baton's exit (`ctl stop`): the connection closes when baton exits.
+    Exit,
+}
+
+#[derive(Debug)]
+pub(super) struct Client {
+    pub(super) stream: mio::net::UnixStream,
+    pub(super) token: Token,
+    pub(super) input: Vec<u8>,
+    pub(super) output: Vec<u8>,
+    /// When it must have sent its request.
+    pub(super) deadline: Option<Instant>,
+    pub(super) waiting: Waiting,
+    pub(super) close_when_flushed: bool,
+    pub(super) want_write: bool,
+}
+
+impl Runtime {
+    pub(super) fn accept_clients(&mut self) {
+        loop {
+            let Some((_, sock)) = &self.control else {
+                return;
+            };
+            let mut stream = match sock.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!("control socket accept failed: {e}");
+                    return;
+                }
+            };
+            let me = rustix::process::geteuid().as_raw();
+            match rustix::net::sockopt::socket_peercred(&stream) {
+                Ok(cred) if control::uid_allowed(cred.uid.as_raw(), me) => {}
+                Ok(cred) => {
+                    tracing::warn!(
+                        "refused a control client of uid {} (pid {}): only uid {me} and root may control this baton",
+                        cred.uid.as_raw(),
+                        cred.pid.as_raw_nonzero()
+                    );
+                    let line = Reply::Error {
+                        message: format!(
+                            "permission denied: this baton runs as uid {me}; only that user and root may control it"
+                        ),
+                    }
+                    .to_line();
+                    let _ = std::io::Write::write(&mut stream, &line);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!("cannot check a control client's credentials: {e}");
+                    continue;
+                }
+            }
+            let id = self.next_client;
+            self.next_client += 1;
+            let token = self.token(Source::Client(id));
+            if let Err(e) = self
+                .poll
+                .registry()
+                .register(&mut stream, token, Interest::READABLE)
+            {
+                tracing::warn!("cannot watch a control client: {e}");
+                self.tokens.remove(&token);
+                continue;
+            }
+            self.clients.insert(
+                id,
+                Client {
+                    stream,
+                    token,
+                    input: Vec::new(),
+                    output: Vec::new(),
+                    deadline: Some(Instant::now() + control::CLIENT_TIMEOUT),
+                    waiting: Waiting::Nothing,
+                    close_when_flushed: false,
+                    want_write: false,
+                },
+            );
+        }
+    }
+
+    pub(super) fn on_client(&mut self, id: u64) {
+        self.flush(id);
+        let mut closed = false;
+        let mut request = None;
+        let mut too_large = false;
+        {
+            let Some(c) = self.clients.get_mut(&id) else {
+                return;
+            };
+            let mut buf = [0u8; 4096];
+            loop {
+                match std::io::Read::read(&mut c.stream, &mut buf) {
+                    Ok(0) => {
+                        closed = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        // Only the first line counts; later input is ignored.
+                        if c.deadline.is_some() {
+                            c.input.extend_from_slice(&buf[..n]);
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            if c.deadline.is_some() {
+                if let Some(end) = c.input.iter().position(|b| *b == b'\n') {
+                    request = Some(c.input[..end].to_vec());
+                    c.input.clear();
+                    c.deadline = None;
+                } else if c.input.len() > control::MAX_REQUEST {
+                    too_large = true;
+                    c.deadline = None;
+                }
+            }
+        }
+        if too_large {
+            self.reply_and_close(
+                id,
+                &Reply::Error {
+                    message: format!("request longer than {} bytes", control::MAX_REQUEST),
+                },
+            );
+        } else if let Some(line) = request {
+            self.handle_request(id, &line);
+        }
+        if closed {
+            // A client that goes away simply stops hearing; a reload it asked
+            // for still runs to its end.
+            self.close_client(id);
+        }
+    }
+
+    pub(super) fn handle_request(&mut self, id: u64, line: &[u8]) {
+        let request = match control::parse_request(line) {
+            Ok(r) => r,
+            Err(message) => {
+                self.reply_and_close(id, &Reply::Error { message });
+                return;
+            }
+        };
+        match request.cmd {
+            control::Command::Status => {
+                let status = self.status();
+                self.reply_and_close(id, &Reply::Status(Box::new(status)));
+            }
+            control::Command::Reload => {
+                if let Some(c) = self.clients.get_mut(&id) {
+                    c.waiting = Waiting::Reload;
+                }
+                self.queue.push_back(Event::ReloadRequest(id));
+            }
+            control::Command::Stop { fast } => {
+                self.reply(
+                    id,
+                    &Reply::Ok {
+                        message: if fast {
+                            "stopping immediately".into()
+                        } else {
+                            "stopping gracefully".into()
+                        },
+                    },
+                );
+                if let Some(c) = self.clients.get_mut(&id) {
+                    c.waiting = Waiting::Exit;
+                }
+                self.queue.push_back(Event::Stop(if fast {
+                    StopKind::Immediate
+                } else {
+                    StopKind::Graceful
+                }));
+            }
+            control::Command::Scale { workers } => {
+                if workers == 0 || workers > MAX_WORKERS {
+                    self.reply_and_close(
+                        id,
+                        &Reply::Error {
+                            message: format!(
+                                "cannot scale to {workers} workers: use 1 to {MAX_WORKERS}"
+                            ),
+                        },
+                    );
+                } else {
+                    self.queue.push_back(Event::Scale(workers));
+                    self.reply_and_close(
+                        id,
+                        &Reply::Ok {
+                            message: format!("scaling to {workers} workers per generation"),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    pub(super) fn reply(&mut self, id: u64, reply: &Reply) {
+        let too_much = match self.clients.get_mut(&id) {
+            Some(c) => {
+                c.output.extend_from_slice(&reply.to_line());
+                c.output.len() > control::MAX_PENDING_OUTPUT
+            }
+            None => return,
+        };
+        if too_much {
+            tracing::warn!("dropping a control client that does not read its replies");
+            self.close_client(id);
+            return;
+        }
+        self.flush(id);
+    }
+
+    pub(super) fn reply_and_close(&mut self, id: u64, reply: &Reply) {
+        if let Some(c) = self.clients.get_mut(&id) {
+            c.close_when_flushed = true;
+            c.waiting = Waiting::Nothing;
+            c.deadline = None;
+        }
+        self.reply(id, reply);
+    }
+
+    /// Writes what the client can take now; never blocks.
+    pub(super) fn flush(&mut self, id: u64) {
+        let Some(c) = self.clients.get_mut(&id) else {
+            return;
+        };
+        let mut failed = false;
+        while !c.output.is_empty() {
+            match std::io::Write::write(&mut c.stream, &c.output) {
+                Ok(0) => {
+                    failed = true;
+                    break;
+                }
+                Ok(n) => {
+                    c.output.drain(..n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        let want_write = !c.output.is_empty();
+        if !failed && want_write != c.want_write {
+            c.want_write = want_write;
+            let interest = if want_write {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            let _ = self
+                .poll
+                .registry()
+                .reregister(&mut c.stream, c.token, interest);
+        }
+        if failed || (c.output.is_empty() && c.close_when_flushed) {
+            self.close_client(id);
+        }
+    }
+
+    pub(super) fn close_client(&mut self, id: u64) {
+        if let Some(mut c) = self.clients.remove(&id) {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+            self.tokens.remove(&c.token);
+        }
+    }
+
+    pub(super) fn expire_clients(&mut self, now: Instant) {
+        let late: Vec<u64> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.deadline.is_some_and(|d| d <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            self.reply_and_close(
+                id,
+                &Reply::Error {
+                    message: format!(
+                        "no complete request within {} s",
+                        control::CLIENT_TIMEOUT.as_secs()
+                    ),
+                },
+            );
+        }
+    }
+
+    pub(super) fn reload_done(&mut self, tickets: &[u64], outcome: &ReloadOutcome) {
+        let reply = match outcome {
+            ReloadOutcome::Ready { generation, took } => Reply::Reloaded {
+                generation: *generation,
+                took_ms: took.as_millis() as u64,
+            },
+            ReloadOutcome::Failed {
+                generation,
+                serving,
+                reason,
+                tail,
+            } => Reply::ReloadFailed {
+                generation: *generation,
+                serving: *serving,
+                reason: reason.clone(),
+                output: tail
+                    .and_then(|key| self.workers.get(&key))
+                    .map(|w| w.tail.lines().map(str::to_owned).collect())
+                    .unwrap_or_default(),
+            },
+            ReloadOutcome::Refused(why) => Reply::Error {
+                message: format!("reload refused: {why}"),
+            },
+        };
+        for id in tickets {
+            self.reply_and_close(*id, &reply);
+        }
+    }
+
+    pub(super) fn status(&self) -> control::Status {
+        let now = Instant::now();
+        control::Status {
+            pid: std::process::id(),
+            uptime_ms: now.saturating_duration_since(self.started).as_millis() as u64,
+            serving: self.machine.serving(),
+            workers_per_generation: self.machine.workers(),
+            reloads: self.machine.reloads_done(),
+            last_reload: self.machine.last_reload().and_then(|o| match o {
+                ReloadOutcome::Ready { generation, took } => Some(control::LastReload {
+                    ok: true,
+                    generation: *generation,
+                    detail: format!("ready in {} ms", took.as_millis()),
+                }),
+                ReloadOutcome::Failed {
+                    generation, reason, ..
+                } => Some(control::LastReload {
+                    ok: false,
+                    generation: *generation,
+                    detail: reason.clone(),
+                }),
+                ReloadOutcome::Refused(_) => None,
+            }),
+            listeners: self
+                .listeners
+                .iter()
+                .map(|l| control::ListenerStatus {
+                    name: l.name.clone(),
+                    address: l.display.clone(),
+                })
+                .collect(),
+            generations: self
+                .machine
+                .snapshot()
+                .into_iter()
+                .map(|g| control::GenerationStatus {
+                    id: g.id,
+                    state: g.state.to_owned(),
+                    age_ms: now.saturating_duration_since(g.started).as_millis() as u64,
+                    ready_after_ms: g.ready_after.map(|d| d.as_millis() as u64),
+                    workers: g
+                        .workers
+                        .into_iter()
+                        .map(|w| control::WorkerStatus {
+                            slot: w.slot,
+                            pid: w.pid,
+                            state: w.state.to_owned(),
+                            restarts: w.restarts,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}

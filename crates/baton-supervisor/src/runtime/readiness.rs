@@ -1,0 +1,147 @@
+//! Readiness: the fd, notify and exec modes.
+
+use super::{Runtime, Source};
+use crate::lifecycle::{Event, GenId, ReadyMode, Slot};
+use crate::worker::spawn_probe;
+use baton_sys::spawn::ExitStatus;
+
+impl Runtime {
+    pub(super) fn on_ready_fd(&mut self, g: GenId, slot: Slot) {
+        let Some(w) = self.workers.get_mut(&(g, slot)) else {
+            return;
+        };
+        let Some((token, fd)) = w.ready.as_ref() else {
+            return;
+        };
+        let mut buf = [0u8; 64];
+        let (ready, closed) = match rustix::io::read(fd, &mut buf) {
+            Ok(0) => (false, true),
+            Ok(n) => (crate::worker::says_ready(&buf[..n]), false),
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => (false, false),
+            Err(_) => (false, true),
+        };
+        let token = *token;
+        if (ready || closed)
+            && let Some((_, fd)) = w.ready.take()
+        {
+            self.deregister_fd(&fd, token);
+        }
+        if ready {
+            self.queue.push_back(Event::WorkerReady {
+                generation: g,
+                slot,
+            });
+        }
+    }
+
+    pub(super) fn on_notify(&mut self, g: GenId) {
+        loop {
+            let Some((_, sock)) = self.generations.get(&g).and_then(|r| r.notify.as_ref()) else {
+                return;
+            };
+            let msg = match sock.recv() {
+                Ok(Some(m)) => m,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!("reading the notify socket of generation {g} failed: {e}");
+                    return;
+                }
+            };
+            let Some(pid) = msg.pid else {
+                tracing::warn!("ignoring a notify message without sender credentials");
+                continue;
+            };
+            let slot = self.worker_for(g, pid);
+            let Some(slot) = slot else {
+                tracing::warn!(
+                    "ignoring notify message {:?} from pid {pid}: not a worker of generation {g} or one of its children",
+                    msg.text
+                );
+                continue;
+            };
+            if let Some(status) = msg.get("STATUS") {
+                tracing::debug!("worker {slot} of generation {g}: STATUS={status}");
+            }
+            if msg.get("MAINPID").is_some() {
+                tracing::warn!(
+                    "worker {slot} of generation {g} sent MAINPID=; baton tracks its own workers and ignores it"
+                );
+            }
+            if msg.is_ready() {
+                self.queue.push_back(Event::WorkerReady {
+                    generation: g,
+                    slot,
+                });
+            }
+        }
+    }
+
+    /// The worker of generation `g` that `pid` is, or belongs to (same
+    /// process group: a wrapper's child reporting for it).
+    pub(super) fn worker_for(&self, g: GenId, pid: u32) -> Option<Slot> {
+        let mine = |p: u32| {
+            self.workers
+                .iter()
+                .find(|((wg, _), w)| *wg == g && w.pid == p && w.child.is_some())
+                .map(|((_, s), _)| *s)
+        };
+        mine(pid).or_else(|| crate::notify::process_group(pid).and_then(mine))
+    }
+
+    pub(super) fn on_probe_exit(&mut self, g: GenId) {
+        let Some(rg) = self.generations.get_mut(&g) else {
+            return;
+        };
+        let Some((_, child)) = rg.probe.as_ref() else {
+            return;
+        };
+        let status = match baton_sys::spawn::try_reap(child) {
+            Ok(Some(s)) => s,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!("cannot reap the readiness command: {e}");
+                return;
+            }
+        };
+        if let Some((token, child)) = rg.probe.take() {
+            self.deregister_fd(&child.pidfd, token);
+        }
+        tracing::debug!("readiness command for generation {g} exited with {status}");
+        self.queue.push_back(Event::ProbeDone {
+            generation: g,
+            success: status == ExitStatus::Code(0),
+        });
+    }
+
+    pub(super) fn run_probe(&mut self, g: GenId) {
+        let ReadyMode::Exec(cmd) = &self.settings.policy.ready else {
+            return;
+        };
+        let pids: Vec<u32> = self
+            .machine
+            .worker_pids(g)
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+        let chdir = self.generations.get(&g).and_then(|r| r.chdir.clone());
+        match spawn_probe(cmd, &self.base_env, g, &pids, chdir.as_deref()) {
+            Ok(child) => match self.register_fd(&child.pidfd, Source::Probe(g)) {
+                Ok(token) => {
+                    if let Some(rg) = self.generations.get_mut(&g) {
+                        rg.probe = Some((token, child));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("cannot watch the readiness command: {e}");
+                }
+            },
+            Err(e) => {
+                tracing::warn!("{e}");
+                self.queue.push_back(Event::ProbeDone {
+                    generation: g,
+                    success: false,
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! Workers: preparing a generation, spawning, output, exits, release.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use baton_sys::spawn::Child;
+use mio::Token;
+use mio::unix::SourceFd;
+
+use super::{Runtime, Source};
+use crate::lifecycle::{Event, GenId, ReadyMode, Slot};
+use crate::notify::NotifySocket;
+use crate::output::{Pipe, Stream, Tail};
+use crate::worker::{Placement, spawn_worker};
+
+#[derive(Debug)]
+pub(super) struct RtWorker {
+    pub(super) pid: u32,
+    /// The pidfd and its token; `None` once reaped.
+    pub(super) child: Option<(Token, Child)>,
+    pub(super) pipes: Vec<(Token, Pipe)>,
+    pub(super) ready: Option<(Token, OwnedFd)>,
+    pub(super) tail: Tail,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct RtGeneration {
+    pub(super) notify: Option<(Token, NotifySocket)>,
+    pub(super) chdir: Option<PathBuf>,
+    pub(super) chdir_error: Option<String>,
+    pub(super) probe: Option<(Token, Child)>,
+}
+
+impl Runtime {
+    /// Reads whatever a worker printed; with `only`, just that stream.
+    pub(super) fn pump_output(&mut self, g: GenId, slot: Slot, only: Option<Stream>) {
+        let Some(w) = self.workers.get_mut(&(g, slot)) else {
+            return;
+        };
+        let mut closed = Vec::new();
+        for (i, (token, pipe)) in w.pipes.iter_mut().enumerate() {
+            if only.is_some_and(|s| s != pipe.stream) {
+                continue;
+            }
+            if !pipe.pump(&mut w.tail, &mut self.sinks) {
+                closed.push((i, *token));
+            }
+        }
+        for (i, token) in closed.into_iter().rev() {
+            let (_, pipe) = w.pipes.remove(i);
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&pipe.fd.as_raw_fd()));
+            self.tokens.remove(&token);
+        }
+    }
+
+    pub(super) fn on_exit_readable(&mut self, g: GenId, slot: Slot) {
+        // Take the last words first, so a failure report includes them.
+        self.pump_output(g, slot, None);
+        let Some(w) = self.workers.get_mut(&(g, slot)) else {
+            return;
+        };
+        let Some((_, child)) = w.child.as_ref() else {
+            return;
+        };
+        let status = match baton_sys::spawn::try_reap(child) {
+            Ok(Some(status)) => status,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!("cannot reap worker {slot} of generation {g}: {e}");
+                return;
+            }
+        };
+        let child = w.child.take();
+        let ready = w.ready.take();
+        if let Some((token, child)) = child {
+            self.deregister_fd(&child.pidfd, token);
+        }
+        if let Some((token, fd)) = ready {
+            self.deregister_fd(&fd, token);
+        }
+        self.queue.push_back(Event::WorkerExited {
+            generation: g,
+            slot,
+            status,
+        });
+    }
+
+    pub(super) fn prepare(&mut self, g: GenId) {
+        let mut rg = RtGeneration::default();
+        if let Some(dir) = &self.settings.chdir {
+            // Resolved once per generation, so every worker of it runs from
+            // the same release even if a `current` symlink moves meanwhile.
+            match std::fs::canonicalize(dir) {
+                Ok(p) => rg.chdir = Some(p),
+                Err(e) => {
+                    rg.chdir_error = Some(format!("cannot resolve --chdir {}: {e}", dir.display()));
+                }
+            }
+        }
+        if self.settings.policy.ready == ReadyMode::Notify {
+            let path = self.rundir.path().join(format!("notify-{g}.sock"));
+            match NotifySocket::bind(&path) {
+                Ok(sock) => match self.register_fd(&sock.sock, Source::Notify(g)) {
+                    Ok(token) => rg.notify = Some((token, sock)),
+                    Err(e) => tracing::error!("cannot watch {}: {e}", path.display()),
+                },
+                Err(e) => tracing::error!("cannot create notify socket {}: {e}", path.display()),
+            }
+        }
+        self.generations.insert(g, rg);
+    }
+
+    pub(super) fn spawn(&mut self, g: GenId, slot: Slot) {
+        let rg = self.generations.get(&g);
+        if let Some(err) = rg.and_then(|r| r.chdir_error.clone()) {
+            self.queue.push_back(Event::SpawnFailed {
+                generation: g,
+                slot,
+                error: err,
+            });
+            return;
+        }
+        let notify = rg
+            .and_then(|r| r.notify.as_ref())
+            .map(|(_, s)| s.path.clone());
+        let chdir = rg.and_then(|r| r.chdir.clone());
+        let started = spawn_worker(
+            &self.settings,
+            &self.listeners,
+            &self.base_env,
+            std::os::fd::AsFd::as_fd(&self.stdin),
+            Placement {
+                generation: g,
+                slot,
+                notify: notify.as_deref(),
+                chdir: chdir.as_deref(),
+            },
+        );
+        let started = match started {
+            Ok(s) => s,
+            Err(error) => {
+                self.queue.push_back(Event::SpawnFailed {
+                    generation: g,
+                    slot,
+                    error,
+                });
+                return;
+            }
+        };
+        let pid = started.child.pid;
+        let mut w = RtWorker {
+            pid,
+            child: None,
+            pipes: Vec::new(),
+            ready: None,
+            tail: Tail::default(),
+        };
+        let mut exit_token = None;
+        let registered = (|| -> std::io::Result<()> {
+            exit_token = Some(self.register_fd(&started.child.pidfd, Source::Exit(g, slot))?);
+            for pipe in [started.stdout, started.stderr] {
+                let t = self.register_fd(&pipe.fd, Source::Output(g, slot, pipe.stream))?;
+                w.pipes.push((t, pipe));
+            }
+            if let Some(fd) = started.ready {
+                let t = self.register_fd(&fd, Source::Ready(g, slot))?;
+                w.ready = Some((t, fd));
+            }
+            Ok(())
+        })();
+        if let Err(e) = registered {
+            // Without its pidfd watched the worker could not be supervised:
+            // kill it and report a failed spawn instead.
+            let _ = baton_sys::spawn::signal(&started.child, libc::SIGKILL);
+            wait_briefly(&started.child);
+            if let Some(t) = exit_token {
+                self.deregister_fd(&started.child.pidfd, t);
+            }
+            self.forget(w);
+            self.queue.push_back(Event::SpawnFailed {
+                generation: g,
+                slot,
+                error: format!("cannot watch the new worker: {e}"),
+            });
+            return;
+        }
+        w.child = exit_token.map(|t| (t, started.child));
+        // A previous incarnation of this slot (restart) leaves its record.
+        if let Some(old) = self.workers.remove(&(g, slot)) {
+            self.forget(old);
+        }
+        self.workers.insert((g, slot), w);
+        self.queue.push_back(Event::Spawned {
+            generation: g,
+            slot,
+            pid,
+        });
+    }
+
+    /// Drops a worker record's registrations.
+    pub(super) fn forget(&mut self, w: RtWorker) {
+        for (token, pipe) in w.pipes {
+            self.deregister_fd(&pipe.fd, token);
+        }
+        if let Some((token, fd)) = w.ready {
+            self.deregister_fd(&fd, token);
+        }
+        if let Some((token, child)) = w.child {
+            self.deregister_fd(&child.pidfd, token);
+        }
+    }
+
+    pub(super) fn release(&mut self, g: GenId) {
+        if let Some(rg) = self.generations.remove(&g) {
+            if let Some((token, sock)) = rg.notify {
+                self.deregister_fd(&sock.sock, token);
+            }
+            if let Some((token, child)) = rg.probe {
+                let _ = baton_sys::spawn::signal(&child, libc::SIGKILL);
+                let _ = baton_sys::spawn::signal_group(child.pid, libc::SIGKILL);
+                self.deregister_fd(&child.pidfd, token);
+                // SIGKILLed: it is gone in a moment; reap it so no zombie stays.
+                wait_briefly(&child);
+            }
+        }
+        let slots: Vec<(GenId, Slot)> = self
+            .workers
+            .keys()
+            .filter(|(wg, _)| *wg == g)
+            .copied()
+            .collect();
+        for key in slots {
+            if let Some(w) = self.workers.remove(&key) {
+                self.forget(w);
+            }
+        }
+    }
+
+    /// Reaps exited children that are not workers or probes: orphans that
+    /// were reparented to baton as a subreaper (or PID 1).
+    pub(super) fn reap_orphans(&mut self) {
+        loop {
+            let pid = match baton_sys::spawn::peek_exited_child() {
+                Ok(Some(pid)) => pid,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!("waitid: {e}");
+                    return;
+                }
+            };
+            let tracked = self
+                .workers
+                .values()
+                .any(|w| w.child.as_ref().is_some_and(|(_, c)| c.pid == pid))
+                || self
+                    .generations
+                    .values()
+                    .any(|g| g.probe.as_ref().is_some_and(|(_, c)| c.pid == pid));
+            if tracked {
+                // Its pidfd reports it; look again once that is handled.
+                self.orphans_to_reap = true;
+                return;
+            }
+            match baton_sys::spawn::reap_pid(pid) {
+                Ok(Some(status)) => tracing::debug!("reaped orphan pid {pid} ({status})"),
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!("cannot reap orphan pid {pid}: {e}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Reaps a child that was just sent `SIGKILL`, waiting at most a second.
+pub(super) fn wait_briefly(child: &Child) {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        let mut fds = [rustix::event::PollFd::new(
+            &child.pidfd,
+            rustix::event::PollFlags::IN,
+        )];
+        let _ = rustix::event::poll(
+            &mut fds,
+            Some(&rustix::time::Timespec {
+                tv_sec: 0,
+                tv_nsec: 100_000_000,
+            }),
+        );
+        if let Ok(Some(_)) = baton_sys::spawn::try_reap(child) {
+            return;
+        }
+    }
+}
