@@ -590,6 +590,8 @@ impl Upgrader {
             new_process_group: false,
             // The child must outlive this process: no parent-death signal.
             parent_death_signal: None,
+            // The successor gets this process's limits, unchanged.
+            nofile_soft_limit: None,
         })
         .map_err(|source| UpgradeError::Spawn {
             program: inner.program.display().to_string(),

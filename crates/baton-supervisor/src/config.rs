@@ -172,6 +172,27 @@ pub fn resolve_program(
     })
 }
 
+/// The program a generation runs, pinned when the generation starts: found
+/// as [`resolve_program`] finds it (in `chdir`, the generation's resolved
+/// working directory, or on `PATH`), made absolute and with every symlink
+/// resolved. Each worker of the generation, restarts included, executes this
+/// very path, so a `current -> releases/N` symlink swapped meanwhile moves
+/// only the next reload to the new release, never half a generation.
+pub fn pin_program(
+    cmd: &str,
+    chdir: Option<&Path>,
+    path_env: Option<&OsStr>,
+) -> Result<PathBuf, CommandError> {
+    let found = resolve_program(cmd, chdir, path_env)?;
+    let absolute = match chdir {
+        Some(dir) if found.is_relative() => dir.join(&found),
+        _ => std::path::absolute(&found).unwrap_or_else(|_| found.clone()),
+    };
+    std::fs::canonicalize(&absolute).map_err(|e| CommandError::NoSuchFile {
+        path: format!("{} ({e})", absolute.display()),
+    })
+}
+
 fn check_executable(path: &Path) -> Result<(), CommandError> {
     let shown = path.display().to_string();
     let meta = std::fs::metadata(path).map_err(|_| CommandError::NoSuchFile {
@@ -274,5 +295,40 @@ mod tests {
             Err(CommandError::Chdir { .. })
         ));
         assert_eq!(resolve_program("", None, None), Err(CommandError::Missing));
+    }
+
+    #[test]
+    fn pinned_program_resolves_symlinks_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for release in ["r1", "r2"] {
+            let bin = dir.path().join(release).join("bin");
+            std::fs::create_dir_all(&bin).expect("mkdir");
+            let exe = bin.join("server");
+            std::fs::write(&exe, "#!/bin/sh\n").expect("write");
+            std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        let current = dir.path().join("current");
+        std::os::unix::fs::symlink("r1", &current).expect("symlink");
+        let given = current.join("bin/server");
+        let given = given.to_str().expect("UTF-8 temp path");
+        let r1 = std::fs::canonicalize(dir.path().join("r1/bin/server")).expect("r1");
+        assert_eq!(pin_program(given, None, None), Ok(r1.clone()));
+        // Relative to the generation's directory.
+        assert_eq!(
+            pin_program("./bin/server", Some(&dir.path().join("r1")), None),
+            Ok(r1)
+        );
+        // A swap moves the next pin, not the one taken.
+        std::fs::remove_file(&current).expect("unlink");
+        std::os::unix::fs::symlink("r2", &current).expect("symlink");
+        let r2 = std::fs::canonicalize(dir.path().join("r2/bin/server")).expect("r2");
+        assert_eq!(pin_program(given, None, None), Ok(r2));
+        // On PATH.
+        let path = dir.path().join("current/bin");
+        assert_eq!(
+            pin_program("server", None, Some(path.as_os_str())),
+            std::fs::canonicalize(dir.path().join("r2/bin/server"))
+                .map_err(|_| CommandError::Missing)
+        );
     }
 }

@@ -10,7 +10,7 @@
 //! | --- | --- |
 //! | `{"v":1,"cmd":"reload"}` | `progress` lines as the reload happens, then `reloaded` or `reload_failed` (or `error`) |
 //! | `{"v":1,"cmd":"status"}` | one `status` |
-//! | `{"v":1,"cmd":"stop","fast":false}` | one `ok`; the connection closes when baton has exited |
+//! | `{"v":1,"cmd":"stop","fast":false}` | one `ok`; then `stopped` with baton's exit code, and the connection closes as baton exits |
 //! | `{"v":1,"cmd":"scale","workers":4}` | one `ok` or `error` |
 //!
 //! # Safety of the socket
@@ -39,6 +39,12 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const MAX_REQUEST: usize = 64 * 1024;
 /// How long a client may take to send its request.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most control clients served at once. Past it, the oldest client that
+/// has not sent its request yet is dropped to make room; when every client
+/// has sent one (they wait for verdicts), a new one is refused with an error.
+/// Together with the raised descriptor limit this keeps clients from taking
+/// the descriptors a reload needs.
+pub const MAX_CLIENTS: usize = 128;
 /// A client that does not read its replies is dropped past this much
 /// unsent output.
 pub const MAX_PENDING_OUTPUT: usize = 1024 * 1024;
@@ -72,7 +78,11 @@ pub struct WorkerStatus {
     pub slot: usize,
     pub pid: Option<u32>,
     pub state: String,
+    /// Restarts of this slot in this generation.
     pub restarts: u32,
+    /// Restarts of this slot over baton's whole life.
+    #[serde(default)]
+    pub lifetime_restarts: u64,
 }
 
 /// One generation in a status report.
@@ -109,7 +119,17 @@ pub struct Status {
     pub uptime_ms: u64,
     pub serving: Option<u64>,
     pub workers_per_generation: usize,
+    /// Reloads that succeeded (the new generation serves).
     pub reloads: u64,
+    /// Reloads that started a new generation.
+    #[serde(default)]
+    pub reloads_attempted: u64,
+    /// Reloads that were rolled back.
+    #[serde(default)]
+    pub reloads_failed: u64,
+    /// Worker restarts over baton's whole life, in every generation.
+    #[serde(default)]
+    pub restarts: u64,
     pub last_reload: Option<LastReload>,
     pub listeners: Vec<ListenerStatus>,
     pub generations: Vec<GenerationStatus>,
@@ -139,6 +159,11 @@ pub enum Reply {
     Status(Box<Status>),
     Ok {
         message: String,
+    },
+    /// baton has stopped (the last line to a `stop` client): its exit code,
+    /// from the table of `baton run`'s exit codes.
+    Stopped {
+        exit_code: u8,
     },
     Error {
         message: String,

@@ -151,6 +151,9 @@ pub enum Event {
     Scale(usize),
     /// `SIGTERM`/`SIGINT` (graceful; a second one escalates) or `SIGQUIT`.
     Stop(StopKind),
+    /// A signal to pass on to the serving generation's workers (`SIGUSR1`:
+    /// reopen log files).
+    Forward(i32),
     /// The runtime started a worker asked for by [`Action::Spawn`].
     Spawned {
         generation: GenId,
@@ -366,6 +369,21 @@ impl Generation {
     }
 }
 
+/// What happened over baton's whole life, for `baton ctl status`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Reloads that started a new generation (a queued or coalesced request
+    /// counts once, when its generation starts).
+    pub reloads_started: u64,
+    /// Reloads whose new generation became ready and serves.
+    pub reloads_succeeded: u64,
+    /// Reloads that were rolled back. Started reloads that are neither
+    /// succeeded nor failed are in progress, or were cut short by a stop.
+    pub reloads_failed: u64,
+    /// Worker restarts after a crash or exit, in every generation.
+    pub restarts: u64,
+}
+
 /// One generation, as `baton ctl status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GenerationInfo {
@@ -382,7 +400,10 @@ pub struct WorkerInfo {
     pub slot: Slot,
     pub pid: Option<u32>,
     pub state: &'static str,
+    /// Restarts of this slot in this generation.
     pub restarts: u32,
+    /// Restarts of this slot over baton's whole life, in every generation.
+    pub lifetime_restarts: u64,
 }
 
 /// Where the supervisor as a whole is.
@@ -426,8 +447,13 @@ pub struct Lifecycle {
     reload_pending: bool,
     /// Exit code decided by a failure (boot failed); otherwise derived.
     exit_override: Option<u8>,
+    /// A worker had to be killed during the stop in progress (exit code 7).
+    /// Set only while stopping, so a drain that ended in `SIGKILL` during an
+    /// earlier reload does not colour a later clean stop.
     killed_any: bool,
-    reloads_done: u64,
+    counters: Counters,
+    /// Restarts of each worker slot over baton's whole life.
+    slot_restarts: Vec<u64>,
     /// Clients waiting for the queued reload.
     queued_tickets: Vec<Ticket>,
     /// Clients waiting for the reload in progress.
@@ -456,7 +482,8 @@ impl Lifecycle {
             reload_pending: false,
             exit_override: None,
             killed_any: false,
-            reloads_done: 0,
+            counters: Counters::default(),
+            slot_restarts: Vec::new(),
             queued_tickets: Vec::new(),
             inflight_tickets: Vec::new(),
             last_reload: None,
@@ -485,7 +512,12 @@ impl Lifecycle {
 
     /// Reloads that completed successfully.
     pub fn reloads_done(&self) -> u64 {
-        self.reloads_done
+        self.counters.reloads_succeeded
+    }
+
+    /// Reloads and restarts over baton's whole life.
+    pub fn counters(&self) -> Counters {
+        self.counters
     }
 
     /// Whether a reload is queued.
@@ -558,6 +590,19 @@ impl Lifecycle {
             (Booting | Serving | Reloading | Retiring, Event::Scale(n)) => self.scale(*n),
             (Stopping(_) | Done, Event::Scale(_)) => {
                 self.log(Level::Info, "scale ignored: baton is stopping".into());
+            }
+
+            (Booting | Serving | Reloading | Retiring, Event::Forward(signal)) => {
+                self.forward(*signal);
+            }
+            (Stopping(_) | Done, Event::Forward(signal)) => {
+                self.log(
+                    Level::Info,
+                    format!(
+                        "{} not forwarded: baton is stopping",
+                        baton_sys::spawn::signal_name(*signal)
+                    ),
+                );
             }
 
             (Booting | Serving | Reloading | Retiring, Event::Stop(kind)) => {

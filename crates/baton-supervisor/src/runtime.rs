@@ -33,7 +33,7 @@ use crate::control::{self, ControlSocket, Reply};
 use crate::lifecycle::{Action, Event, GenId, Level, Lifecycle, Sd, Slot, StopKind, TimerKey};
 use crate::listen::Bound;
 use crate::output::Stream;
-use crate::signals::{HANDLED, SignalPipe};
+use crate::signals::{HANDLED, Ignored, SignalPipe};
 
 mod clients;
 mod readiness;
@@ -69,6 +69,7 @@ pub enum RuntimeError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Source {
     Signal(usize),
+    Ignored,
     Exit(GenId, Slot),
     Output(GenId, Slot, Stream),
     Ready(GenId, Slot),
@@ -92,6 +93,8 @@ pub struct Runtime {
     tokens: HashMap<Token, Source>,
     next_token: usize,
     signals: Vec<SignalPipe>,
+    /// Signals that are logged and otherwise ignored.
+    ignored: Option<Ignored>,
     timers: BTreeMap<TimerKey, Instant>,
     workers: HashMap<(GenId, Slot), RtWorker>,
     generations: HashMap<GenId, RtGeneration>,
@@ -101,9 +104,17 @@ pub struct Runtime {
     control: Option<(Token, ControlSocket)>,
     clients: HashMap<u64, Client>,
     next_client: u64,
+    /// Silent clients dropped since the last report, and when that was.
+    evicted: u64,
+    evicted_reported: Option<Instant>,
+    /// Accepting control clients is paused until then (out of descriptors).
+    accept_paused_until: Option<Instant>,
     /// baton's own service manager (systemd), if it gave us NOTIFY_SOCKET.
     service_manager: Option<baton_app::Notifier>,
     started: Instant,
+    /// The open-files soft limit baton started with, given back to every
+    /// child (baton raised its own to the hard limit).
+    child_nofile: Option<u64>,
     orphans_to_reap: bool,
     watcher: Option<crate::watch::Watcher>,
     /// Where worker output is passed on.
@@ -111,13 +122,23 @@ pub struct Runtime {
 }
 
 fn rundir() -> std::io::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
     // Under $XDG_RUNTIME_DIR when there is one (a tmpfs private to the
-    // user), else the system temp dir. tempfile creates it with mode 0700.
+    // user), else the system temp dir. Private whatever the umask: anyone
+    // who can reach a notify socket in it could send READY=1 (the kernel
+    // tells baton the sender's pid, but a directory that lists the sockets
+    // to everyone is an invitation). Created with at most 0700 (the mode
+    // minus the umask), then set to exactly 0700, so it is never wider.
     let base = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
         .filter(|p| p.is_dir())
         .unwrap_or_else(std::env::temp_dir);
-    tempfile::Builder::new().prefix("baton.").tempdir_in(base)
+    let dir = tempfile::Builder::new()
+        .prefix("baton.")
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir_in(base)?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+    Ok(dir)
 }
 
 impl Runtime {
@@ -128,6 +149,15 @@ impl Runtime {
         listeners: Vec<Bound>,
         sinks: crate::output::Sinks,
     ) -> Result<Self, RuntimeError> {
+        // Room for many workers and clients: the soft limit goes up to the
+        // hard one (children get the old soft limit back).
+        let child_nofile = match baton_sys::spawn::raise_nofile_limit() {
+            Ok(before) => before,
+            Err(e) => {
+                tracing::debug!("cannot raise the open-files limit: {e}");
+                None
+            }
+        };
         let poll = Poll::new().map_err(RuntimeError::Poll)?;
         // Orphans of workers (daemonized grandchildren) come to baton, not
         // to init, so none outlives the supervisor unnoticed; as PID 1 in a
@@ -153,6 +183,7 @@ impl Runtime {
             tokens: HashMap::new(),
             next_token: 0,
             signals: Vec::new(),
+            ignored: None,
             timers: BTreeMap::new(),
             workers: HashMap::new(),
             generations: HashMap::new(),
@@ -161,8 +192,12 @@ impl Runtime {
             control: None,
             clients: HashMap::new(),
             next_client: 1,
+            evicted: 0,
+            evicted_reported: None,
+            accept_paused_until: None,
             service_manager,
             started: Instant::now(),
+            child_nofile,
             orphans_to_reap: false,
             watcher: None,
             sinks,
@@ -202,6 +237,16 @@ impl Runtime {
                 .map_err(RuntimeError::Poll)?;
             rt.signals.push(pipe);
         }
+        let mut ignored = Ignored::register().map_err(|source| RuntimeError::Signal {
+            signal: libc::SIGALRM,
+            source,
+        })?;
+        let token = rt.token(Source::Ignored);
+        rt.poll
+            .registry()
+            .register(ignored.read_mut(), token, Interest::READABLE)
+            .map_err(RuntimeError::Poll)?;
+        rt.ignored = Some(ignored);
         Ok(rt)
     }
 
@@ -233,13 +278,20 @@ impl Runtime {
         let actions = self.machine.start(Instant::now());
         self.execute(actions);
         let mut events = Events::with_capacity(64);
-        while self.exit.is_none() {
+        loop {
+            // Everything that is already known is handled before the loop
+            // sleeps: no event waits for an unrelated wake-up.
+            self.settle();
+            if self.exit.is_some() {
+                break;
+            }
             let next_client_deadline = self.clients.values().filter_map(|c| c.deadline).min();
             let timeout = self
                 .timers
                 .values()
                 .copied()
                 .chain(next_client_deadline)
+                .chain(self.accept_paused_until)
                 .min()
                 .map(|at| at.saturating_duration_since(Instant::now()));
             match self.poll.poll(&mut events, timeout) {
@@ -252,12 +304,39 @@ impl Runtime {
                     self.dispatch(source);
                 }
             }
-            if self.orphans_to_reap {
-                self.orphans_to_reap = false;
-                self.reap_orphans();
+        }
+        for l in &self.listeners {
+            l.remove_file();
+        }
+        // Last words to clients (a `ctl stop` waits for this connection to
+        // close); then the control socket goes.
+        let code = self.exit.unwrap_or(1);
+        let ids: Vec<u64> = self.clients.keys().copied().collect();
+        for id in ids {
+            if self
+                .clients
+                .get(&id)
+                .is_some_and(|c| c.waiting == Waiting::Exit)
+            {
+                self.reply(id, &Reply::Stopped { exit_code: code });
             }
+            self.flush(id);
+        }
+        self.clients.clear();
+        if let Some((_, sock)) = &self.control {
+            sock.remove_file();
+        }
+        Ok(self.exit.unwrap_or(1))
+    }
+
+    /// Handles every queued event, the actions they lead to and the events
+    /// those actions queue in turn, due timers and expired clients, until
+    /// nothing is left to do without waiting.
+    fn settle(&mut self) {
+        loop {
             let now = Instant::now();
             self.expire_clients(now);
+            self.resume_accepting(now);
             let due: Vec<TimerKey> = self
                 .timers
                 .iter()
@@ -268,25 +347,21 @@ impl Runtime {
                 self.timers.remove(&key);
                 self.queue.push_back(Event::Timer(key));
             }
+            let had_events = !self.queue.is_empty();
             while let Some(event) = self.queue.pop_front() {
                 let actions = self.machine.handle(event, Instant::now());
                 self.execute(actions);
             }
+            // After the events: an exited worker is reaped by its ReapGroup
+            // action, and until then it hides the orphans behind it.
+            if self.orphans_to_reap {
+                self.orphans_to_reap = false;
+                self.reap_orphans();
+            }
+            if !had_events && self.queue.is_empty() {
+                return;
+            }
         }
-        for l in &self.listeners {
-            l.remove_file();
-        }
-        // Last words to clients (a `ctl stop` waits for this connection to
-        // close); then the control socket goes.
-        let ids: Vec<u64> = self.clients.keys().copied().collect();
-        for id in ids {
-            self.flush(id);
-        }
-        self.clients.clear();
-        if let Some((_, sock)) = &self.control {
-            sock.remove_file();
-        }
-        Ok(self.exit.unwrap_or(1))
     }
 
     fn dispatch(&mut self, source: Source) {
@@ -313,10 +388,31 @@ impl Runtime {
                                 .push_back(Event::Scale(have.saturating_sub(n).max(1)));
                         }
                     }
+                    libc::SIGUSR1 => {
+                        for _ in 0..n {
+                            self.queue.push_back(Event::Forward(libc::SIGUSR1));
+                        }
+                    }
+                    libc::SIGUSR2 => tracing::warn!(
+                        "SIGUSR2 ignored: baton cannot upgrade itself in place yet; baton keeps serving. \
+                         To deploy new application code use SIGHUP or `baton ctl reload`; \
+                         `baton ctl status` shows what runs"
+                    ),
+                    // TERM, INT, PWR: a graceful stop; a second one stops at once.
                     _ => {
                         for _ in 0..n.min(2) {
                             self.queue.push_back(Event::Stop(StopKind::Graceful));
                         }
+                    }
+                }
+            }
+            Source::Ignored => {
+                if let Some(ignored) = self.ignored.as_mut() {
+                    for sig in ignored.pending() {
+                        tracing::info!(
+                            "{} ignored: it means nothing to baton (see `baton run --help`, Signals)",
+                            baton_sys::spawn::signal_name(sig)
+                        );
                     }
                 }
             }
@@ -378,19 +474,18 @@ impl Runtime {
                     }
                 }
                 Action::KillGroup { generation, slot } => {
-                    if let Some(w) = self.workers.get(&(generation, slot)) {
-                        if let Some((_, child)) = &w.child {
-                            let _ = baton_sys::spawn::signal(child, libc::SIGKILL);
-                        }
-                        let _ = baton_sys::spawn::signal_group(w.pid, libc::SIGKILL);
+                    // Only while the worker is not reaped: see
+                    // Child::signal_group.
+                    if let Some((_, child)) = self
+                        .workers
+                        .get(&(generation, slot))
+                        .and_then(|w| w.child.as_ref())
+                    {
+                        let _ = baton_sys::spawn::signal(child, libc::SIGKILL);
+                        let _ = child.signal_group(libc::SIGKILL);
                     }
                 }
-                Action::ReapGroup { generation, slot } => {
-                    if let Some(w) = self.workers.get(&(generation, slot)) {
-                        // ESRCH (nothing left) is the common, good case.
-                        let _ = baton_sys::spawn::signal_group(w.pid, libc::SIGKILL);
-                    }
-                }
+                Action::ReapGroup { generation, slot } => self.reap_group(generation, slot),
                 Action::SetTimer { key, after } => {
                     self.timers.insert(key, Instant::now() + after);
                 }

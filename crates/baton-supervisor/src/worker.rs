@@ -60,10 +60,14 @@ pub struct Started {
 pub struct Placement<'a> {
     pub generation: GenId,
     pub slot: Slot,
+    /// The program, pinned when the generation started.
+    pub program: &'a Path,
     /// This generation's notify socket (notify mode).
     pub notify: Option<&'a Path>,
     /// This generation's working directory, resolved when it started.
     pub chdir: Option<&'a Path>,
+    /// The open-files soft limit baton had before it raised its own.
+    pub nofile_soft_limit: Option<u64>,
 }
 
 fn nonblocking_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -105,7 +109,7 @@ pub fn spawn_worker(
     }
 
     let child = baton_sys::spawn::spawn(&Command {
-        program: &settings.program,
+        program: at.program,
         args: &settings.args,
         env: &env,
         listen_pid: true,
@@ -114,8 +118,9 @@ pub fn spawn_worker(
         chdir: at.chdir.or(settings.chdir.as_deref()),
         new_process_group: true,
         parent_death_signal: Some(libc::SIGKILL),
+        nofile_soft_limit: at.nofile_soft_limit,
     })
-    .map_err(|e| explain_spawn_error(&e, settings, at.chdir))?;
+    .map_err(|e| explain_spawn_error(&e, settings, at))?;
     drop((out_w, err_w));
     Ok(Started {
         child,
@@ -128,23 +133,20 @@ pub fn spawn_worker(
 fn explain_spawn_error(
     e: &baton_sys::spawn::SpawnError,
     settings: &Settings,
-    chdir: Option<&Path>,
+    at: Placement<'_>,
 ) -> String {
     use baton_sys::spawn::{SpawnError, Step};
     match e {
         SpawnError::Child {
             step: Step::Exec,
             source,
-        } => format!(
-            "cannot execute {}: {source}",
-            Path::new(settings.program.as_os_str()).display()
-        ),
+        } => format!("cannot execute {}: {source}", at.program.display()),
         SpawnError::Child {
             step: Step::Chdir,
             source,
         } => format!(
             "cannot change directory to {}: {source}",
-            chdir
+            at.chdir
                 .or(settings.chdir.as_deref())
                 .map_or_else(String::new, |p| p.display().to_string())
         ),
@@ -160,6 +162,7 @@ pub fn spawn_probe(
     generation: GenId,
     pids: &[u32],
     chdir: Option<&Path>,
+    nofile_soft_limit: Option<u64>,
 ) -> Result<Child, String> {
     let args: Vec<OsString> = vec!["sh".into(), "-c".into(), cmd.into()];
     let mut env = base_env.to_vec();
@@ -176,6 +179,7 @@ pub fn spawn_probe(
         chdir,
         new_process_group: true,
         parent_death_signal: Some(libc::SIGKILL),
+        nofile_soft_limit,
     })
     .map_err(|e| format!("cannot run the readiness command: {e}"))
 }

@@ -31,10 +31,68 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 /// A child process, tracked by a pidfd.
+///
+/// While a `Child` is not reaped, its pid stays reserved (as a zombie once it
+/// has exited), so its pid, and the id of the process group it leads, cannot
+/// name anybody else: [`Child::signal_group`] relies on that, and refuses
+/// once the child was reaped.
 #[derive(Debug)]
 pub struct Child {
     pub pid: u32,
     pub pidfd: OwnedFd,
+    reaped: std::sync::atomic::AtomicBool,
+}
+
+impl Child {
+    /// Sends `sig` to every process in the process group this child leads
+    /// (it was spawned with `new_process_group`).
+    ///
+    /// Used for the final `SIGKILL` of a worker's group: the worker may
+    /// have left grandchildren in it. Only while the child is not reaped:
+    /// its pid is then still in use (by the child, or by its zombie), so the
+    /// kernel cannot have handed the same number to a new group. After the
+    /// reap the number may be reused, and this returns `ESRCH` instead of
+    /// signalling whoever has it now. Peek at an exit with
+    /// [`Child::exit_status`], signal the group, then [`try_reap`].
+    pub fn signal_group(&self, sig: i32) -> io::Result<()> {
+        if self.reaped.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        let pid = rustix::process::Pid::from_raw(self.pid as i32)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let sig = rustix::process::Signal::from_named_raw(sig)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        Ok(rustix::process::kill_process_group(pid, sig)?)
+    }
+
+    /// How the child ended, if it has, without reaping it
+    /// (`waitid(P_PIDFD, WEXITED | WNOHANG | WNOWAIT)`): the zombie stays,
+    /// and with it the pid and the process group id.
+    pub fn exit_status(&self) -> io::Result<Option<ExitStatus>> {
+        if self.reaped.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(io::Error::from_raw_os_error(libc::ECHILD));
+        }
+        let status = rustix::process::waitid(
+            rustix::process::WaitId::PidFd(std::os::fd::AsFd::as_fd(&self.pidfd)),
+            rustix::process::WaitIdOptions::EXITED
+                | rustix::process::WaitIdOptions::NOHANG
+                | rustix::process::WaitIdOptions::NOWAIT,
+        )?;
+        Ok(status.and_then(|s| decode(&s)))
+    }
+
+    /// Whether the child has been reaped.
+    pub fn is_reaped(&self) -> bool {
+        self.reaped.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+fn decode(s: &rustix::process::WaitIdStatus) -> Option<ExitStatus> {
+    if let Some(code) = s.exit_status() {
+        Some(ExitStatus::Code(code))
+    } else {
+        s.terminating_signal().map(ExitStatus::Signal)
+    }
 }
 
 /// What the child was doing when it failed, before `execve` replaced it.
@@ -44,6 +102,7 @@ pub enum Step {
     ProcessGroup,
     Descriptors,
     Chdir,
+    Limits,
     Exec,
 }
 
@@ -54,6 +113,7 @@ impl fmt::Display for Step {
             Step::ProcessGroup => "creating a process group",
             Step::Descriptors => "placing the inherited descriptors",
             Step::Chdir => "changing directory",
+            Step::Limits => "restoring the open-files limit",
             Step::Exec => "executing the command",
         })
     }
@@ -97,6 +157,9 @@ pub struct Command<'a> {
     pub new_process_group: bool,
     /// Signal the kernel sends the child when this process dies.
     pub parent_death_signal: Option<i32>,
+    /// The soft limit on open files to give the child, when this process
+    /// raised its own (see [`raise_nofile_limit`]); the hard limit stays.
+    pub nofile_soft_limit: Option<u64>,
 }
 
 #[expect(
@@ -114,23 +177,8 @@ fn path_cstring(what: &str, p: &std::path::Path) -> Result<CString, SpawnError> 
         .map_err(|_| SpawnError::Nul(format!("{what} {}", p.display())))
 }
 
-/// Signals whose disposition the child resets to the default. Caught signals
-/// are reset by `execve` anyway; ignored ones (Rust ignores `SIGPIPE`) are
-/// not, and a worker must not start with them ignored.
-const RESET_SIGNALS: [i32; 12] = [
-    libc::SIGHUP,
-    libc::SIGINT,
-    libc::SIGQUIT,
-    libc::SIGTERM,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-    libc::SIGPIPE,
-    libc::SIGCHLD,
-    libc::SIGTTIN,
-    libc::SIGTTOU,
-    libc::SIGALRM,
-    libc::SIGWINCH,
-];
+/// The highest signal number (`SIGRTMAX` on Linux is 64).
+const MAX_SIGNAL: i32 = 64;
 
 /// Blocks every signal while alive; restores the previous mask on drop.
 struct SignalBlock {
@@ -217,6 +265,14 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Child, SpawnError> {
         cmd.stdio[2].map_or(-1, |f| f.as_raw_fd()),
     ];
 
+    let nofile = cmd.nofile_soft_limit.map(|soft| {
+        let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
+        libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: hard.unwrap_or(libc::RLIM_INFINITY),
+        }
+    });
+
     let (err_read, err_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| SpawnError::Setup(e.into()))?;
     let err_write_raw = err_write.as_raw_fd();
@@ -247,6 +303,7 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Child, SpawnError> {
                 new_process_group: cmd.new_process_group,
                 parent_death_signal: cmd.parent_death_signal.unwrap_or(0),
                 parent_pid,
+                nofile: nofile.as_ref().map_or(std::ptr::null(), std::ptr::from_ref),
                 err_fd: err_write_raw,
             })
         }
@@ -279,6 +336,7 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Child, SpawnError> {
             1 => Step::ProcessGroup,
             2 => Step::Descriptors,
             3 => Step::Chdir,
+            5 => Step::Limits,
             _ => Step::Exec,
         };
         let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
@@ -303,7 +361,11 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Child, SpawnError> {
             return Err(SpawnError::Setup(e));
         }
     };
-    Ok(Child { pid: pid_u, pidfd })
+    Ok(Child {
+        pid: pid_u,
+        pidfd,
+        reaped: std::sync::atomic::AtomicBool::new(false),
+    })
 }
 
 fn reap_blocking(pid: libc::pid_t) {
@@ -330,6 +392,8 @@ struct ChildPlan<'a> {
     new_process_group: bool,
     parent_death_signal: i32,
     parent_pid: libc::pid_t,
+    /// The open-files limit to set, or null.
+    nofile: *const libc::rlimit,
     err_fd: RawFd,
 }
 
@@ -421,10 +485,20 @@ unsafe fn child_after_fork(p: &ChildPlan<'_>) -> ! {
         if !p.chdir.is_null() && libc::chdir(p.chdir) != 0 {
             fail(p.err_fd, 3);
         }
-        // Default dispositions and an empty mask for the new program.
+        // Back to the limit the program would have had without baton: many
+        // programs still use select(), which cannot handle fds >= 1024.
+        if !p.nofile.is_null() && libc::setrlimit(libc::RLIMIT_NOFILE, p.nofile) != 0 {
+            fail(p.err_fd, 5);
+        }
+        // Default dispositions and an empty mask for the new program. Caught
+        // signals would be reset by execve anyway, but until then a signal
+        // would run the supervisor's handler in this process (and write to
+        // its signal pipes); ignored ones (Rust ignores SIGPIPE) are not
+        // reset by execve at all. SIGKILL and SIGSTOP cannot be changed, and
+        // sigaction on them just fails.
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = libc::SIG_DFL;
-        for sig in RESET_SIGNALS {
+        for sig in 1..=MAX_SIGNAL {
             libc::sigaction(sig, &raw const sa, std::ptr::null_mut());
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();
@@ -467,18 +541,23 @@ pub fn dev_null() -> io::Result<OwnedFd> {
 }
 
 /// Reaps `child` without blocking. `Ok(None)` while it is still running.
+/// Once it returned a status, [`Child::signal_group`] refuses: the pid may be
+/// reused from then on.
 pub fn try_reap(child: &Child) -> io::Result<Option<ExitStatus>> {
+    if child.is_reaped() {
+        return Err(io::Error::from_raw_os_error(libc::ECHILD));
+    }
     let status = rustix::process::waitid(
         rustix::process::WaitId::PidFd(std::os::fd::AsFd::as_fd(&child.pidfd)),
         rustix::process::WaitIdOptions::EXITED | rustix::process::WaitIdOptions::NOHANG,
     )?;
-    Ok(status.and_then(|s| {
-        if let Some(code) = s.exit_status() {
-            Some(ExitStatus::Code(code))
-        } else {
-            s.terminating_signal().map(ExitStatus::Signal)
-        }
-    }))
+    let status = status.and_then(|s| decode(&s));
+    if status.is_some() {
+        child
+            .reaped
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+    Ok(status)
 }
 
 /// The pid of a child that has exited and not been reaped yet, without
@@ -525,6 +604,42 @@ pub fn reap_pid(pid: u32) -> io::Result<Option<ExitStatus>> {
         Ok(None) | Err(rustix::io::Errno::CHILD) => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Raises this process's soft limit on open files to its hard limit, as
+/// systemd advises services to do (systemd.exec(5), `LimitNOFILE=`): a
+/// supervisor holds descriptors for every worker and client, and the usual
+/// soft limit of 1,024 is soon reached. Returns the soft limit it had, to
+/// give children (see [`Command::nofile_soft_limit`]), or `None` when
+/// nothing changed.
+pub fn raise_nofile_limit() -> io::Result<Option<u64>> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let before = getrlimit(Resource::Nofile);
+    let Some(soft) = before.current else {
+        return Ok(None);
+    };
+    // Linux caps RLIMIT_NOFILE at fs.nr_open; an "unlimited" hard limit
+    // cannot be set as the soft one, so stop at that cap.
+    let hard = before.maximum.unwrap_or(u64::MAX).min(nr_open());
+    if hard <= soft {
+        return Ok(None);
+    }
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(hard),
+            maximum: before.maximum,
+        },
+    )?;
+    Ok(Some(soft))
+}
+
+/// The kernel's ceiling for the open-files limit (`fs.nr_open`).
+fn nr_open() -> u64 {
+    std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1 << 20)
 }
 
 /// Makes this process the reaper of its orphaned descendants
@@ -577,6 +692,17 @@ pub fn signal_name(sig: i32) -> String {
         libc::SIGTTOU => "SIGTTOU",
         libc::SIGWINCH => "SIGWINCH",
         libc::SIGSYS => "SIGSYS",
+        libc::SIGPWR => "SIGPWR",
+        libc::SIGVTALRM => "SIGVTALRM",
+        libc::SIGPROF => "SIGPROF",
+        libc::SIGIO => "SIGIO",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        libc::SIGSTKFLT => "SIGSTKFLT",
+        libc::SIGURG => "SIGURG",
+        _ if (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&sig) => {
+            return format!("SIGRTMIN+{}", sig - libc::SIGRTMIN());
+        }
         _ => return format!("{sig}"),
     };
     name.to_owned()
@@ -587,20 +713,6 @@ pub fn signal(child: &Child, sig: i32) -> io::Result<()> {
     let sig = rustix::process::Signal::from_named_raw(sig)
         .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
     Ok(rustix::process::pidfd_send_signal(&child.pidfd, sig)?)
-}
-
-/// Sends `sig` to every process in the process group `pgid`.
-///
-/// Used for the final `SIGKILL` of a worker's group (it may have left
-/// grandchildren). The group id cannot name another group while any member
-/// of ours is alive, because the kernel does not hand out a pid that is still
-/// in use as a process-group id.
-pub fn signal_group(pgid: u32, sig: i32) -> io::Result<()> {
-    let pid = rustix::process::Pid::from_raw(pgid as i32)
-        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let sig = rustix::process::Signal::from_named_raw(sig)
-        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-    Ok(rustix::process::kill_process_group(pid, sig)?)
 }
 
 #[cfg(test)]
@@ -638,6 +750,7 @@ mod tests {
             chdir: None,
             new_process_group: false,
             parent_death_signal: None,
+            nofile_soft_limit: None,
         }
     }
 
@@ -664,6 +777,7 @@ mod tests {
             chdir: None,
             new_process_group: true,
             parent_death_signal: Some(libc::SIGKILL),
+            nofile_soft_limit: None,
         })
         .expect("spawn");
         drop(w);
@@ -754,6 +868,68 @@ mod tests {
         // Still reapable through the pidfd: peeking did not reap.
         assert_eq!(try_reap(&child).expect("reap"), Some(ExitStatus::Code(0)));
         assert_eq!(reap_pid(child.pid).expect("reap again"), None);
+    }
+
+    /// Regression: the group of an exited worker was signalled by number
+    /// after the worker was reaped, when the number may name someone else.
+    /// The group is signalled while the leader is a zombie, and refused
+    /// once it is reaped.
+    #[test]
+    fn group_kill_after_reaping_is_refused_and_works_while_a_zombie() {
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).expect("pipe");
+        // The leader starts a grandchild in its own group, reports its pid
+        // and exits.
+        let args: Vec<OsString> = ["sh", "-c", "sleep 1000 >/dev/null & echo $!"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        let env = env_of_test();
+        let child = spawn(&Command {
+            stdio: [None, Some(w.as_fd()), None],
+            new_process_group: true,
+            ..plain("/bin/sh", &args, &env)
+        })
+        .expect("spawn");
+        drop(w);
+        let mut out = String::new();
+        std::fs::File::from(r)
+            .read_to_string(&mut out)
+            .expect("read");
+        let grandchild: u32 = out.trim().parse().expect("grandchild pid");
+        let mut fds = [rustix::event::PollFd::new(
+            &child.pidfd,
+            rustix::event::PollFlags::IN,
+        )];
+        rustix::event::poll(&mut fds, None).expect("poll");
+        assert_eq!(
+            child.exit_status().expect("peek"),
+            Some(ExitStatus::Code(0))
+        );
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.pid)).expect("stat");
+        assert!(stat.contains(") Z "), "peeking leaves a zombie: {stat}");
+        assert!(std::path::Path::new(&format!("/proc/{grandchild}")).exists());
+        child
+            .signal_group(libc::SIGKILL)
+            .expect("the group still exists");
+        assert_eq!(try_reap(&child).expect("reap"), Some(ExitStatus::Code(0)));
+        let refused = child.signal_group(libc::SIGKILL).expect_err("reaped");
+        assert_eq!(refused.raw_os_error(), Some(libc::ESRCH));
+        assert!(child.exit_status().is_err(), "no peeking after the reap");
+        // The grandchild (a child of the shell, reparented to init or the
+        // test's subreaper) was killed.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let gone = std::fs::read_to_string(format!("/proc/{grandchild}/stat"))
+                .map_or(true, |s| s.contains(") Z "));
+            if gone {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "grandchild {grandchild} survived"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 
     #[test]

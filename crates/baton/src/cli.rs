@@ -134,12 +134,7 @@ struct RunArgs {
     no_control: bool,
 
     /// The server command and its arguments (after --)
-    #[arg(
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "COMMAND"
-    )]
+    #[arg(trailing_var_arg = true, value_name = "COMMAND")]
     command: Vec<OsString>,
 }
 

@@ -162,6 +162,7 @@ fn read_replies(
 ) -> u8 {
     let mut reader = BufReader::new(stream);
     let mut code = None;
+    let mut stopped = false;
     loop {
         if let Some(d) = deadline {
             let left = d.saturating_duration_since(Instant::now());
@@ -194,11 +195,13 @@ fn read_replies(
             Ok(r) => r,
             Err(e) => return fail(exit::REFUSED, format!("unreadable reply ({e}): {line}")),
         };
+        stopped |= matches!(reply, Reply::Stopped { .. });
         code = Some(show(&reply, json));
     }
     match (code, command) {
-        // `stop`: the connection closing is the news that baton exited.
-        (Some(exit::OK), CtlCommand::Stop { .. }) => {
+        // `stop`: a baton that did not report its exit code (protocol
+        // version 1 without `stopped`): the connection closing is the news.
+        (Some(exit::OK), CtlCommand::Stop { .. }) if !stopped => {
             println!("stopped");
             exit::OK
         }
@@ -255,6 +258,13 @@ fn show(reply: &Reply, json: bool) -> u8 {
             eprintln!("{message}");
             exit::OK
         }
+        Reply::Stopped { exit_code } => {
+            match *exit_code {
+                0 => println!("stopped"),
+                code => println!("stopped with exit code {code} ({})", run_exit_meaning(code)),
+            }
+            *exit_code
+        }
         Reply::Error { message } => {
             if message.starts_with("permission denied") {
                 fail(exit::DENIED, message.clone())
@@ -262,6 +272,18 @@ fn show(reply: &Reply, json: bool) -> u8 {
                 fail(exit::REFUSED, message.clone())
             }
         }
+    }
+}
+
+/// What an exit code of `baton run` means (its table in the README).
+fn run_exit_meaning(code: u8) -> &'static str {
+    match code {
+        0 => "stopped cleanly",
+        1 => "internal error",
+        5 => "the first generation failed",
+        6 => "the first generation was not ready in time",
+        7 => "some worker had to be killed",
+        _ => "see the exit codes of baton run",
     }
 }
 
@@ -275,7 +297,7 @@ fn print_status(s: &Status) {
         |g| format!("serving generation {g}"),
     );
     println!(
-        "baton pid {}, up {}, {serving}, {} worker{} per generation, {} reload{}",
+        "baton pid {}, up {}, {serving}, {} worker{} per generation",
         s.pid,
         ago(s.uptime_ms),
         s.workers_per_generation,
@@ -284,8 +306,18 @@ fn print_status(s: &Status) {
         } else {
             "s"
         },
-        s.reloads,
-        if s.reloads == 1 { "" } else { "s" },
+    );
+    let in_flight = s
+        .reloads_attempted
+        .saturating_sub(s.reloads + s.reloads_failed);
+    let in_flight = if in_flight > 0 {
+        format!(", {in_flight} in progress or cut short by a stop")
+    } else {
+        String::new()
+    };
+    println!(
+        "reloads: {} attempted, {} succeeded, {} failed{in_flight}; worker restarts: {}",
+        s.reloads_attempted, s.reloads, s.reloads_failed, s.restarts
     );
     if let Some(last) = &s.last_reload {
         let verdict = if last.ok { "ok" } else { "FAILED" };
@@ -312,8 +344,8 @@ fn print_status(s: &Status) {
         for w in &g.workers {
             let pid = w.pid.map_or_else(|| "-".to_owned(), |p| p.to_string());
             println!(
-                "       worker {:<3} pid {:<8} {:<10} restarts {}",
-                w.slot, pid, w.state, w.restarts
+                "       worker {:<3} pid {:<8} {:<10} restarts {} (lifetime {})",
+                w.slot, pid, w.state, w.restarts, w.lifetime_restarts
             );
         }
     }

@@ -35,6 +35,7 @@ impl Lifecycle {
             gen_ready: false,
         });
         self.phase = if self.serving().is_some() {
+            self.counters.reloads_started += 1;
             self.inflight_tickets = std::mem::take(&mut self.queued_tickets);
             self.out
                 .push(Action::Notify(Sd::Reloading { generation: id }));
@@ -106,7 +107,7 @@ impl Lifecycle {
         self.apply_scale(gi);
         match old {
             Some(oi) => {
-                self.reloads_done += 1;
+                self.counters.reloads_succeeded += 1;
                 self.retire(oi, Role::Draining, self.policy.grace);
                 let outcome = ReloadOutcome::Ready { generation, took };
                 self.last_reload = Some(outcome.clone());
@@ -188,6 +189,7 @@ impl Lifecycle {
         self.retire(gi, Role::Failed, grace);
         match serving {
             Some(s) => {
+                self.counters.reloads_failed += 1;
                 let outcome = ReloadOutcome::Failed {
                     generation,
                     serving: s,
@@ -278,7 +280,10 @@ impl Lifecycle {
         for slot in 0..self.gens[gi].workers.len() {
             match self.gens[gi].workers[slot].state {
                 WorkerState::Running { .. } | WorkerState::Removing { .. } => {
-                    self.killed_any = true;
+                    // Only a kill that is part of a stop makes its exit code 7.
+                    if matches!(self.phase, Phase::Stopping(_)) {
+                        self.killed_any = true;
+                    }
                     self.out.push(Action::KillGroup { generation, slot });
                 }
                 WorkerState::Restarting => {
@@ -290,5 +295,48 @@ impl Lifecycle {
                 WorkerState::Spawning | WorkerState::Exited => {}
             }
         }
+    }
+
+    /// Passes `signal` on to every running worker of the serving generation
+    /// (of the first generation while it boots: it is the one that will
+    /// serve). Starting and draining generations are left alone: a new one
+    /// opens its files as it starts, an old one is about to close them.
+    pub(super) fn forward(&mut self, signal: i32) {
+        let target = self
+            .gens
+            .iter()
+            .position(|g| g.role == Role::Serving)
+            .or_else(|| {
+                (self.phase == Phase::Booting)
+                    .then_some(0)
+                    .filter(|_| !self.gens.is_empty())
+            });
+        let name = baton_sys::spawn::signal_name(signal);
+        let Some(gi) = target else {
+            self.log(
+                Level::Info,
+                format!("{name} not forwarded: no generation runs"),
+            );
+            return;
+        };
+        let generation = self.gens[gi].id;
+        let mut n = 0;
+        for slot in 0..self.gens[gi].workers.len() {
+            if let WorkerState::Running { .. } = self.gens[gi].workers[slot].state {
+                n += 1;
+                self.out.push(Action::Signal {
+                    generation,
+                    slot,
+                    signal,
+                });
+            }
+        }
+        self.log(
+            Level::Info,
+            format!(
+                "{name} forwarded to {n} worker{} of generation {generation}",
+                plural(n)
+            ),
+        );
     }
 }

@@ -41,6 +41,7 @@ impl Lifecycle {
                             WorkerState::Exited => "exited",
                         },
                         restarts: w.restarts,
+                        lifetime_restarts: self.slot_restarts.get(slot).copied().unwrap_or(0),
                     })
                     .collect(),
             })

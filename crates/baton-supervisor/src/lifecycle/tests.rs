@@ -8,6 +8,7 @@ use super::*;
 use std::collections::BTreeMap;
 
 const TERM: i32 = 15;
+const USR1: i32 = 10;
 
 struct Sim {
     m: Lifecycle,
@@ -123,6 +124,8 @@ impl Sim {
 
     fn ev(&mut self, e: Event) {
         let grace_timer_fired = matches!(e, Event::Timer(TimerKey::WorkerGrace(..)));
+        // A forwarded signal (USR1) is meant for the serving generation.
+        let forwarded = matches!(e, Event::Forward(_));
         let actions = self.m.handle(e, self.now);
         // Invariants 3 and 4: the generation that serves after a step is
         // never the one that step told to stop, except single workers
@@ -131,7 +134,7 @@ impl Sim {
         let serving = self.m.serving();
         for a in &actions {
             let allowed = match a {
-                Action::Signal { generation, slot, .. } => actions.iter().any(|x| {
+                Action::Signal { generation, slot, .. } => forwarded || actions.iter().any(|x| {
                     matches!(x, Action::SetTimer { key: TimerKey::WorkerGrace(g, s), .. } if g == generation && s == slot)
                 }),
                 Action::KillGroup { .. } => grace_timer_fired,
@@ -223,6 +226,39 @@ fn first_generation_starts_all_workers_and_serves_when_all_are_ready() {
     assert_eq!(s.m.serving(), Some(1));
     assert!(s.logged("generation 1 ready in 40 ms"));
     assert!(!s.timers.contains_key(&TimerKey::ReadyDeadline(1)));
+}
+
+#[test]
+fn usr1_is_forwarded_to_the_serving_generation_only() {
+    let mut s = Sim::serving(2);
+    s.ev(Event::Reload);
+    s.ready(2, [0]);
+    s.ev(Event::Forward(USR1));
+    assert_eq!(
+        s.signals,
+        vec![(1, 0, USR1), (1, 1, USR1)],
+        "generation 1 serves; generation 2 is still starting"
+    );
+    assert!(s.logged("SIGUSR1 forwarded to 2 workers of generation 1"));
+    s.ready(2, [1]);
+    s.all_exit(1);
+    s.signals.clear();
+    s.ev(Event::Forward(USR1));
+    assert_eq!(s.signals, vec![(2, 0, USR1), (2, 1, USR1)]);
+    assert_eq!(s.m.serving(), Some(2), "a forwarded signal changes nothing");
+}
+
+#[test]
+fn usr1_while_booting_reaches_the_first_generation_and_is_dropped_while_stopping() {
+    let mut s = Sim::notify(1);
+    s.ev(Event::Forward(USR1));
+    assert_eq!(s.signals, vec![(1, 0, USR1)]);
+    s.ready(1, [0]);
+    s.ev(Event::Stop(StopKind::Graceful));
+    s.signals.clear();
+    s.ev(Event::Forward(USR1));
+    assert!(s.signals.is_empty());
+    assert!(s.logged("SIGUSR1 not forwarded: baton is stopping"));
 }
 
 #[test]
@@ -787,6 +823,7 @@ mod properties {
         Request,
         Scale(u8),
         Stop,
+        Forward,
         Ready(u8, u8),
         Exit(u8, u8, bool),
         Advance(u16),
@@ -798,6 +835,7 @@ mod properties {
             1 => Just(Op::Request),
             1 => (1u8..5).prop_map(Op::Scale),
             1 => Just(Op::Stop),
+            1 => Just(Op::Forward),
             6 => (0u8..4, 0u8..3).prop_map(|(g, w)| Op::Ready(g, w)),
             3 => (0u8..4, 0u8..3, any::<bool>()).prop_map(|(g, w, ok)| Op::Exit(g, w, ok)),
             3 => (1u16..40_000).prop_map(Op::Advance),
@@ -825,6 +863,7 @@ mod properties {
                     }
                     Op::Scale(n) => s.ev(Event::Scale(usize::from(n))),
                     Op::Stop => s.ev(Event::Stop(StopKind::Graceful)),
+                    Op::Forward => s.ev(Event::Forward(USR1)),
                     Op::Ready(g, w) => {
                         if let Some(&generation) = gens.get(g as usize % gens.len().max(1)) {
                             s.ev(Event::WorkerReady { generation, slot: w as usize % 2 });

@@ -75,16 +75,7 @@ impl Lifecycle {
                             plural(n)
                         ),
                     );
-                    if self.gens[gi].role == Role::Draining || self.gens[gi].role == Role::Stopping
-                    {
-                        self.kill_generation(gi);
-                    } else {
-                        // A failed generation being killed is not a stop
-                        // that "had to kill" serving workers.
-                        let killed = self.killed_any;
-                        self.kill_generation(gi);
-                        self.killed_any = killed;
-                    }
+                    self.kill_generation(gi);
                 }
             }
             TimerKey::WorkerGrace(generation, slot) => {

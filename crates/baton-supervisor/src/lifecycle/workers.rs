@@ -235,6 +235,11 @@ impl Lifecycle {
         w.backoff = (w.backoff * 2).min(BACKOFF_MAX);
         w.quick_restarts += 1;
         w.restarts += 1;
+        self.counters.restarts += 1;
+        if self.slot_restarts.len() <= slot {
+            self.slot_restarts.resize(slot + 1, 0);
+        }
+        self.slot_restarts[slot] += 1;
         w.state = WorkerState::Restarting;
         let quick = w.quick_restarts;
         self.log(

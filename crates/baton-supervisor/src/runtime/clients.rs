@@ -1,13 +1,18 @@
 //! Control clients: accepting them, reading their one request, answering
 //! without ever blocking the loop.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::{Interest, Token};
 
 use super::{MAX_WORKERS, Runtime, Source};
 use crate::control::{self, Reply};
 use crate::lifecycle::{Event, ReloadOutcome, StopKind};
+
+/// How long accepting pauses when baton is out of file descriptors.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// Dropped silent clients are reported at most this often.
+const EVICTION_REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// What a control client waits for after its request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,11 +48,39 @@ impl Runtime {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    // Out of descriptors: make room by dropping a client that
+                    // has not said anything yet, or stop accepting for a
+                    // moment (the listener would stay readable and spin the
+                    // loop otherwise).
+                    if self.evict_silent_client("baton is out of file descriptors") {
+                        continue;
+                    }
+                    tracing::warn!(
+                        "control socket: cannot accept a client ({e}); pausing accepts for {} ms",
+                        ACCEPT_PAUSE.as_millis()
+                    );
+                    self.pause_accepting();
+                    return;
+                }
                 Err(e) => {
                     tracing::warn!("control socket accept failed: {e}");
                     return;
                 }
             };
+            if self.clients.len() >= control::MAX_CLIENTS
+                && !self.evict_silent_client("too many control clients")
+            {
+                let line = Reply::Error {
+                    message: format!(
+                        "too many control clients: {} are connected and waiting for answers; try again when one is done",
+                        control::MAX_CLIENTS
+                    ),
+                }
+                .to_line();
+                let _ = std::io::Write::write(&mut stream, &line);
+                continue;
+            }
             let me = rustix::process::geteuid().as_raw();
             match rustix::net::sockopt::socket_peercred(&stream) {
                 Ok(cred) if control::uid_allowed(cred.uid.as_raw(), me) => {}
@@ -96,6 +129,68 @@ impl Runtime {
                     want_write: false,
                 },
             );
+        }
+    }
+
+    /// Drops the oldest client that has not sent a complete request yet (a
+    /// slow or idle one) to make room for a new one; `false` if every client
+    /// has sent its request (they wait for verdicts and are kept).
+    fn evict_silent_client(&mut self, why: &str) -> bool {
+        let Some(id) = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.deadline.is_some())
+            .map(|(id, _)| *id)
+            .min()
+        else {
+            return false;
+        };
+        if let Some(c) = self.clients.get_mut(&id) {
+            let line = Reply::Error {
+                message: format!("dropped before a request arrived: {why}"),
+            }
+            .to_line();
+            let _ = std::io::Write::write(&mut c.stream, &line);
+        }
+        self.close_client(id);
+        self.evicted += 1;
+        let now = Instant::now();
+        if self
+            .evicted_reported
+            .is_none_or(|at| now.saturating_duration_since(at) >= EVICTION_REPORT_EVERY)
+        {
+            tracing::warn!(
+                "dropped {} control client{} that had sent no request ({why}; at most {} clients)",
+                self.evicted,
+                if self.evicted == 1 { "" } else { "s" },
+                control::MAX_CLIENTS
+            );
+            self.evicted = 0;
+            self.evicted_reported = Some(now);
+        }
+        true
+    }
+
+    /// Stops watching the control socket for [`ACCEPT_PAUSE`].
+    fn pause_accepting(&mut self) {
+        if let Some((_, sock)) = self.control.as_mut() {
+            let _ = self.poll.registry().deregister(&mut sock.listener);
+            self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+        }
+    }
+
+    /// Watches the control socket again once the pause is over.
+    pub(super) fn resume_accepting(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some_and(|at| at <= now) {
+            self.accept_paused_until = None;
+            if let Some((token, sock)) = self.control.as_mut()
+                && let Err(e) =
+                    self.poll
+                        .registry()
+                        .register(&mut sock.listener, *token, Interest::READABLE)
+            {
+                tracing::warn!("cannot watch the control socket again: {e}");
+            }
         }
     }
 
@@ -343,12 +438,16 @@ impl Runtime {
 
     pub(super) fn status(&self) -> control::Status {
         let now = Instant::now();
+        let counters = self.machine.counters();
         control::Status {
             pid: std::process::id(),
             uptime_ms: now.saturating_duration_since(self.started).as_millis() as u64,
             serving: self.machine.serving(),
             workers_per_generation: self.machine.workers(),
-            reloads: self.machine.reloads_done(),
+            reloads: counters.reloads_succeeded,
+            reloads_attempted: counters.reloads_started,
+            reloads_failed: counters.reloads_failed,
+            restarts: counters.restarts,
             last_reload: self.machine.last_reload().and_then(|o| match o {
                 ReloadOutcome::Ready { generation, took } => Some(control::LastReload {
                     ok: true,
@@ -389,6 +488,7 @@ impl Runtime {
                             pid: w.pid,
                             state: w.state.to_owned(),
                             restarts: w.restarts,
+                            lifetime_restarts: w.lifetime_restarts,
                         })
                         .collect(),
                 })

@@ -124,7 +124,14 @@ impl Runtime {
             .map(|(_, p)| p)
             .collect();
         let chdir = self.generations.get(&g).and_then(|r| r.chdir.clone());
-        match spawn_probe(cmd, &self.base_env, g, &pids, chdir.as_deref()) {
+        match spawn_probe(
+            cmd,
+            &self.base_env,
+            g,
+            &pids,
+            chdir.as_deref(),
+            self.child_nofile,
+        ) {
             Ok(child) => match self.register_fd(&child.pidfd, Source::Probe(g)) {
                 Ok(token) => {
                     if let Some(rg) = self.generations.get_mut(&g) {

@@ -28,7 +28,11 @@ pub(super) struct RtWorker {
 pub(super) struct RtGeneration {
     pub(super) notify: Option<(Token, NotifySocket)>,
     pub(super) chdir: Option<PathBuf>,
-    pub(super) chdir_error: Option<String>,
+    /// The program its workers run, pinned when it started.
+    pub(super) program: Option<PathBuf>,
+    /// Why its workers cannot be started (a `--chdir` or program that does
+    /// not resolve).
+    pub(super) error: Option<String>,
     pub(super) probe: Option<(Token, Child)>,
 }
 
@@ -66,18 +70,28 @@ impl Runtime {
         let Some((_, child)) = w.child.as_ref() else {
             return;
         };
-        let status = match baton_sys::spawn::try_reap(child) {
+        // Peek, do not reap: the zombie keeps the worker's pid, and so its
+        // process group id, reserved until ReapGroup has killed what is
+        // left of the group (see Child::signal_group).
+        let status = match child.exit_status() {
             Ok(Some(status)) => status,
             Ok(None) => return,
             Err(e) => {
-                tracing::error!("cannot reap worker {slot} of generation {g}: {e}");
+                tracing::error!("cannot read the exit of worker {slot} of generation {g}: {e}");
                 return;
             }
         };
-        let child = w.child.take();
+        let token = w.child.as_ref().map(|(t, _)| *t);
         let ready = w.ready.take();
-        if let Some((token, child)) = child {
-            self.deregister_fd(&child.pidfd, token);
+        if let Some((_, child)) = w.child.as_ref() {
+            // Level-triggered: a zombie's pidfd stays readable.
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&child.pidfd.as_raw_fd()));
+        }
+        if let Some(token) = token {
+            self.tokens.remove(&token);
         }
         if let Some((token, fd)) = ready {
             self.deregister_fd(&fd, token);
@@ -97,8 +111,24 @@ impl Runtime {
             match std::fs::canonicalize(dir) {
                 Ok(p) => rg.chdir = Some(p),
                 Err(e) => {
-                    rg.chdir_error = Some(format!("cannot resolve --chdir {}: {e}", dir.display()));
+                    rg.error = Some(format!("cannot resolve --chdir {}: {e}", dir.display()));
                 }
+            }
+        }
+        // So is the program, for the same reason: a restart within the
+        // generation runs the same release; only a reload moves on.
+        if rg.error.is_none() {
+            let name = self.settings.args.first().and_then(|a| a.to_str());
+            let path_env = std::env::var_os("PATH");
+            match name
+                .map(|n| crate::config::pin_program(n, rg.chdir.as_deref(), path_env.as_deref()))
+            {
+                Some(Ok(program)) => {
+                    tracing::debug!("generation {g} runs {}", program.display());
+                    rg.program = Some(program);
+                }
+                Some(Err(e)) => rg.error = Some(format!("cannot run the command: {e}")),
+                None => rg.error = Some(crate::config::CommandError::Missing.to_string()),
             }
         }
         if self.settings.policy.ready == ReadyMode::Notify {
@@ -116,7 +146,7 @@ impl Runtime {
 
     pub(super) fn spawn(&mut self, g: GenId, slot: Slot) {
         let rg = self.generations.get(&g);
-        if let Some(err) = rg.and_then(|r| r.chdir_error.clone()) {
+        if let Some(err) = rg.and_then(|r| r.error.clone()) {
             self.queue.push_back(Event::SpawnFailed {
                 generation: g,
                 slot,
@@ -128,6 +158,9 @@ impl Runtime {
             .and_then(|r| r.notify.as_ref())
             .map(|(_, s)| s.path.clone());
         let chdir = rg.and_then(|r| r.chdir.clone());
+        let program = rg
+            .and_then(|r| r.program.clone())
+            .unwrap_or_else(|| self.settings.program.clone());
         let started = spawn_worker(
             &self.settings,
             &self.listeners,
@@ -136,8 +169,10 @@ impl Runtime {
             Placement {
                 generation: g,
                 slot,
+                program: &program,
                 notify: notify.as_deref(),
                 chdir: chdir.as_deref(),
+                nofile_soft_limit: self.child_nofile,
             },
         );
         let started = match started {
@@ -211,6 +246,37 @@ impl Runtime {
         }
         if let Some((token, child)) = w.child {
             self.deregister_fd(&child.pidfd, token);
+            // Normally reaped by ReapGroup already; never leave a zombie or
+            // a group behind.
+            if !child.is_reaped() {
+                let _ = baton_sys::spawn::signal(&child, libc::SIGKILL);
+                let _ = child.signal_group(libc::SIGKILL);
+                wait_briefly(&child);
+            }
+        }
+    }
+
+    /// Kills what is left of an exited worker's process group, then reaps
+    /// the worker (in that order: see [`Self::on_exit_readable`]).
+    pub(super) fn reap_group(&mut self, g: GenId, slot: Slot) {
+        let Some(w) = self.workers.get_mut(&(g, slot)) else {
+            return;
+        };
+        let Some((_, child)) = w.child.take() else {
+            return;
+        };
+        // ESRCH (nothing left in the group) is the common, good case.
+        let _ = child.signal_group(libc::SIGKILL);
+        match baton_sys::spawn::try_reap(&child) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                tracing::error!(
+                    "worker {slot} of generation {g} (pid {}) exited but cannot be reaped yet",
+                    child.pid
+                );
+                wait_briefly(&child);
+            }
+            Err(e) => tracing::error!("cannot reap worker {slot} of generation {g}: {e}"),
         }
     }
 
@@ -221,7 +287,7 @@ impl Runtime {
             }
             if let Some((token, child)) = rg.probe {
                 let _ = baton_sys::spawn::signal(&child, libc::SIGKILL);
-                let _ = baton_sys::spawn::signal_group(child.pid, libc::SIGKILL);
+                let _ = child.signal_group(libc::SIGKILL);
                 self.deregister_fd(&child.pidfd, token);
                 // SIGKILLed: it is gone in a moment; reap it so no zombie stays.
                 wait_briefly(&child);
