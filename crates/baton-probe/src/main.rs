@@ -12,7 +12,8 @@
 //!
 //! Lines on stdout (tests wait for them): `probe gen=G worker=W pid=P started`
 //! (with ` (script: FLAGS)` when a script file added flags),
-//! `... ready`, `... draining`, `... exiting`, and `probe: grandchild pid N`.
+//! `... ready`, `... draining`, `... exiting`, `... got SIGUSR1`, and
+//! `probe: grandchild pid N`.
 //! Std only, a thread per connection: the probe must be obviously correct,
 //! not fast.
 
@@ -61,6 +62,7 @@ fn main() {
         Some(flags) => say(&format!("started (script: {flags})")),
         None => say("started"),
     }
+    let usr1_fds = report_usr1(&id);
 
     if let Some(code) = opts.exit_at_start {
         eprintln!(
@@ -93,6 +95,7 @@ fn main() {
         }
     };
     let mut internal_fds = vec![stop_read.as_raw_fd(), stop_write.as_raw_fd()];
+    internal_fds.extend(usr1_fds);
     // With --ignore-term nothing ever writes to the pipe, but its write end
     // must stay open: with no writer left, the read end would report
     // end-of-file, which reads as "stop".
@@ -220,6 +223,43 @@ fn take_listeners() -> Vec<AnyListener> {
         }
     }
     out
+}
+
+/// Prints `probe gen=G worker=W pid=P got SIGUSR1` for each SIGUSR1 (which
+/// baton forwards for log reopening), instead of dying of it. Returns the
+/// two descriptors this holds (left out of `/fds`).
+fn report_usr1(id: &Identity) -> Vec<RawFd> {
+    let pair = std::os::unix::net::UnixStream::pair();
+    let (mut read, write) = match pair {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("probe: cannot handle SIGUSR1: {e}");
+            std::process::exit(1);
+        }
+    };
+    let fds = vec![read.as_raw_fd(), write.as_raw_fd()];
+    if let Err(e) = signal_hook::low_level::pipe::register(signal_hook::consts::SIGUSR1, write) {
+        eprintln!("probe: cannot handle SIGUSR1: {e}");
+        std::process::exit(1);
+    }
+    let id = id.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        loop {
+            match std::io::Read::read(&mut read, &mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    for _ in 0..n {
+                        println!(
+                            "probe gen={} worker={} pid={} got SIGUSR1",
+                            id.generation, id.worker, id.pid
+                        );
+                    }
+                }
+            }
+        }
+    });
+    fds
 }
 
 /// Routes SIGTERM and SIGINT to the stop pipe. Returns the extra

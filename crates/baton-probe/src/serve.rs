@@ -486,10 +486,21 @@ fn respond(req: &Request, shared: &Shared, conn_fd: RawFd) -> Response {
 }
 
 /// The variables a test may want to check, as `KEY=VALUE` lines (absent
-/// ones are left out), then `PID=` and `CWD=` (the working directory, as
-/// the kernel resolved it).
+/// ones are left out), every `TEST_*` variable (a test's own markers), then
+/// `PID=` and `CWD=` (the working directory, as the kernel resolved it).
 fn env_report(pid: u32) -> String {
     let mut out = String::new();
+    let mut own: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let k = k.into_string().ok()?;
+            k.starts_with("TEST_")
+                .then(|| (k, v.to_string_lossy().into_owned()))
+        })
+        .collect();
+    own.sort();
+    for (k, v) in own {
+        let _ = writeln!(out, "{k}={v}");
+    }
     for key in [
         "LISTEN_FDS",
         "LISTEN_PID",

@@ -29,6 +29,12 @@ pub struct Settings {
     /// `--watch-ignore` globs.
     pub watch_ignore: Vec<String>,
     pub watch_debounce: Duration,
+    /// How to start the guard (see [`crate::guard`]): a program and its
+    /// `argv` that runs [`crate::guard::run`]. `None`: no guard, so a
+    /// `SIGKILL` of baton leaves what the workers started.
+    pub guard: Option<(PathBuf, Vec<std::ffi::OsString>)>,
+    /// Put each generation in a cgroup of its own where baton can.
+    pub cgroups: bool,
 }
 
 /// Parses `--ready`: `notify`, `fd`, `delay:DURATION`, `exec:CMD`.

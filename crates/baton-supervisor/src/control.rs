@@ -39,12 +39,22 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const MAX_REQUEST: usize = 64 * 1024;
 /// How long a client may take to send its request.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The most control clients served at once. Past it, the oldest client that
-/// has not sent its request yet is dropped to make room; when every client
-/// has sent one (they wait for verdicts), a new one is refused with an error.
-/// Together with the raised descriptor limit this keeps clients from taking
-/// the descriptors a reload needs.
-pub const MAX_CLIENTS: usize = 128;
+/// The most control clients served at once: [`max_clients`] of the
+/// open-files limit, and never more than this. Past it, the oldest client
+/// that has not sent its request yet is dropped to make room; when every
+/// client has sent one (they wait for verdicts), a new one is refused with an
+/// error. So clients can never take the descriptors a reload needs.
+pub const MAX_CLIENTS: usize = 1024;
+
+/// The client cap for a process whose open-files soft limit is `nofile`:
+/// a quarter of it (the rest is for workers, their pipes and pidfds, the
+/// listeners), between 16 and [`MAX_CLIENTS`].
+pub fn max_clients(nofile: Option<u64>) -> usize {
+    let quarter = nofile.map_or(MAX_CLIENTS, |n| {
+        usize::try_from(n / 4).unwrap_or(MAX_CLIENTS)
+    });
+    quarter.clamp(16, MAX_CLIENTS)
+}
 /// A client that does not read its replies is dropped past this much
 /// unsent output.
 pub const MAX_PENDING_OUTPUT: usize = 1024 * 1024;
@@ -388,6 +398,14 @@ pub fn uid_allowed(uid: u32, me: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_cap_leaves_three_quarters_of_the_descriptors() {
+        assert_eq!(max_clients(Some(1024)), 256);
+        assert_eq!(max_clients(Some(20_000)), MAX_CLIENTS);
+        assert_eq!(max_clients(Some(32)), 16);
+        assert_eq!(max_clients(None), MAX_CLIENTS);
+    }
 
     #[test]
     fn requests_parse_and_versions_are_checked() {

@@ -27,8 +27,10 @@
 //!   with `unsafe` code.
 #![deny(unsafe_code)]
 
+pub mod cgroup;
 pub mod config;
 pub mod control;
+pub mod guard;
 pub mod lifecycle;
 pub mod listen;
 pub mod notify;

@@ -70,6 +70,7 @@ pub enum RuntimeError {
 enum Source {
     Signal(usize),
     Ignored,
+    Guard,
     Exit(GenId, Slot),
     Output(GenId, Slot, Stream),
     Ready(GenId, Slot),
@@ -104,6 +105,8 @@ pub struct Runtime {
     control: Option<(Token, ControlSocket)>,
     clients: HashMap<u64, Client>,
     next_client: u64,
+    /// How many clients may be connected at once (from the open-files limit).
+    max_clients: usize,
     /// Silent clients dropped since the last report, and when that was.
     evicted: u64,
     evicted_reported: Option<Instant>,
@@ -112,6 +115,15 @@ pub struct Runtime {
     /// baton's own service manager (systemd), if it gave us NOTIFY_SOCKET.
     service_manager: Option<baton_app::Notifier>,
     started: Instant,
+    /// The guard process, and its pidfd's token.
+    guard: Option<crate::guard::Guard>,
+    guard_token: Option<Token>,
+    /// baton's cgroup subtree, where it could make one.
+    cgroups: Option<crate::cgroup::Cgroups>,
+    /// Generation cgroups not yet removed (their last processes were still
+    /// exiting), and when to try again.
+    stale_cgroups: Vec<PathBuf>,
+    stale_retry_at: Option<Instant>,
     /// The open-files soft limit baton started with, given back to every
     /// child (baton raised its own to the hard limit).
     child_nofile: Option<u64>,
@@ -192,12 +204,20 @@ impl Runtime {
             control: None,
             clients: HashMap::new(),
             next_client: 1,
+            max_clients: control::max_clients(
+                rustix::process::getrlimit(rustix::process::Resource::Nofile).current,
+            ),
             evicted: 0,
             evicted_reported: None,
             accept_paused_until: None,
             service_manager,
             started: Instant::now(),
             child_nofile,
+            guard: None,
+            guard_token: None,
+            cgroups: None,
+            stale_cgroups: Vec::new(),
+            stale_retry_at: None,
             orphans_to_reap: false,
             watcher: None,
             sinks,
@@ -237,6 +257,18 @@ impl Runtime {
                 .map_err(RuntimeError::Poll)?;
             rt.signals.push(pipe);
         }
+        if rt.settings.cgroups {
+            match crate::cgroup::Cgroups::setup() {
+                Ok(cg) => {
+                    tracing::debug!("generations get cgroups under {}", cg.root().display());
+                    rt.cgroups = Some(cg);
+                }
+                Err(e) => tracing::debug!(
+                    "no cgroups for generations ({e}); descendants that leave their worker's process group are not tracked"
+                ),
+            }
+        }
+        rt.start_guard();
         let mut ignored = Ignored::register().map_err(|source| RuntimeError::Signal {
             signal: libc::SIGALRM,
             source,
@@ -292,6 +324,7 @@ impl Runtime {
                 .copied()
                 .chain(next_client_deadline)
                 .chain(self.accept_paused_until)
+                .chain(self.stale_retry_at)
                 .min()
                 .map(|at| at.saturating_duration_since(Instant::now()));
             match self.poll.poll(&mut events, timeout) {
@@ -308,6 +341,8 @@ impl Runtime {
         for l in &self.listeners {
             l.remove_file();
         }
+        self.stale_cgroups.clear();
+        self.end_guard_and_cgroups();
         // Last words to clients (a `ctl stop` waits for this connection to
         // close); then the control socket goes.
         let code = self.exit.unwrap_or(1);
@@ -337,6 +372,7 @@ impl Runtime {
             let now = Instant::now();
             self.expire_clients(now);
             self.resume_accepting(now);
+            self.retry_stale_cgroups(now);
             let due: Vec<TimerKey> = self
                 .timers
                 .iter()
@@ -398,14 +434,15 @@ impl Runtime {
                          To deploy new application code use SIGHUP or `baton ctl reload`; \
                          `baton ctl status` shows what runs"
                     ),
-                    // TERM, INT, PWR: a graceful stop; a second one stops at once.
-                    _ => {
-                        for _ in 0..n.min(2) {
-                            self.queue.push_back(Event::Stop(StopKind::Graceful));
-                        }
-                    }
+                    // TERM, INT, PWR: a graceful stop; a second one stops at
+                    // once. Deliveries read in one go count once: `timeout`
+                    // and some supervisors send the same signal to the
+                    // process and to its group within microseconds, which
+                    // is one request, not an escalation.
+                    _ => self.queue.push_back(Event::Stop(StopKind::Graceful)),
                 }
             }
+            Source::Guard => self.on_guard_exit(),
             Source::Ignored => {
                 if let Some(ignored) = self.ignored.as_mut() {
                     for sig in ignored.pending() {

@@ -68,12 +68,23 @@ pub struct Placement<'a> {
     pub chdir: Option<&'a Path>,
     /// The open-files soft limit baton had before it raised its own.
     pub nofile_soft_limit: Option<u64>,
+    /// The generation's cgroup, to join before exec.
+    pub cgroup_procs: Option<BorrowedFd<'a>>,
 }
 
 fn nonblocking_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let (r, w) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC)?;
     rustix::io::ioctl_fionbio(&r, true)?;
     Ok((r, w))
+}
+
+/// Why a worker could not be started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpawnFailure {
+    /// It could not join its generation's cgroup: start it without.
+    Cgroup(String),
+    /// Anything else, explained.
+    Other(String),
 }
 
 /// Spawns one worker.
@@ -83,13 +94,12 @@ pub fn spawn_worker(
     base_env: &[OsString],
     stdin: BorrowedFd<'_>,
     at: Placement<'_>,
-) -> Result<Started, String> {
-    let (out_r, out_w) = nonblocking_pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
-    let (err_r, err_w) = nonblocking_pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
+) -> Result<Started, SpawnFailure> {
+    let pipe_error = |e: std::io::Error| SpawnFailure::Other(format!("cannot create a pipe: {e}"));
+    let (out_r, out_w) = nonblocking_pipe().map_err(pipe_error)?;
+    let (err_r, err_w) = nonblocking_pipe().map_err(pipe_error)?;
     let ready_pipe = match settings.policy.ready {
-        ReadyMode::Fd => {
-            Some(nonblocking_pipe().map_err(|e| format!("cannot create a pipe: {e}"))?)
-        }
+        ReadyMode::Fd => Some(nonblocking_pipe().map_err(pipe_error)?),
         ReadyMode::Notify | ReadyMode::Delay(_) | ReadyMode::Exec(_) => None,
     };
 
@@ -119,8 +129,15 @@ pub fn spawn_worker(
         new_process_group: true,
         parent_death_signal: Some(libc::SIGKILL),
         nofile_soft_limit: at.nofile_soft_limit,
+        cgroup_procs: at.cgroup_procs,
     })
-    .map_err(|e| explain_spawn_error(&e, settings, at))?;
+    .map_err(|e| match e {
+        baton_sys::spawn::SpawnError::Child {
+            step: baton_sys::spawn::Step::Cgroup,
+            source,
+        } => SpawnFailure::Cgroup(source.to_string()),
+        e => SpawnFailure::Other(explain_spawn_error(&e, settings, at)),
+    })?;
     drop((out_w, err_w));
     Ok(Started {
         child,
@@ -180,6 +197,7 @@ pub fn spawn_probe(
         new_process_group: true,
         parent_death_signal: Some(libc::SIGKILL),
         nofile_soft_limit,
+        cgroup_procs: None,
     })
     .map_err(|e| format!("cannot run the readiness command: {e}"))
 }

@@ -103,6 +103,7 @@ pub enum Step {
     Descriptors,
     Chdir,
     Limits,
+    Cgroup,
     Exec,
 }
 
@@ -114,6 +115,7 @@ impl fmt::Display for Step {
             Step::Descriptors => "placing the inherited descriptors",
             Step::Chdir => "changing directory",
             Step::Limits => "restoring the open-files limit",
+            Step::Cgroup => "joining its cgroup",
             Step::Exec => "executing the command",
         })
     }
@@ -160,6 +162,10 @@ pub struct Command<'a> {
     /// The soft limit on open files to give the child, when this process
     /// raised its own (see [`raise_nofile_limit`]); the hard limit stays.
     pub nofile_soft_limit: Option<u64>,
+    /// A cgroup's `cgroup.procs`, open for writing: the child moves itself
+    /// into that cgroup (it writes `0`) before anything else, so nothing it
+    /// starts is ever outside.
+    pub cgroup_procs: Option<BorrowedFd<'a>>,
 }
 
 #[expect(
@@ -304,6 +310,7 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Child, SpawnError> {
                 parent_death_signal: cmd.parent_death_signal.unwrap_or(0),
                 parent_pid,
                 nofile: nofile.as_ref().map_or(std::ptr::null(), std::ptr::from_ref),
+                cgroup_procs: cmd.cgroup_procs.map_or(-1, |f| f.as_raw_fd()),
                 err_fd: err_write_raw,
             })
         }
@@ -337,6 +344,7 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Child, SpawnError> {
             2 => Step::Descriptors,
             3 => Step::Chdir,
             5 => Step::Limits,
+            6 => Step::Cgroup,
             _ => Step::Exec,
         };
         let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
@@ -394,6 +402,8 @@ struct ChildPlan<'a> {
     parent_pid: libc::pid_t,
     /// The open-files limit to set, or null.
     nofile: *const libc::rlimit,
+    /// `cgroup.procs` to write `0` to, or -1.
+    cgroup_procs: RawFd,
     err_fd: RawFd,
 }
 
@@ -437,6 +447,11 @@ unsafe fn child_after_fork(p: &ChildPlan<'_>) -> ! {
         }
         if p.new_process_group && libc::setpgid(0, 0) != 0 {
             fail(p.err_fd, 1);
+        }
+        // Into the cgroup first: the descriptor may have a low number that
+        // placing the listeners at 3.. would overwrite.
+        if p.cgroup_procs >= 0 && libc::write(p.cgroup_procs, b"0".as_ptr().cast(), 1) != 1 {
+            fail(p.err_fd, 6);
         }
         if !p.listen_pid.is_null() {
             write_pid_digits(p.listen_pid.add(LISTEN_PID_PREFIX.len()), libc::getpid());
@@ -642,6 +657,22 @@ fn nr_open() -> u64 {
         .unwrap_or(1 << 20)
 }
 
+/// Sets each of `signals` to be ignored (`SIG_IGN`) in this process. For a
+/// helper process that must not die of the signals sent to its whole
+/// process group; `SIGKILL` and `SIGSTOP` cannot be ignored and are skipped.
+pub fn ignore_signals(signals: &[i32]) {
+    for &sig in signals {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: SIG_IGN installs no handler code; `signal` only changes
+        // this process's disposition table, and an invalid number is EINVAL.
+        unsafe {
+            libc::signal(sig, libc::SIG_IGN);
+        }
+    }
+}
+
 /// Makes this process the reaper of its orphaned descendants
 /// (`PR_SET_CHILD_SUBREAPER`), as PID 1 is for the whole system.
 pub fn become_subreaper() -> io::Result<()> {
@@ -751,6 +782,7 @@ mod tests {
             new_process_group: false,
             parent_death_signal: None,
             nofile_soft_limit: None,
+            cgroup_procs: None,
         }
     }
 
@@ -778,6 +810,7 @@ mod tests {
             new_process_group: true,
             parent_death_signal: Some(libc::SIGKILL),
             nofile_soft_limit: None,
+            cgroup_procs: None,
         })
         .expect("spawn");
         drop(w);

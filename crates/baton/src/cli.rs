@@ -52,6 +52,10 @@ enum Command {
     /// status, stop, scale.
     #[command(after_help = crate::ctl::CTL_HELP)]
     Ctl(crate::ctl::CtlArgs),
+    /// The guard `baton run` starts to end what its workers started if baton
+    /// is killed (internal: reads its instructions on fd 3).
+    #[command(hide = true)]
+    Guard,
 }
 
 const RUN_HELP: &str = "\
@@ -133,6 +137,11 @@ struct RunArgs {
     #[arg(long, conflicts_with = "control")]
     no_control: bool,
 
+    /// Do not put generations in cgroups of their own, even where baton
+    /// could (process groups still catch what workers start)
+    #[arg(long)]
+    no_cgroups: bool,
+
     /// The server command and its arguments (after --)
     #[arg(trailing_var_arg = true, value_name = "COMMAND")]
     command: Vec<OsString>,
@@ -182,6 +191,9 @@ pub fn execute(args: Args, sinks: baton_supervisor::output::Sinks) -> Result<u8,
     match args.command {
         Command::Run(run) => run_command(run, sinks),
         Command::Ctl(ctl) => Ok(crate::ctl::run(&ctl)),
+        Command::Guard => {
+            Ok(u8::try_from(baton_supervisor::guard::run()).unwrap_or(exit::INTERNAL))
+        }
     }
 }
 
@@ -230,6 +242,16 @@ fn validate(run: RunArgs) -> Result<Settings, Failure> {
         watch: run.watch,
         watch_ignore: run.watch_ignore,
         watch_debounce: run.watch_debounce,
+        // baton's own binary, as the kernel knows it (the very file this
+        // process runs, even if a deploy replaced the path since).
+        guard: Some((
+            PathBuf::from("/proc/self/exe"),
+            vec![
+                std::env::args_os().next().unwrap_or_else(|| "baton".into()),
+                "guard".into(),
+            ],
+        )),
+        cgroups: !run.no_cgroups,
         control: if run.no_control {
             None
         } else {

@@ -68,13 +68,13 @@ impl Runtime {
                     return;
                 }
             };
-            if self.clients.len() >= control::MAX_CLIENTS
+            if self.clients.len() >= self.max_clients
                 && !self.evict_silent_client("too many control clients")
             {
                 let line = Reply::Error {
                     message: format!(
                         "too many control clients: {} are connected and waiting for answers; try again when one is done",
-                        control::MAX_CLIENTS
+                        self.max_clients
                     ),
                 }
                 .to_line();
@@ -163,7 +163,7 @@ impl Runtime {
                 "dropped {} control client{} that had sent no request ({why}; at most {} clients)",
                 self.evicted,
                 if self.evicted == 1 { "" } else { "s" },
-                control::MAX_CLIENTS
+                self.max_clients
             );
             self.evicted = 0;
             self.evicted_reported = Some(now);

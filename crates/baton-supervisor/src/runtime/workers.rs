@@ -9,10 +9,12 @@ use mio::Token;
 use mio::unix::SourceFd;
 
 use super::{Runtime, Source};
+use crate::cgroup::GenCgroup;
+use crate::guard::Guard;
 use crate::lifecycle::{Event, GenId, ReadyMode, Slot};
 use crate::notify::NotifySocket;
 use crate::output::{Pipe, Stream, Tail};
-use crate::worker::{Placement, spawn_worker};
+use crate::worker::{Placement, SpawnFailure, spawn_worker};
 
 #[derive(Debug)]
 pub(super) struct RtWorker {
@@ -30,6 +32,8 @@ pub(super) struct RtGeneration {
     pub(super) chdir: Option<PathBuf>,
     /// The program its workers run, pinned when it started.
     pub(super) program: Option<PathBuf>,
+    /// Its cgroup, where baton can make one.
+    pub(super) cgroup: Option<GenCgroup>,
     /// Why its workers cannot be started (a `--chdir` or program that does
     /// not resolve).
     pub(super) error: Option<String>,
@@ -141,6 +145,12 @@ impl Runtime {
                 Err(e) => tracing::error!("cannot create notify socket {}: {e}", path.display()),
             }
         }
+        if let Some(cg) = &self.cgroups {
+            match cg.generation(g) {
+                Ok(c) => rg.cgroup = Some(c),
+                Err(e) => tracing::debug!("no cgroup for generation {g}: {e}"),
+            }
+        }
         self.generations.insert(g, rg);
     }
 
@@ -161,23 +171,27 @@ impl Runtime {
         let program = rg
             .and_then(|r| r.program.clone())
             .unwrap_or_else(|| self.settings.program.clone());
-        let started = spawn_worker(
-            &self.settings,
-            &self.listeners,
-            &self.base_env,
-            std::os::fd::AsFd::as_fd(&self.stdin),
-            Placement {
-                generation: g,
+        let mut started =
+            self.spawn_one(g, slot, &program, notify.as_deref(), chdir.as_deref(), true);
+        if let Err(SpawnFailure::Cgroup(e)) = &started {
+            // Writable but not joinable (a delegation that stops short):
+            // go on with process groups alone.
+            tracing::warn!(
+                "a worker cannot join its generation's cgroup ({e}); baton stops using cgroups and relies on process groups"
+            );
+            self.disable_cgroups();
+            started = self.spawn_one(
+                g,
                 slot,
-                program: &program,
-                notify: notify.as_deref(),
-                chdir: chdir.as_deref(),
-                nofile_soft_limit: self.child_nofile,
-            },
-        );
+                &program,
+                notify.as_deref(),
+                chdir.as_deref(),
+                false,
+            );
+        }
         let started = match started {
             Ok(s) => s,
-            Err(error) => {
+            Err(SpawnFailure::Cgroup(error) | SpawnFailure::Other(error)) => {
                 self.queue.push_back(Event::SpawnFailed {
                     generation: g,
                     slot,
@@ -186,6 +200,9 @@ impl Runtime {
                 return;
             }
         };
+        if let Some(guard) = &self.guard {
+            guard.say(&format!("g {}", started.child.pid));
+        }
         let pid = started.child.pid;
         let mut w = RtWorker {
             pid,
@@ -236,6 +253,38 @@ impl Runtime {
         });
     }
 
+    fn spawn_one(
+        &self,
+        g: GenId,
+        slot: Slot,
+        program: &std::path::Path,
+        notify: Option<&std::path::Path>,
+        chdir: Option<&std::path::Path>,
+        join_cgroup: bool,
+    ) -> Result<crate::worker::Started, SpawnFailure> {
+        let cgroup = self
+            .generations
+            .get(&g)
+            .and_then(|r| r.cgroup.as_ref())
+            .filter(|_| join_cgroup)
+            .map(GenCgroup::procs);
+        spawn_worker(
+            &self.settings,
+            &self.listeners,
+            &self.base_env,
+            std::os::fd::AsFd::as_fd(&self.stdin),
+            Placement {
+                generation: g,
+                slot,
+                program,
+                notify,
+                chdir,
+                nofile_soft_limit: self.child_nofile,
+                cgroup_procs: cgroup,
+            },
+        )
+    }
+
     /// Drops a worker record's registrations.
     pub(super) fn forget(&mut self, w: RtWorker) {
         for (token, pipe) in w.pipes {
@@ -252,6 +301,9 @@ impl Runtime {
                 let _ = baton_sys::spawn::signal(&child, libc::SIGKILL);
                 let _ = child.signal_group(libc::SIGKILL);
                 wait_briefly(&child);
+                if let Some(guard) = &self.guard {
+                    guard.say(&format!("u {}", child.pid));
+                }
             }
         }
     }
@@ -267,6 +319,9 @@ impl Runtime {
         };
         // ESRCH (nothing left in the group) is the common, good case.
         let _ = child.signal_group(libc::SIGKILL);
+        if let Some(guard) = &self.guard {
+            guard.say(&format!("u {}", child.pid));
+        }
         match baton_sys::spawn::try_reap(&child) {
             Ok(Some(_)) => {}
             Ok(None) => {
@@ -282,6 +337,13 @@ impl Runtime {
 
     pub(super) fn release(&mut self, g: GenId) {
         if let Some(rg) = self.generations.remove(&g) {
+            // Whatever the generation's workers left that escaped their
+            // process groups goes now.
+            if let Some(cg) = &rg.cgroup
+                && !crate::cgroup::kill_and_try_remove(cg.dir())
+            {
+                self.stale_cgroups.push(cg.dir().to_path_buf());
+            }
             if let Some((token, sock)) = rg.notify {
                 self.deregister_fd(&sock.sock, token);
             }
@@ -325,7 +387,8 @@ impl Runtime {
                 || self
                     .generations
                     .values()
-                    .any(|g| g.probe.as_ref().is_some_and(|(_, c)| c.pid == pid));
+                    .any(|g| g.probe.as_ref().is_some_and(|(_, c)| c.pid == pid))
+                || self.guard.as_ref().is_some_and(|g| g.child.pid == pid);
             if tracked {
                 // Its pidfd reports it; look again once that is handled.
                 self.orphans_to_reap = true;
@@ -363,3 +426,103 @@ pub(super) fn wait_briefly(child: &Child) {
         }
     }
 }
+
+impl Runtime {
+    /// Starts the guard (see [`crate::guard`]) and tells it what is baton's.
+    pub(super) fn start_guard(&mut self) {
+        let Some((program, args)) = self.settings.guard.clone() else {
+            return;
+        };
+        let guard = match Guard::start(
+            &program,
+            &args,
+            &self.base_env,
+            std::os::fd::AsFd::as_fd(&self.stdin),
+        ) {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::warn!(
+                    "{e}; if baton is killed with SIGKILL, what its workers started may be left running"
+                );
+                return;
+            }
+        };
+        match self.register_fd(&guard.child.pidfd, Source::Guard) {
+            Ok(token) => self.guard_token = Some(token),
+            Err(e) => tracing::warn!("cannot watch the guard process: {e}"),
+        }
+        if let Some(cg) = &self.cgroups {
+            guard.say(&format!("c {}", cg.root().display()));
+        }
+        for w in self.workers.values() {
+            if w.child.as_ref().is_some_and(|(_, c)| !c.is_reaped()) {
+                guard.say(&format!("g {}", w.pid));
+            }
+        }
+        tracing::debug!("guard started, pid {}", guard.child.pid);
+        self.guard = Some(guard);
+    }
+
+    /// The guard exited (someone killed it): reap it and start another.
+    pub(super) fn on_guard_exit(&mut self) {
+        let Some(guard) = self.guard.take() else {
+            return;
+        };
+        if let Some(token) = self.guard_token.take() {
+            self.deregister_fd(&guard.child.pidfd, token);
+        }
+        let status = baton_sys::spawn::try_reap(&guard.child);
+        tracing::warn!(
+            "the guard process (pid {}) exited ({}); starting another",
+            guard.child.pid,
+            match status {
+                Ok(Some(s)) => s.to_string(),
+                Ok(None) => "still running".to_owned(),
+                Err(e) => e.to_string(),
+            }
+        );
+        self.start_guard();
+    }
+
+    /// Stops using cgroups (a worker could not join one).
+    pub(super) fn disable_cgroups(&mut self) {
+        for rg in self.generations.values_mut() {
+            rg.cgroup = None;
+        }
+        if let Some(cg) = self.cgroups.take() {
+            cg.remove();
+        }
+    }
+
+    /// Tries again to remove generation cgroups whose last processes were
+    /// still exiting.
+    pub(super) fn retry_stale_cgroups(&mut self, now: Instant) {
+        if self.stale_cgroups.is_empty() {
+            self.stale_retry_at = None;
+            return;
+        }
+        if self.stale_retry_at.is_some_and(|at| at > now) {
+            return;
+        }
+        self.stale_cgroups
+            .retain(|dir| !crate::cgroup::try_remove(dir));
+        self.stale_retry_at = (!self.stale_cgroups.is_empty()).then(|| now + STALE_CGROUP_RETRY);
+    }
+
+    /// baton's last moments: its cgroups go, and the guard, told nothing is
+    /// left, exits; wait (briefly) for it so that nothing baton started
+    /// outlives it.
+    pub(super) fn end_guard_and_cgroups(&mut self) {
+        if let Some(cg) = self.cgroups.take() {
+            cg.remove();
+        }
+        if let Some(guard) = self.guard.take() {
+            let Guard { child, tx } = guard;
+            drop(tx);
+            wait_briefly(&child);
+        }
+    }
+}
+
+/// How soon removing a generation's cgroup is tried again.
+const STALE_CGROUP_RETRY: Duration = Duration::from_millis(200);
