@@ -6,8 +6,9 @@
 //! `exec`s keep it), baton is runsv's only child, no orphan is left after a
 //! drain, and `sv down` leaves nothing running.
 //!
-//! Only `sv hup` reloads and only `sv down` / `sv exit` stop: the other
-//! `sv` signals (`sv 1`, `sv 2`: USR1, USR2) have no meaning for baton.
+//! The test reloads only with `sv hup` and stops only with `sv down` and
+//! `sv exit`: `sv 1` and `sv 2` send USR1 and USR2, which are not baton's
+//! reload signals.
 //!
 //! `runsv`, `sv` and `chpst` come from Debian's runit, which `./test`
 //! installs; without them the test fails unless skips are allowed
