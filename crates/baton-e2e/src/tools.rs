@@ -1,13 +1,20 @@
 //! Finding the real programs the integration tests run baton with or
-//! under (gunicorn, supervisord, node, systemd-socket-activate), running
-//! short commands with a bound, and guarding processes the test started
-//! some other way than through [`crate::BatonCmd`].
+//! under (gunicorn, uvicorn, supervisord, node, go, runit,
+//! systemd-socket-activate, unshare, setpriv), running short commands with
+//! a bound, and guarding processes the test started some other way than
+//! through [`crate::BatonCmd`].
 //!
-//! `./test` prepares a Python venv with gunicorn and supervisor (PyPI) and
-//! installs Debian's systemd when `systemd-socket-activate` is missing; it
-//! passes the venv to the tests as `BATON_E2E_VENV` (default here:
-//! `target/py-venv` of the workspace). A test whose tool is missing prints
-//! `skipped: ...` and returns: see [`skip`].
+//! `./test` installs every one of them: a Python venv with gunicorn,
+//! uvicorn and supervisor (PyPI), and Debian's systemd, nodejs, golang and
+//! runit when their programs are missing. It passes the venv to the tests
+//! as `BATON_E2E_VENV` (default here: `target/py-venv` of the workspace).
+//!
+//! A test whose tool is missing (or that needs root and does not have it)
+//! calls [`skip`], which **fails the test** unless the person running it
+//! allowed skips with `BATON_E2E_ALLOW_SKIP=1`; allowed, the test returns
+//! early and passes as skipped. Either way the skip is appended to the file
+//! named by `BATON_E2E_SKIP_LOG` (`./test` prints that list at the end), so
+//! a skip is never silent.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -39,11 +46,92 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Prints why a test does not run (`skipped: TEST because WHY`): only
-/// for a tool that could not be installed or found, never for a failure.
+/// Set to `1` to let a test whose tool is missing pass as skipped instead
+/// of failing.
+pub const ALLOW_SKIP_VAR: &str = "BATON_E2E_ALLOW_SKIP";
+
+/// A file every [`skip`] appends a line to (`./test` sets it and prints
+/// the list after the run).
+pub const SKIP_LOG_VAR: &str = "BATON_E2E_SKIP_LOG";
+
+/// Whether skips are allowed (`BATON_E2E_ALLOW_SKIP=1`).
+pub fn skips_allowed() -> bool {
+    std::env::var_os(ALLOW_SKIP_VAR).is_some_and(|v| v == "1")
+}
+
+/// `test` cannot run here because `why` (a tool that could not be
+/// installed or found, or root that it needs): never for a failure.
+///
+/// Appends `TEST: WHY` to the file in `BATON_E2E_SKIP_LOG` (if set), then
+/// fails the test unless skips are allowed (`BATON_E2E_ALLOW_SKIP=1`);
+/// when they are, it prints `skipped: TEST because WHY` and returns, and
+/// the caller returns at once.
+///
+/// # Panics
+/// Unless skips are allowed; or when the skip log cannot be written.
 pub fn skip(test: &str, why: &str) {
-    eprintln!("skipped: {test} because {why}");
-    println!("skipped: {test} because {why}");
+    let allowed = skips_allowed();
+    if let Some(log) = std::env::var_os(SKIP_LOG_VAR) {
+        let verdict = if allowed { "skipped" } else { "FAILED" };
+        let line = format!("{test}: {why} ({verdict})\n");
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot append to the skip log {} ({SKIP_LOG_VAR}): {e}",
+                    Path::new(&log).display()
+                )
+            });
+    }
+    assert!(
+        allowed,
+        "{test} cannot run: {why}. ./test installs what the tests need (as root, with \
+         apt-get and pip); to let such a test pass as skipped instead, set {ALLOW_SKIP_VAR}=1"
+    );
+    eprintln!("skipped: {test} because {why} (allowed by {ALLOW_SKIP_VAR}=1)");
+    println!("skipped: {test} because {why} (allowed by {ALLOW_SKIP_VAR}=1)");
+}
+
+/// `name` on `PATH`, or [`skip`] `test` saying that Debian's `package`
+/// has it (and `None`).
+pub fn which_or_skip(test: &str, name: &str, package: &str) -> Option<PathBuf> {
+    let found = which(name);
+    if found.is_none() {
+        skip(
+            test,
+            &format!("{name} is not on PATH (Debian package {package})"),
+        );
+    }
+    found
+}
+
+/// `name` from the venv's `bin/`, or [`skip`] `test` saying that the PyPI
+/// package `package` has it (and `None`).
+pub fn venv_bin_or_skip(test: &str, name: &str, package: &str) -> Option<PathBuf> {
+    let found = venv_bin(name);
+    if found.is_none() {
+        skip(
+            test,
+            &format!(
+                "{name} is not in {} (PyPI package {package})",
+                venv().join("bin").display()
+            ),
+        );
+    }
+    found
+}
+
+/// Whether this process runs as root; if not, [`skip`]s `test`, which
+/// needs root because `why`.
+pub fn root_or_skip(test: &str, why: &str) -> bool {
+    let root = rustix::process::geteuid().is_root();
+    if !root {
+        skip(test, &format!("it needs root: {why}"));
+    }
+    root
 }
 
 /// Runs `cmd` to completion with stdin from `/dev/null` and its output

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use baton_e2e::tools::{root_or_skip, which_or_skip};
 use baton_e2e::{Baton, BatonCmd, Signal, WAIT, bin, http};
 
 fn control_path(baton: &Baton) -> PathBuf {
@@ -253,10 +254,10 @@ fn ctl_as_nobody(socket: &Path) -> Output {
 
 #[test]
 fn other_users_are_refused() {
-    if !rustix::process::geteuid().is_root()
-        || Command::new("setpriv").arg("--version").output().is_err()
+    let name = "other_users_are_refused";
+    if which_or_skip(name, "setpriv", "util-linux").is_none()
+        || !root_or_skip(name, "setpriv acts as the user nobody")
     {
-        eprintln!("skipped: needs root and setpriv to act as another user");
         return;
     }
     let baton = started();

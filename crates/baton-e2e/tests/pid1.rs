@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use baton_e2e::procs::{self, Proc};
-use baton_e2e::tools::{KillOnDrop, run_ok, skip, which};
+use baton_e2e::tools::{KillOnDrop, root_or_skip, run_ok, which_or_skip};
 use baton_e2e::{Baton, BatonCmd, Signal, WAIT, bin, http};
 
 const LEAKER: &str = r#"#!/bin/sh
@@ -118,11 +118,10 @@ fn check_orphan(baton: &Baton, orphan: &Proc, fifo: &Path, reaper: u32) {
 
 #[test]
 fn as_pid_1_orphans_are_reaped_and_signals_work() {
-    if which("unshare").is_none() {
-        skip(
-            "as_pid_1_orphans_are_reaped_and_signals_work",
-            "unshare (util-linux) is not installed",
-        );
+    let name = "as_pid_1_orphans_are_reaped_and_signals_work";
+    if which_or_skip(name, "unshare", "util-linux").is_none()
+        || !root_or_skip(name, "unshare --pid --mount-proc makes a pid namespace")
+    {
         return;
     }
     let cmd = BatonCmd::new();

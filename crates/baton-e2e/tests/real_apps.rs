@@ -1,6 +1,8 @@
 //! Real applications under baton, unchanged: gunicorn (sync workers, a
-//! tiny WSGI app) and a Node.js `http` server, each through 20 reloads
-//! under load with no failed request. The apps are `examples/apps/`.
+//! tiny WSGI app), uvicorn (a tiny ASGI app on `--fd 3`), a Node.js `http`
+//! server and a Go `net/http` server (standard library only), each through
+//! 20 reloads under load with no failed request. The apps are
+//! `examples/apps/`.
 //!
 //! gunicorn takes baton's socket through `LISTEN_FDS` and sends `READY=1`
 //! from its arbiter. Without `--preload` that is *before* its workers have
@@ -11,15 +13,19 @@
 //! imported before `READY=1`, so a broken release rolls back. Both are
 //! tested; docs/integrations/gunicorn.md says which to use.
 //!
-//! gunicorn comes from the venv `./test` prepares; node from the machine.
-//! A test skips, saying so, only when its program is not there.
+//! gunicorn and uvicorn come from the venv `./test` prepares (PyPI); node,
+//! go from Debian's nodejs and golang, which `./test` installs. Without its
+//! program a test fails unless skips are allowed (`BATON_E2E_ALLOW_SKIP=1`,
+//! see `baton_e2e::tools::skip`).
 
 mod common;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
 
-use baton_e2e::tools::{skip, venv, venv_bin, which};
+use baton_e2e::tools::{output_text, run_bounded, venv_bin, venv_bin_or_skip, which_or_skip};
 use baton_e2e::{Baton, BatonCmd, Signal, WAIT, http};
 use baton_load::Report;
 use common::{Load, reloads_under_load};
@@ -29,17 +35,7 @@ fn apps_dir() -> PathBuf {
 }
 
 fn gunicorn_or_skip(test: &str) -> Option<PathBuf> {
-    let g = venv_bin("gunicorn");
-    if g.is_none() {
-        skip(
-            test,
-            &format!(
-                "gunicorn is not in {} (./test installs it from PyPI)",
-                venv().display()
-            ),
-        );
-    }
-    g
+    venv_bin_or_skip(test, "gunicorn", "gunicorn")
 }
 
 /// `baton run -l 127.0.0.1:0 -- gunicorn --chdir examples/apps --workers 2
@@ -148,11 +144,8 @@ fn gunicorn_with_preload_a_broken_release_rolls_back() {
 /// in band (examples/apps/server.js).
 #[test]
 fn node_on_fd_3_twenty_reloads_under_keep_alive_load() {
-    let Some(node) = which("node") else {
-        skip(
-            "node_on_fd_3_twenty_reloads_under_keep_alive_load",
-            "node is not installed",
-        );
+    let test = "node_on_fd_3_twenty_reloads_under_keep_alive_load";
+    let Some(node) = which_or_skip(test, "node", "nodejs") else {
         return;
     };
     let baton = BatonCmd::new()
@@ -161,5 +154,154 @@ fn node_on_fd_3_twenty_reloads_under_keep_alive_load() {
         .spawn();
     let report = twenty_reloads(&baton, "node (fd 3, --ready fd)");
     assert_eq!(report.failed, 0);
+    stop_cleanly(baton);
+}
+
+/// `baton run --ready fd -- uvicorn --fd 3 ... asgi_app:app`: the recipe
+/// of docs/integrations/uvicorn.md as it stands.
+fn uvicorn(uvicorn: &Path) -> BatonCmd {
+    let argv: Vec<OsString> = vec![
+        uvicorn.into(),
+        "--fd".into(),
+        "3".into(),
+        "--app-dir".into(),
+        apps_dir().into(),
+        // The app's lifespan startup reports readiness: never run without it.
+        "--lifespan".into(),
+        "on".into(),
+        "--timeout-graceful-shutdown".into(),
+        "10".into(),
+        "--log-level".into(),
+        "warning".into(),
+        "asgi_app:app".into(),
+    ];
+    BatonCmd::new()
+        .args(["--ready", "fd", "--grace", "15s"])
+        .command(argv)
+}
+
+/// `uvicorn --fd 3`, ready from the app's lifespan startup writing to
+/// `BATON_READY_FD` (examples/apps/asgi_app.py): every reload is ready and
+/// served by the new generation, and a release whose startup fails never
+/// reports ready, so baton rolls it back and the old generation keeps
+/// serving. (Not under load: uvicorn's own shutdown closes idle keep-alive
+/// and just-accepted connections without answering; see
+/// `uvicorn_through_serve_uvicorn_twenty_reloads_under_keep_alive_load`.)
+#[test]
+fn uvicorn_on_fd_3_reloads_and_a_failed_startup_rolls_back() {
+    let test = "uvicorn_on_fd_3_reloads_and_a_failed_startup_rolls_back";
+    let Some(u) = venv_bin_or_skip(test, "uvicorn", "uvicorn") else {
+        return;
+    };
+    let cmd = uvicorn(&u);
+    let broken = cmd.dir().join("BROKEN");
+    let baton = cmd.env("APP_FAIL_IF", &broken).spawn();
+    baton.wait_for("generation 1 ready", WAIT);
+    let port = baton.port();
+    assert_eq!(http::get_ok(port, "/").generation(), Some(1));
+    for g in 2..=4 {
+        baton.reload(g, WAIT);
+        assert_eq!(http::get_ok(port, "/").generation(), Some(g));
+    }
+    std::fs::write(&broken, "").expect("break the release");
+    let mark = baton.mark();
+    baton.signal(Signal::HUP);
+    let (_, line) = baton.wait_for_after(mark, "reload failed", WAIT);
+    assert!(line.contains("generation 4 keeps serving"), "{line}");
+    assert_eq!(http::get_ok(port, "/").generation(), Some(4));
+    std::fs::remove_file(&broken).expect("fix the release");
+    // The failed generation 5 is gone; generation 6 replaces generation 4.
+    let mark = baton.mark();
+    baton.signal(Signal::HUP);
+    baton.wait_for_after(mark, "generation 6 ready", WAIT);
+    baton.wait_for_after(mark, "generation 4 exited", WAIT);
+    assert_eq!(http::get_ok(port, "/").generation(), Some(6));
+    stop_cleanly(baton);
+}
+
+/// uvicorn through examples/apps/serve_uvicorn.py (the same uvicorn on fd
+/// 3, with a drain that stops accepting first and ends keep-alive
+/// connections in band): 20 reloads under keep-alive load, none failed.
+#[test]
+fn uvicorn_through_serve_uvicorn_twenty_reloads_under_keep_alive_load() {
+    let test = "uvicorn_through_serve_uvicorn_twenty_reloads_under_keep_alive_load";
+    if venv_bin_or_skip(test, "uvicorn", "uvicorn").is_none() {
+        return;
+    }
+    let python = venv_bin("python").expect("a venv with uvicorn has its python");
+    let baton = BatonCmd::new()
+        .args(["--ready", "fd", "--grace", "15s", "--chdir"])
+        .arg(apps_dir())
+        .command([
+            python.into(),
+            OsString::from("serve_uvicorn.py"),
+            "asgi_app:app".into(),
+        ])
+        .spawn();
+    let report = twenty_reloads(&baton, "uvicorn (serve_uvicorn.py, fd 3, --ready fd)");
+    assert_eq!(report.failed, 0);
+    stop_cleanly(baton);
+}
+
+/// Builds examples/apps/go into `dir` with Debian's Go: standard library
+/// only, so no module download (`GOPROXY=off`, `GOFLAGS=-mod=mod`); the
+/// build cache is kept in the workspace's `target/go-cache`, so only the
+/// first build on a machine compiles everything.
+fn build_go_server(go: &Path, dir: &Path) -> PathBuf {
+    let out = dir.join("go-server");
+    let cache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/go-cache");
+    let mut cmd = Command::new(go);
+    cmd.arg("build")
+        .arg("-o")
+        .arg(&out)
+        .arg(".")
+        .current_dir(apps_dir().join("go"))
+        .env("GOCACHE", &cache)
+        .env("GOPATH", dir.join("gopath"))
+        .env("GOPROXY", "off")
+        .env("GOFLAGS", "-mod=mod")
+        .env("GOTOOLCHAIN", "local")
+        .env("CGO_ENABLED", "0");
+    let result = run_bounded(cmd, Duration::from_secs(300));
+    assert!(
+        result.status.success(),
+        "go build of examples/apps/go failed: {}",
+        output_text(&result)
+    );
+    out
+}
+
+/// A Go `net/http` server on fd 3 (`net.FileListener(os.NewFile(3, ...))`),
+/// ready by `READY=1` on `NOTIFY_SOCKET` (baton's default, sent without a
+/// library), draining keep-alive connections in band.
+#[test]
+fn go_on_fd_3_notify_twenty_reloads_under_keep_alive_load() {
+    let test = "go_on_fd_3_notify_twenty_reloads_under_keep_alive_load";
+    let Some(go) = which_or_skip(test, "go", "golang") else {
+        return;
+    };
+    let cmd = BatonCmd::new().args(["--workers", "2", "--grace", "15s"]);
+    let server = build_go_server(&go, cmd.dir());
+    let baton = cmd.command([server]).spawn();
+    let report = twenty_reloads(&baton, "go (fd 3, notify)");
+    assert_eq!(report.failed, 0);
+    stop_cleanly(baton);
+}
+
+/// The same server with `--ready fd`: a newline on `BATON_READY_FD`.
+#[test]
+fn go_on_fd_3_ready_fd_reloads() {
+    let test = "go_on_fd_3_ready_fd_reloads";
+    let Some(go) = which_or_skip(test, "go", "golang") else {
+        return;
+    };
+    let cmd = BatonCmd::new().args(["--ready", "fd", "--grace", "15s"]);
+    let server = build_go_server(&go, cmd.dir());
+    let baton = cmd.command([server]).spawn();
+    baton.wait_for("generation 1 ready", WAIT);
+    let port = baton.port();
+    assert_eq!(http::get_ok(port, "/").generation(), Some(1));
+    baton.reload(2, WAIT);
+    assert_eq!(http::get_ok(port, "/").generation(), Some(2));
     stop_cleanly(baton);
 }

@@ -5,14 +5,15 @@
 //! connection from the accept queue, reloads with no failed request, and
 //! on stop leaves the socket file alone: it did not create it.
 //!
-//! `./test` installs Debian's systemd when the tool is missing; the test
-//! skips, saying so, only when it is still not there.
+//! `./test` installs Debian's systemd when the tool is missing; without
+//! it the test fails unless skips are allowed (`BATON_E2E_ALLOW_SKIP=1`,
+//! see `baton_e2e::tools::skip`).
 
 mod common;
 
 use std::process::Command;
 
-use baton_e2e::tools::{skip, which};
+use baton_e2e::tools::which_or_skip;
 use baton_e2e::{BatonCmd, Signal, WAIT, http};
 use baton_load::Target;
 use common::{Load, reloads_under_load_at};
@@ -20,11 +21,7 @@ use common::{Load, reloads_under_load_at};
 #[test]
 fn adopts_the_named_socket_reloads_and_leaves_its_file() {
     let name = "adopts_the_named_socket_reloads_and_leaves_its_file";
-    let Some(activate) = which("systemd-socket-activate") else {
-        skip(
-            name,
-            "systemd-socket-activate is not installed (Debian package systemd)",
-        );
+    let Some(activate) = which_or_skip(name, "systemd-socket-activate", "systemd") else {
         return;
     };
     let cmd = BatonCmd::new();

@@ -5,7 +5,8 @@
 //! `supervisorctl stop` leaves nothing running.
 //!
 //! supervisord comes from the venv `./test` prepares (PyPI `supervisor`);
-//! the test skips, saying so, only when it is not there.
+//! without it the test fails unless skips are allowed
+//! (`BATON_E2E_ALLOW_SKIP=1`, see `baton_e2e::tools::skip`).
 
 mod common;
 
@@ -15,7 +16,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use baton_e2e::procs::{self, Proc};
-use baton_e2e::tools::{output_text, run_bounded, skip, try_run_bounded, venv, venv_bin};
+use baton_e2e::tools::{output_text, run_bounded, try_run_bounded, venv_bin, venv_bin_or_skip};
 use baton_e2e::{Baton, BatonCmd, Signal, WAIT};
 use common::{Load, reloads_under_load};
 
@@ -138,14 +139,7 @@ fn assert_tree(baton: &Baton, baton_pid: u32, g: u32) {
 #[test]
 fn twenty_reloads_via_supervisorctl_signal_hup_under_load() {
     let name = "twenty_reloads_via_supervisorctl_signal_hup_under_load";
-    let Some(supervisord) = venv_bin("supervisord") else {
-        skip(
-            name,
-            &format!(
-                "supervisord is not in {} (./test installs it from PyPI)",
-                venv().display()
-            ),
-        );
+    let Some(supervisord) = venv_bin_or_skip(name, "supervisord", "supervisor") else {
         return;
     };
     let mut conf = PathBuf::new();
