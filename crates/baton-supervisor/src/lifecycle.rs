@@ -27,7 +27,9 @@
 //!    exponential backoff; the backoff resets once a worker stayed up for
 //!    [`STABLE_AFTER`].
 //! 7. Every worker that exits has what remains of its process group killed,
-//!    so no grandchild outlives its worker.
+//!    so no grandchild outlives its worker. (The runtime does it while the
+//!    worker is still an unreaped zombie, so the group id cannot have been
+//!    reused; see `baton_sys::spawn::Child::signal_group`.)
 
 use std::fmt;
 use std::time::{Duration, Instant};

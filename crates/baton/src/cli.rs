@@ -60,12 +60,21 @@ enum Command {
 
 const RUN_HELP: &str = "\
 Signals:
-  HUP        reload: start a new generation, wait until it is ready, drain the old one
-  TERM, INT  graceful stop (a second one stops immediately)
-  QUIT       immediate stop (SIGKILL to every worker)
+  HUP           reload: start a new generation, wait until it is ready, drain the old one
+  TERM, INT     graceful stop (another one, once baton is stopping, stops immediately)
+  PWR           graceful stop (what LXC sends its init)
+  QUIT          immediate stop (SIGKILL to every worker)
+  TTIN, TTOU    one worker more, one fewer, per generation
+  USR1          forwarded to the serving generation's workers (most servers reopen logs)
+  USR2          reserved for upgrading baton in place (not built yet: logged, ignored)
+  ALRM, VTALRM, PROF, IO, XCPU, XFSZ, STKFLT, RTMIN..RTMAX
+                logged and ignored; WINCH and PIPE are ignored
+  (no signal a person or a supervisor sends takes the service down by accident)
 
 Workers get the sockets at fds 3.. with LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES
-(systemd socket activation), plus BATON_GENERATION and BATON_WORKER.
+(systemd socket activation), plus BATON_GENERATION and BATON_WORKER. Each worker runs
+in a process group of its own, each generation in a cgroup of its own where baton can
+make one; if baton is killed, a guard process ends what the workers started.
 
 Example:
   baton run -l 0.0.0.0:8080 --workers 4 -- ./server --config prod.toml

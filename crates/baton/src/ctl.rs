@@ -31,7 +31,9 @@ Exit codes of baton ctl:
   9   permission denied: the supervisor runs as another user
   10  reload failed: the new generation was rolled back, the old one keeps serving
   11  no verdict within --timeout (the reload may still finish)
-  12  the supervisor refused the request (it is stopping) or answered an error";
+  12  the supervisor refused the request (it is stopping) or answered an error
+stop exits with baton's own exit code once it has stopped: 0 when every worker
+exited on its own, 7 when some had to be killed (see baton run --help)";
 
 #[derive(Debug, clap::Args)]
 pub struct CtlArgs {
