@@ -548,9 +548,17 @@ impl Baton {
                 };
                 let tail = tail(&st.lines, 40);
                 drop(st);
+                let state = if why.starts_with("timed out") {
+                    format!(
+                        "\nwhat baton and its children are doing:\n{}",
+                        procs::diagnose(self.find_baton().unwrap_or(self.pid))
+                    )
+                } else {
+                    String::new()
+                };
                 panic!(
                     "{why} waiting for a line {what} (from line {mark}); \
-                     baton pid {}, up {:?}; last lines:\n{tail}",
+                     baton pid {}, up {:?}; last lines:\n{tail}{state}",
                     self.pid,
                     self.started.elapsed()
                 );

@@ -113,6 +113,21 @@ impl Proc {
     }
 }
 
+/// Whether `pid` is baton's guard (`baton guard`, see
+/// `baton_supervisor::guard`), which is a child of baton beside its workers.
+pub fn is_guard(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.split(|b| *b == 0).nth(1) == Some(b"guard".as_slice()))
+}
+
+/// baton's children other than its guard: its workers (and probes).
+pub fn children_but_guard(baton: u32) -> Vec<u32> {
+    children(baton)
+        .into_iter()
+        .filter(|p| !is_guard(*p))
+        .collect()
+}
+
 /// The children of `pid` (all its threads'), from
 /// `/proc/<pid>/task/*/children`; empty when there is no such process.
 pub fn children(pid: u32) -> Vec<u32> {
@@ -130,6 +145,48 @@ pub fn children(pid: u32) -> Vec<u32> {
         .collect();
     out.sort_unstable();
     out.dedup();
+    out
+}
+
+/// What `pid`, its threads and its children are doing, for the message of
+/// a test that timed out waiting for it: each one's command line, state,
+/// wait channel and kernel stack (readable as root), so a hang can be
+/// diagnosed from the test output alone.
+pub fn diagnose(pid: u32) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let show = |out: &mut String, what: &str, dir: &str| {
+        let read = |f: &str| std::fs::read_to_string(format!("{dir}/{f}")).unwrap_or_default();
+        let cmd = read("cmdline").replace('\0', " ");
+        let state = read("stat")
+            .rsplit(") ")
+            .next()
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or("?")
+            .to_owned();
+        let _ = writeln!(
+            out,
+            "  {what} [{state}] wchan={} {}",
+            read("wchan").trim(),
+            cmd.trim()
+        );
+        for line in read("stack").lines().take(12) {
+            let _ = writeln!(out, "      {line}");
+        }
+    };
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.filter_map(Result::ok) {
+            let tid = t.file_name().to_string_lossy().into_owned();
+            show(
+                &mut out,
+                &format!("thread {tid} of {pid}"),
+                &format!("/proc/{pid}/task/{tid}"),
+            );
+        }
+    }
+    for c in children(pid) {
+        show(&mut out, &format!("child {c}"), &format!("/proc/{c}"));
+    }
     out
 }
 

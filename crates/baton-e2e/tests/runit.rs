@@ -109,7 +109,7 @@ fn assert_tree(baton: &Baton, baton_pid: u32, g: u32) {
     let mut workers: Vec<u32> = baton.workers_of(g).iter().map(|w| w.pid).collect();
     workers.sort_unstable();
     assert_eq!(
-        procs::children(baton_pid),
+        procs::children_but_guard(baton_pid),
         workers,
         "baton's children after generation {} drained: only generation {g}'s workers",
         g - 1

@@ -219,6 +219,11 @@ impl Drop for SignalBlock {
 
 const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
 
+/// How long a forked child may take to reach `execve` before it is killed.
+/// It only makes a few system calls, so this is far beyond what a healthy
+/// machine needs; it bounds how long a stuck child can hold its parent.
+pub const EXEC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Forks and executes `cmd`.
 ///
 /// Returns once the child has successfully called `execve` (or failed to).
@@ -322,10 +327,44 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Child, SpawnError> {
     drop(err_write);
     let pid_u = pid as u32;
 
-    // Learn whether exec succeeded: EOF means yes.
+    // Learn whether exec succeeded: EOF means yes. Bounded: a child that
+    // is stuck before exec (in the kernel) must not freeze the caller's
+    // event loop; it is killed and reported instead.
     let mut report = [0u8; 8];
     let mut got = 0;
+    let deadline = std::time::Instant::now() + EXEC_TIMEOUT;
     while got < report.len() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut fds = [rustix::event::PollFd::new(
+            &err_read,
+            rustix::event::PollFlags::IN,
+        )];
+        let ts = rustix::time::Timespec::try_from(left).unwrap_or(rustix::time::Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        });
+        match rustix::event::poll(&mut fds, Some(&ts)) {
+            Ok(0) => {
+                let wchan =
+                    std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+                // SAFETY: kill on our own unreaped child's pid, which cannot
+                // have been reused because we have not waited for it. Not
+                // reaped here: a child stuck in an uninterruptible wait dies
+                // only when it leaves it, and waiting for that is what this
+                // bound avoids (a subreaper's orphan reaping collects it).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                return Err(SpawnError::Setup(io::Error::other(format!(
+                    "the new process did not reach exec within {} s (waiting in the kernel at {:?}); it was killed",
+                    EXEC_TIMEOUT.as_secs(),
+                    wchan.trim()
+                ))));
+            }
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                reap_blocking(pid);
+                return Err(SpawnError::Setup(e.into()));
+            }
+        }
         match rustix::io::read(&err_read, &mut report[got..]) {
             Ok(0) => break,
             Ok(n) => got += n,
