@@ -592,7 +592,7 @@ impl Upgrader {
             parent_death_signal: None,
             // The successor gets this process's limits, unchanged.
             nofile_soft_limit: None,
-            cgroup_procs: None,
+            cgroup: None,
         })
         .map_err(|source| UpgradeError::Spawn {
             program: inner.program.display().to_string(),

@@ -6,9 +6,10 @@
 //! the privilege to write elsewhere in the hierarchy. So when baton's own
 //! cgroup is writable (root in a container, or a systemd unit with
 //! `Delegate=yes`), baton makes `baton.<pid>/` beside itself and
-//! `baton.<pid>/gen-<N>/` for each generation; each worker moves itself into
-//! its generation's cgroup before it executes the command (it writes `0` to
-//! `cgroup.procs`), so nothing it starts is ever outside. When a generation
+//! `baton.<pid>/gen-<N>/` for each generation; each worker is born in its
+//! generation's cgroup (`clone3` with `CLONE_INTO_CGROUP`, Linux 5.7), so
+//! nothing it starts is ever outside. (Moving a process in afterwards costs
+//! an RCU grace period per move, which took seconds on a loaded machine.) When a generation
 //! is gone, `cgroup.kill` ends whatever its workers left behind, and the
 //! guard (see [`crate::guard`]) kills the whole `baton.<pid>/` subtree if
 //! baton itself is killed.
@@ -30,19 +31,19 @@ pub struct Cgroups {
     root: PathBuf,
 }
 
-/// One generation's cgroup, open for workers to join.
+/// One generation's cgroup, open for workers to be born in.
 #[derive(Debug)]
 pub struct GenCgroup {
     dir: PathBuf,
-    /// `cgroup.procs`, opened for writing: a worker writes `0` to it between
-    /// fork and exec to move itself in.
-    procs: File,
+    /// The directory, opened: workers are created in it (`clone3` with
+    /// `CLONE_INTO_CGROUP`).
+    fd: File,
 }
 
 impl GenCgroup {
-    /// What a spawned worker writes to, to join this cgroup.
-    pub fn procs(&self) -> BorrowedFd<'_> {
-        self.procs.as_fd()
+    /// The directory to start workers in.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 
     pub fn dir(&self) -> &Path {
@@ -113,10 +114,8 @@ impl Cgroups {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
-        let procs = std::fs::OpenOptions::new()
-            .write(true)
-            .open(dir.join("cgroup.procs"))?;
-        Ok(GenCgroup { dir, procs })
+        let fd = std::fs::File::open(&dir)?;
+        Ok(GenCgroup { dir, fd })
     }
 
     /// Removes baton's subtree, killing anything still in it first (at the

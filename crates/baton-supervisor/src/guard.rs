@@ -158,7 +158,7 @@ impl Guard {
             // It must outlive baton: that is its whole point.
             parent_death_signal: None,
             nofile_soft_limit: None,
-            cgroup_procs: None,
+            cgroup: None,
         })
         .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
         drop(rx);

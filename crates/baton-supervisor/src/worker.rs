@@ -68,8 +68,8 @@ pub struct Placement<'a> {
     pub chdir: Option<&'a Path>,
     /// The open-files soft limit baton had before it raised its own.
     pub nofile_soft_limit: Option<u64>,
-    /// The generation's cgroup, to join before exec.
-    pub cgroup_procs: Option<BorrowedFd<'a>>,
+    /// The generation's cgroup directory, to be born in.
+    pub cgroup: Option<BorrowedFd<'a>>,
 }
 
 fn nonblocking_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -129,7 +129,7 @@ pub fn spawn_worker(
         new_process_group: true,
         parent_death_signal: Some(libc::SIGKILL),
         nofile_soft_limit: at.nofile_soft_limit,
-        cgroup_procs: at.cgroup_procs,
+        cgroup: at.cgroup,
     })
     .map_err(|e| match e {
         baton_sys::spawn::SpawnError::Child {
@@ -197,7 +197,7 @@ pub fn spawn_probe(
         new_process_group: true,
         parent_death_signal: Some(libc::SIGKILL),
         nofile_soft_limit,
-        cgroup_procs: None,
+        cgroup: None,
     })
     .map_err(|e| format!("cannot run the readiness command: {e}"))
 }

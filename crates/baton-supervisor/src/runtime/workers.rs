@@ -267,7 +267,7 @@ impl Runtime {
             .get(&g)
             .and_then(|r| r.cgroup.as_ref())
             .filter(|_| join_cgroup)
-            .map(GenCgroup::procs);
+            .map(GenCgroup::fd);
         spawn_worker(
             &self.settings,
             &self.listeners,
@@ -280,7 +280,7 @@ impl Runtime {
                 notify,
                 chdir,
                 nofile_soft_limit: self.child_nofile,
-                cgroup_procs: cgroup,
+                cgroup,
             },
         )
     }
