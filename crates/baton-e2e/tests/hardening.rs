@@ -307,7 +307,7 @@ fn kill_9_of_baton_leaves_no_descendant_when_generations_have_cgroups() {
 /// kills it.
 #[test]
 fn kill_9_of_baton_leaves_no_grandchild_in_the_workers_process_group() {
-    let (_baton, others, grandchildren) = kill_9_baton(&["--no-cgroups"]);
+    let (_baton, others, grandchildren) = kill_9_baton(&["--cgroups", "off"]);
     assert_all_gone(&others, "worker or guard");
     assert_all_gone(&grandchildren[..1], "grandchild in the worker's group");
     let daemon = &grandchildren[1];
@@ -323,7 +323,7 @@ fn kill_9_of_baton_as_pid_1_leaves_nothing() {
     let cmd = BatonCmd::new();
     let script = tree_worker(cmd.dir());
     let baton = cmd
-        .args(["--ready", "delay:100ms", "--no-control", "--no-cgroups"])
+        .args(["--ready", "delay:100ms", "--no-control", "--cgroups", "off"])
         .command([script])
         .spawn_in_pid_namespace();
     baton.wait_for("generation 1 ready", WAIT);

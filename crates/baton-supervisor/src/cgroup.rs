@@ -24,6 +24,8 @@ use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
+use crate::config::CgroupMode;
+
 /// baton's subtree of the cgroup hierarchy.
 #[derive(Debug)]
 pub struct Cgroups {
@@ -59,6 +61,12 @@ pub enum Unavailable {
     NoHierarchy,
     #[error("cannot tell baton's cgroup from /proc/self/cgroup: {0}")]
     OwnCgroup(String),
+    #[error("--cgroups off")]
+    Off,
+    #[error(
+        "{path} is not delegated to baton (systemd: Delegate=yes); --cgroups on uses it anyway"
+    )]
+    NotDelegated { path: String },
     #[error("cannot create {path}: {source}")]
     Create {
         path: String,
@@ -68,8 +76,9 @@ pub enum Unavailable {
 }
 
 impl Cgroups {
-    /// Creates `baton.<pid>/` in baton's own cgroup, if it can.
-    pub fn setup() -> Result<Self, Unavailable> {
+    /// Creates `baton.<pid>/` in baton's own cgroup, if `mode` allows it
+    /// there and baton can.
+    pub fn setup(mode: CgroupMode) -> Result<Self, Unavailable> {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
             .map_err(|_| Unavailable::NoHierarchy)?;
         let (mount_root, mount_point) =
@@ -84,7 +93,18 @@ impl Cgroups {
             |_| own.trim_start_matches('/').to_owned(),
             |p| p.display().to_string(),
         );
-        let mine = mount_point.join(rel);
+        let mine = mount_point.join(&rel);
+        match mode {
+            CgroupMode::Off => return Err(Unavailable::Off),
+            CgroupMode::On => {}
+            CgroupMode::Auto => {
+                if !rel.is_empty() && !delegated(&mine) {
+                    return Err(Unavailable::NotDelegated {
+                        path: mine.display().to_string(),
+                    });
+                }
+            }
+        }
         let root = mine.join(format!("baton.{}", std::process::id()));
         match std::fs::create_dir(&root) {
             Ok(()) => {}
@@ -196,6 +216,16 @@ fn remove_tree(dir: &Path) {
     {
         tracing::debug!("cannot remove cgroup {}: {e}", dir.display());
     }
+}
+
+/// Whether `dir` was delegated: systemd marks a delegated cgroup with the
+/// extended attribute `trusted.delegate` (system manager) or
+/// `user.delegate` (user manager), value `1` (systemd 251 and later).
+fn delegated(dir: &Path) -> bool {
+    ["trusted.delegate", "user.delegate"].iter().any(|name| {
+        let mut buf = [0u8; 8];
+        rustix::fs::getxattr(dir, *name, &mut buf).is_ok_and(|n| &buf[..n] == b"1")
+    })
 }
 
 /// The root and mount point of the cgroup v2 mount in `mountinfo`

@@ -33,8 +33,35 @@ pub struct Settings {
     /// `argv` that runs [`crate::guard::run`]. `None`: no guard, so a
     /// `SIGKILL` of baton leaves what the workers started.
     pub guard: Option<(PathBuf, Vec<std::ffi::OsString>)>,
-    /// Put each generation in a cgroup of its own where baton can.
-    pub cgroups: bool,
+    /// Whether each generation gets a cgroup of its own.
+    pub cgroups: CgroupMode,
+}
+
+/// `--cgroups`: whether baton gives each generation a cgroup of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupMode {
+    /// Where the cgroup is baton's to manage: delegated to it (systemd
+    /// `Delegate=yes` marks the cgroup with a `trusted.delegate` or
+    /// `user.delegate` attribute), or the root of the hierarchy baton sees
+    /// (a container, a machine without systemd). Never inside a tree another
+    /// manager owns (systemd's single-writer rule).
+    Auto,
+    /// Wherever baton can write its cgroup.
+    On,
+    /// Never: process groups only.
+    Off,
+}
+
+/// Parses `--cgroups`: `auto`, `on` or `off`.
+pub fn parse_cgroups(s: &str) -> Result<CgroupMode, String> {
+    match s {
+        "auto" => Ok(CgroupMode::Auto),
+        "on" => Ok(CgroupMode::On),
+        "off" => Ok(CgroupMode::Off),
+        _ => Err(format!(
+            "unknown cgroup mode {s:?}; use auto (where the cgroup is delegated to baton, or is the root), on or off"
+        )),
+    }
 }
 
 /// Parses `--ready`: `notify`, `fd`, `delay:DURATION`, `exec:CMD`.

@@ -37,10 +37,14 @@ use crate::signals::{HANDLED, Ignored, SignalPipe};
 
 mod clients;
 mod readiness;
+mod spawner;
 mod workers;
 
 use clients::{Client, Waiting};
 use workers::{RtGeneration, RtWorker};
+
+/// The spawner thread's wake-ups (the first token; see `Runtime::token`).
+const SPAWNER_TOKEN: Token = Token(0);
 
 /// The most workers a generation may have.
 pub const MAX_WORKERS: usize = 1024;
@@ -71,6 +75,7 @@ enum Source {
     Signal(usize),
     Ignored,
     Guard,
+    Spawner,
     Exit(GenId, Slot),
     Output(GenId, Slot, Stream),
     Ready(GenId, Slot),
@@ -86,9 +91,13 @@ enum Source {
 #[derive(Debug)]
 pub struct Runtime {
     settings: Settings,
-    listeners: Vec<Bound>,
-    base_env: Vec<OsString>,
-    stdin: OwnedFd,
+    /// Shared with the spawner thread, which places them at fds 3.. of
+    /// each worker.
+    listeners: std::sync::Arc<Vec<Bound>>,
+    base_env: std::sync::Arc<Vec<OsString>>,
+    /// The command's `argv`, shared with the spawner.
+    args: std::sync::Arc<Vec<OsString>>,
+    stdin: std::sync::Arc<OwnedFd>,
     rundir: tempfile::TempDir,
     poll: Poll,
     tokens: HashMap<Token, Source>,
@@ -118,12 +127,15 @@ pub struct Runtime {
     /// The guard process, and its pidfd's token.
     guard: Option<crate::guard::Guard>,
     guard_token: Option<Token>,
-    /// baton's cgroup subtree, where it could make one.
-    cgroups: Option<crate::cgroup::Cgroups>,
-    /// Generation cgroups not yet removed (their last processes were still
-    /// exiting), and when to try again.
-    stale_cgroups: Vec<PathBuf>,
-    stale_retry_at: Option<Instant>,
+    /// The thread that starts workers and does every cgroup operation.
+    spawner: spawner::Spawner,
+    /// baton's cgroup subtree, once the spawner made it (for the guard).
+    cgroup_root: Option<PathBuf>,
+    /// Notify messages from workers forked but not registered yet:
+    /// (generation, worker pid, message).
+    early_notify: Vec<(GenId, u32, crate::notify::Message)>,
+    /// When to try reaping orphans again (the spawner was forking).
+    orphan_retry_at: Option<Instant>,
     /// The open-files soft limit baton started with, given back to every
     /// child (baton raised its own to the hard limit).
     child_nofile: Option<u64>,
@@ -171,6 +183,16 @@ impl Runtime {
             }
         };
         let poll = Poll::new().map_err(RuntimeError::Poll)?;
+        let waker = std::sync::Arc::new(
+            mio::Waker::new(poll.registry(), SPAWNER_TOKEN).map_err(RuntimeError::Poll)?,
+        );
+        let spawner = spawner::Spawner::start(
+            Box::new(move || {
+                let _ = waker.wake();
+            }),
+            settings.cgroups,
+        )
+        .map_err(RuntimeError::Poll)?;
         // Orphans of workers (daemonized grandchildren) come to baton, not
         // to init, so none outlives the supervisor unnoticed; as PID 1 in a
         // container baton is their reaper anyway.
@@ -186,14 +208,17 @@ impl Runtime {
         };
         let mut rt = Self {
             machine: Lifecycle::new(settings.policy.clone()),
+            args: std::sync::Arc::new(settings.args.clone()),
             settings,
-            listeners,
-            base_env: crate::worker::base_environment(),
-            stdin: baton_sys::spawn::dev_null().map_err(RuntimeError::DevNull)?,
+            listeners: std::sync::Arc::new(listeners),
+            base_env: std::sync::Arc::new(crate::worker::base_environment()),
+            stdin: std::sync::Arc::new(
+                baton_sys::spawn::dev_null().map_err(RuntimeError::DevNull)?,
+            ),
             rundir: rundir().map_err(RuntimeError::RunDir)?,
             poll,
-            tokens: HashMap::new(),
-            next_token: 0,
+            tokens: HashMap::from([(SPAWNER_TOKEN, Source::Spawner)]),
+            next_token: SPAWNER_TOKEN.0 + 1,
             signals: Vec::new(),
             ignored: None,
             timers: BTreeMap::new(),
@@ -215,9 +240,10 @@ impl Runtime {
             child_nofile,
             guard: None,
             guard_token: None,
-            cgroups: None,
-            stale_cgroups: Vec::new(),
-            stale_retry_at: None,
+            spawner,
+            cgroup_root: None,
+            early_notify: Vec::new(),
+            orphan_retry_at: None,
             orphans_to_reap: false,
             watcher: None,
             sinks,
@@ -256,17 +282,6 @@ impl Runtime {
                 .register(&mut pipe.read, token, Interest::READABLE)
                 .map_err(RuntimeError::Poll)?;
             rt.signals.push(pipe);
-        }
-        if rt.settings.cgroups {
-            match crate::cgroup::Cgroups::setup() {
-                Ok(cg) => {
-                    tracing::debug!("generations get cgroups under {}", cg.root().display());
-                    rt.cgroups = Some(cg);
-                }
-                Err(e) => tracing::debug!(
-                    "no cgroups for generations ({e}); descendants that leave their worker's process group are not tracked"
-                ),
-            }
         }
         rt.start_guard();
         let mut ignored = Ignored::register().map_err(|source| RuntimeError::Signal {
@@ -324,7 +339,7 @@ impl Runtime {
                 .copied()
                 .chain(next_client_deadline)
                 .chain(self.accept_paused_until)
-                .chain(self.stale_retry_at)
+                .chain(self.orphan_retry_at)
                 .min()
                 .map(|at| at.saturating_duration_since(Instant::now()));
             match self.poll.poll(&mut events, timeout) {
@@ -338,10 +353,9 @@ impl Runtime {
                 }
             }
         }
-        for l in &self.listeners {
+        for l in self.listeners.iter() {
             l.remove_file();
         }
-        self.stale_cgroups.clear();
         self.end_guard_and_cgroups();
         // Last words to clients (a `ctl stop` waits for this connection to
         // close); then the control socket goes.
@@ -372,7 +386,9 @@ impl Runtime {
             let now = Instant::now();
             self.expire_clients(now);
             self.resume_accepting(now);
-            self.retry_stale_cgroups(now);
+            if self.orphan_retry_at.is_some_and(|at| at <= now) {
+                self.orphans_to_reap = true;
+            }
             let due: Vec<TimerKey> = self
                 .timers
                 .iter()
@@ -443,6 +459,7 @@ impl Runtime {
                 }
             }
             Source::Guard => self.on_guard_exit(),
+            Source::Spawner => self.on_spawner(),
             Source::Ignored => {
                 if let Some(ignored) = self.ignored.as_mut() {
                     for sig in ignored.pending() {

@@ -2,13 +2,13 @@
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use baton_sys::spawn::{Child, Command};
 use rustix::pipe::PipeFlags;
 
-use crate::config::Settings;
-use crate::lifecycle::{GenId, ReadyMode, Slot};
+use crate::lifecycle::{GenId, Slot};
 use crate::listen::Bound;
 use crate::output::{Pipe, Stream};
 
@@ -55,21 +55,30 @@ pub struct Started {
     pub ready: Option<OwnedFd>,
 }
 
-/// What differs between workers and generations.
-#[derive(Debug, Clone, Copy)]
-pub struct Placement<'a> {
+/// Everything needed to start one worker, owned, so that the spawner
+/// thread can start it while the event loop goes on.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
     pub generation: GenId,
     pub slot: Slot,
     /// The program, pinned when the generation started.
-    pub program: &'a Path,
+    pub program: PathBuf,
+    /// `argv`, including `argv[0]` as the user wrote it.
+    pub args: Arc<Vec<OsString>>,
+    /// baton's environment without the variables it sets per worker.
+    pub base_env: Arc<Vec<OsString>>,
+    /// Give the worker a readiness pipe (`BATON_READY_FD`).
+    pub ready_fd: bool,
     /// This generation's notify socket (notify mode).
-    pub notify: Option<&'a Path>,
+    pub notify: Option<PathBuf>,
     /// This generation's working directory, resolved when it started.
-    pub chdir: Option<&'a Path>,
+    pub chdir: Option<PathBuf>,
     /// The open-files soft limit baton had before it raised its own.
     pub nofile_soft_limit: Option<u64>,
-    /// The generation's cgroup directory, to be born in.
-    pub cgroup: Option<BorrowedFd<'a>>,
+    /// The listeners, placed at fds 3.. in this order.
+    pub listeners: Arc<Vec<Bound>>,
+    /// The worker's stdin (`/dev/null`).
+    pub stdin: Arc<OwnedFd>,
 }
 
 fn nonblocking_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -87,58 +96,66 @@ pub enum SpawnFailure {
     Other(String),
 }
 
-/// Spawns one worker.
+/// Spawns one worker, born in the cgroup `cgroup` if given. `on_forked`
+/// is called with the new pid as soon as the process exists, before it has
+/// executed anything (see `baton_sys::spawn::fork_exec`).
 pub fn spawn_worker(
-    settings: &Settings,
-    listeners: &[Bound],
-    base_env: &[OsString],
-    stdin: BorrowedFd<'_>,
-    at: Placement<'_>,
+    spec: &WorkerSpec,
+    cgroup: Option<BorrowedFd<'_>>,
+    on_forked: impl FnOnce(u32),
 ) -> Result<Started, SpawnFailure> {
     let pipe_error = |e: std::io::Error| SpawnFailure::Other(format!("cannot create a pipe: {e}"));
     let (out_r, out_w) = nonblocking_pipe().map_err(pipe_error)?;
     let (err_r, err_w) = nonblocking_pipe().map_err(pipe_error)?;
-    let ready_pipe = match settings.policy.ready {
-        ReadyMode::Fd => Some(nonblocking_pipe().map_err(pipe_error)?),
-        ReadyMode::Notify | ReadyMode::Delay(_) | ReadyMode::Exec(_) => None,
+    let ready_pipe = if spec.ready_fd {
+        Some(nonblocking_pipe().map_err(pipe_error)?)
+    } else {
+        None
     };
 
-    let mut fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|l| l.fd.as_fd()).collect();
-    let mut env: Vec<OsString> = base_env.to_vec();
-    env.push(var("LISTEN_FDS", listeners.len().to_string()));
-    let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
+    let mut fds: Vec<BorrowedFd<'_>> = spec.listeners.iter().map(|l| l.fd.as_fd()).collect();
+    let mut env: Vec<OsString> = spec.base_env.to_vec();
+    env.push(var("LISTEN_FDS", spec.listeners.len().to_string()));
+    let names: Vec<&str> = spec.listeners.iter().map(|l| l.name.as_str()).collect();
     env.push(var("LISTEN_FDNAMES", names.join(":")));
-    env.push(var("BATON_GENERATION", at.generation.to_string()));
-    env.push(var("BATON_WORKER", at.slot.to_string()));
+    env.push(var("BATON_GENERATION", spec.generation.to_string()));
+    env.push(var("BATON_WORKER", spec.slot.to_string()));
     if let Some((_, w)) = &ready_pipe {
         env.push(var("BATON_READY_FD", (3 + fds.len()).to_string()));
         fds.push(w.as_fd());
     }
-    if let Some(path) = at.notify {
+    if let Some(path) = &spec.notify {
         env.push(var("NOTIFY_SOCKET", path.as_os_str()));
     }
 
-    let child = baton_sys::spawn::spawn(&Command {
-        program: at.program,
-        args: &settings.args,
-        env: &env,
-        listen_pid: true,
-        fds: &fds,
-        stdio: [Some(stdin), Some(out_w.as_fd()), Some(err_w.as_fd())],
-        chdir: at.chdir.or(settings.chdir.as_deref()),
-        new_process_group: true,
-        parent_death_signal: Some(libc::SIGKILL),
-        nofile_soft_limit: at.nofile_soft_limit,
-        cgroup: at.cgroup,
-    })
-    .map_err(|e| match e {
+    let explain = |e: baton_sys::spawn::SpawnError| match e {
         baton_sys::spawn::SpawnError::Child {
             step: baton_sys::spawn::Step::Cgroup,
             source,
         } => SpawnFailure::Cgroup(source.to_string()),
-        e => SpawnFailure::Other(explain_spawn_error(&e, settings, at)),
-    })?;
+        e => SpawnFailure::Other(explain_spawn_error(&e, spec)),
+    };
+    let forked = baton_sys::spawn::fork_exec(&Command {
+        program: &spec.program,
+        args: &spec.args,
+        env: &env,
+        listen_pid: true,
+        fds: &fds,
+        stdio: [
+            Some(spec.stdin.as_fd()),
+            Some(out_w.as_fd()),
+            Some(err_w.as_fd()),
+        ],
+        chdir: spec.chdir.as_deref(),
+        new_process_group: true,
+        parent_death_signal: Some(libc::SIGKILL),
+        nofile_soft_limit: spec.nofile_soft_limit,
+        cgroup,
+    })
+    .map_err(explain)?;
+    on_forked(forked.pid());
     drop((out_w, err_w));
+    let child = forked.wait_exec().map_err(explain)?;
     Ok(Started {
         child,
         stdout: Pipe::new(out_r, Stream::Stdout),
@@ -147,24 +164,20 @@ pub fn spawn_worker(
     })
 }
 
-fn explain_spawn_error(
-    e: &baton_sys::spawn::SpawnError,
-    settings: &Settings,
-    at: Placement<'_>,
-) -> String {
+fn explain_spawn_error(e: &baton_sys::spawn::SpawnError, spec: &WorkerSpec) -> String {
     use baton_sys::spawn::{SpawnError, Step};
     match e {
         SpawnError::Child {
             step: Step::Exec,
             source,
-        } => format!("cannot execute {}: {source}", at.program.display()),
+        } => format!("cannot execute {}: {source}", spec.program.display()),
         SpawnError::Child {
             step: Step::Chdir,
             source,
         } => format!(
             "cannot change directory to {}: {source}",
-            at.chdir
-                .or(settings.chdir.as_deref())
+            spec.chdir
+                .as_deref()
                 .map_or_else(String::new, |p| p.display().to_string())
         ),
         other => other.to_string(),

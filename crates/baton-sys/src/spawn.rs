@@ -228,6 +228,35 @@ pub const EXEC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10)
 ///
 /// Returns once the child has successfully called `execve` (or failed to).
 pub fn spawn(cmd: &Command<'_>) -> Result<Child, SpawnError> {
+    fork_exec(cmd)?.wait_exec()
+}
+
+/// A child that was forked and is on its way to `execve`.
+#[derive(Debug)]
+pub struct Forked {
+    pid: libc::pid_t,
+    /// Read end of the close-on-exec pipe the child reports failures on.
+    report: OwnedFd,
+}
+
+impl Forked {
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid as u32
+    }
+
+    /// Waits (at most [`EXEC_TIMEOUT`]) until the child has executed its
+    /// program, or learns why it could not.
+    pub fn wait_exec(self) -> Result<Child, SpawnError> {
+        wait_exec(self.pid, &self.report)
+    }
+}
+
+/// The first half of [`spawn`]: forks, and returns as soon as the child
+/// exists, before it has executed anything. Finish with
+/// [`Forked::wait_exec`]. Between the two a caller can record the new pid
+/// (for instance so that an orphan reaper does not take it for an orphan).
+pub fn fork_exec(cmd: &Command<'_>) -> Result<Forked, SpawnError> {
     // ---- Everything allocated before fork. ----
     let program = path_cstring("program", cmd.program)?;
     let args: Vec<CString> = cmd
@@ -334,8 +363,14 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Child, SpawnError> {
     }
     drop(block);
     drop(err_write);
-    let pid_u = pid as u32;
+    Ok(Forked {
+        pid,
+        report: err_read,
+    })
+}
 
+fn wait_exec(pid: libc::pid_t, err_read: &OwnedFd) -> Result<Child, SpawnError> {
+    let pid_u = pid as u32;
     // Learn whether exec succeeded: EOF means yes. Bounded: a child that
     // is stuck before exec (in the kernel) must not freeze the caller's
     // event loop; it is killed and reported instead.
@@ -374,7 +409,7 @@ pub fn spawn(cmd: &Command<'_>) -> Result<Child, SpawnError> {
                 return Err(SpawnError::Setup(e.into()));
             }
         }
-        match rustix::io::read(&err_read, &mut report[got..]) {
+        match rustix::io::read(err_read, &mut report[got..]) {
             Ok(0) => break,
             Ok(n) => got += n,
             Err(rustix::io::Errno::INTR) => {}

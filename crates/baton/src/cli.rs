@@ -146,10 +146,12 @@ struct RunArgs {
     #[arg(long, conflicts_with = "control")]
     no_control: bool,
 
-    /// Do not put generations in cgroups of their own, even where baton
-    /// could (process groups still catch what workers start)
-    #[arg(long)]
-    no_cgroups: bool,
+    /// Give each generation a cgroup of its own, so nothing its workers
+    /// start survives it: auto (where the cgroup is delegated to baton, or
+    /// is the root of what baton sees, as in a container), on (wherever
+    /// baton can write its cgroup) or off (process groups only)
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = config::parse_cgroups)]
+    cgroups: config::CgroupMode,
 
     /// The server command and its arguments (after --)
     #[arg(trailing_var_arg = true, value_name = "COMMAND")]
@@ -260,7 +262,7 @@ fn validate(run: RunArgs) -> Result<Settings, Failure> {
                 "guard".into(),
             ],
         )),
-        cgroups: !run.no_cgroups,
+        cgroups: run.cgroups,
         control: if run.no_control {
             None
         } else {

@@ -53,12 +53,54 @@ impl Runtime {
             };
             let slot = self.worker_for(g, pid);
             let Some(slot) = slot else {
+                // A worker just started may report before the spawner's
+                // answer reached the loop: keep its message until then.
+                if let Some(worker) = self.starting_worker(pid) {
+                    if self.early_notify.len() < MAX_EARLY_NOTIFY {
+                        self.early_notify.push((g, worker, msg));
+                    }
+                    continue;
+                }
                 tracing::warn!(
                     "ignoring notify message {:?} from pid {pid}: not a worker of generation {g} or one of its children",
                     msg.text
                 );
                 continue;
             };
+            self.apply_notify(g, slot, &msg);
+        }
+    }
+
+    /// The pid of a worker the spawner forked but the loop does not know
+    /// yet that `pid` is, or belongs to (its process group).
+    fn starting_worker(&self, pid: u32) -> Option<u32> {
+        let inflight = self
+            .spawner
+            .inflight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if inflight.contains(&pid) {
+            return Some(pid);
+        }
+        crate::notify::process_group(pid).filter(|pg| inflight.contains(pg))
+    }
+
+    /// Replays the messages a worker sent before it was registered.
+    pub(super) fn replay_early_notify(&mut self, g: GenId, slot: Slot, pid: u32) {
+        let mut early = std::mem::take(&mut self.early_notify);
+        early.retain(|(eg, worker, msg)| {
+            if *eg == g && *worker == pid {
+                self.apply_notify(g, slot, msg);
+                false
+            } else {
+                true
+            }
+        });
+        self.early_notify = early;
+    }
+
+    fn apply_notify(&mut self, g: GenId, slot: Slot, msg: &crate::notify::Message) {
+        {
             if let Some(status) = msg.get("STATUS") {
                 tracing::debug!("worker {slot} of generation {g}: STATUS={status}");
             }
@@ -75,7 +117,13 @@ impl Runtime {
             }
         }
     }
+}
 
+/// Messages kept for workers the loop does not know yet; more are dropped
+/// (a worker says READY=1 once).
+const MAX_EARLY_NOTIFY: usize = 256;
+
+impl Runtime {
     /// The worker of generation `g` that `pid` is, or belongs to (same
     /// process group: a wrapper's child reporting for it).
     pub(super) fn worker_for(&self, g: GenId, pid: u32) -> Option<Slot> {

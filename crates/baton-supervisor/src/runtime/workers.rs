@@ -8,13 +8,13 @@ use baton_sys::spawn::Child;
 use mio::Token;
 use mio::unix::SourceFd;
 
+use super::spawner::{Done, Job};
 use super::{Runtime, Source};
-use crate::cgroup::GenCgroup;
 use crate::guard::Guard;
 use crate::lifecycle::{Event, GenId, ReadyMode, Slot};
 use crate::notify::NotifySocket;
 use crate::output::{Pipe, Stream, Tail};
-use crate::worker::{Placement, SpawnFailure, spawn_worker};
+use crate::worker::{SpawnFailure, Started, WorkerSpec};
 
 #[derive(Debug)]
 pub(super) struct RtWorker {
@@ -32,8 +32,6 @@ pub(super) struct RtGeneration {
     pub(super) chdir: Option<PathBuf>,
     /// The program its workers run, pinned when it started.
     pub(super) program: Option<PathBuf>,
-    /// Its cgroup, where baton can make one.
-    pub(super) cgroup: Option<GenCgroup>,
     /// Why its workers cannot be started (a `--chdir` or program that does
     /// not resolve).
     pub(super) error: Option<String>,
@@ -145,11 +143,8 @@ impl Runtime {
                 Err(e) => tracing::error!("cannot create notify socket {}: {e}", path.display()),
             }
         }
-        if let Some(cg) = &self.cgroups {
-            match cg.generation(g) {
-                Ok(c) => rg.cgroup = Some(c),
-                Err(e) => tracing::debug!("no cgroup for generation {g}: {e}"),
-            }
+        if self.settings.cgroups != crate::config::CgroupMode::Off {
+            self.spawner.send(Job::MakeCgroup(g));
         }
         self.generations.insert(g, rg);
     }
@@ -171,25 +166,46 @@ impl Runtime {
         let program = rg
             .and_then(|r| r.program.clone())
             .unwrap_or_else(|| self.settings.program.clone());
-        let mut started =
-            self.spawn_one(g, slot, &program, notify.as_deref(), chdir.as_deref(), true);
-        if let Err(SpawnFailure::Cgroup(e)) = &started {
-            // Writable but not joinable (a delegation that stops short):
-            // go on with process groups alone.
-            tracing::warn!(
-                "a worker cannot join its generation's cgroup ({e}); baton stops using cgroups and relies on process groups"
-            );
-            self.disable_cgroups();
-            started = self.spawn_one(
-                g,
-                slot,
-                &program,
-                notify.as_deref(),
-                chdir.as_deref(),
-                false,
-            );
+        // Started by the spawner thread; the result comes back as
+        // Done::Worker (see on_spawned).
+        self.spawner.send(Job::Worker(Box::new(WorkerSpec {
+            generation: g,
+            slot,
+            program,
+            args: std::sync::Arc::clone(&self.args),
+            base_env: std::sync::Arc::clone(&self.base_env),
+            ready_fd: self.settings.policy.ready == ReadyMode::Fd,
+            notify,
+            chdir,
+            nofile_soft_limit: self.child_nofile,
+            listeners: std::sync::Arc::clone(&self.listeners),
+            stdin: std::sync::Arc::clone(&self.stdin),
+        })));
+    }
+
+    /// What the spawner thread sent back.
+    pub(super) fn on_spawner(&mut self) {
+        for done in self.spawner.results() {
+            match done {
+                Done::Cgroups(root) => {
+                    if let Some(guard) = &self.guard {
+                        guard.say(&format!("c {}", root.display()));
+                    }
+                    self.cgroup_root = Some(root);
+                }
+                Done::Worker {
+                    generation,
+                    slot,
+                    result,
+                } => self.on_started(generation, slot, result),
+                Done::Stopped => {}
+            }
         }
-        let started = match started {
+    }
+
+    /// A worker the spawner started (or could not start).
+    fn on_started(&mut self, g: GenId, slot: Slot, result: Result<Started, SpawnFailure>) {
+        let started = match result {
             Ok(s) => s,
             Err(SpawnFailure::Cgroup(error) | SpawnFailure::Other(error)) => {
                 self.queue.push_back(Event::SpawnFailed {
@@ -229,6 +245,7 @@ impl Runtime {
             // kill it and report a failed spawn instead.
             let _ = baton_sys::spawn::signal(&started.child, libc::SIGKILL);
             wait_briefly(&started.child);
+            self.forget_inflight(pid);
             if let Some(t) = exit_token {
                 self.deregister_fd(&started.child.pidfd, t);
             }
@@ -246,43 +263,23 @@ impl Runtime {
             self.forget(old);
         }
         self.workers.insert((g, slot), w);
+        // Tracked as a worker from now on; what it said meanwhile counts
+        // (after Spawned: the lifecycle hears of the worker first).
+        self.forget_inflight(pid);
         self.queue.push_back(Event::Spawned {
             generation: g,
             slot,
             pid,
         });
+        self.replay_early_notify(g, slot, pid);
     }
 
-    fn spawn_one(
-        &self,
-        g: GenId,
-        slot: Slot,
-        program: &std::path::Path,
-        notify: Option<&std::path::Path>,
-        chdir: Option<&std::path::Path>,
-        join_cgroup: bool,
-    ) -> Result<crate::worker::Started, SpawnFailure> {
-        let cgroup = self
-            .generations
-            .get(&g)
-            .and_then(|r| r.cgroup.as_ref())
-            .filter(|_| join_cgroup)
-            .map(GenCgroup::fd);
-        spawn_worker(
-            &self.settings,
-            &self.listeners,
-            &self.base_env,
-            std::os::fd::AsFd::as_fd(&self.stdin),
-            Placement {
-                generation: g,
-                slot,
-                program,
-                notify,
-                chdir,
-                nofile_soft_limit: self.child_nofile,
-                cgroup,
-            },
-        )
+    fn forget_inflight(&self, pid: u32) {
+        self.spawner
+            .inflight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&pid);
     }
 
     /// Drops a worker record's registrations.
@@ -336,14 +333,14 @@ impl Runtime {
     }
 
     pub(super) fn release(&mut self, g: GenId) {
+        self.early_notify.retain(|(eg, _, _)| *eg != g);
         if let Some(rg) = self.generations.remove(&g) {
             // Whatever the generation's workers left that escaped their
             // process groups goes now.
-            if let Some(cg) = &rg.cgroup
-                && !crate::cgroup::kill_and_try_remove(cg.dir())
-            {
-                self.stale_cgroups.push(cg.dir().to_path_buf());
+            if self.settings.cgroups != crate::config::CgroupMode::Off {
+                self.spawner.send(Job::EndCgroup(g));
             }
+            let _ = rg;
             if let Some((token, sock)) = rg.notify {
                 self.deregister_fd(&sock.sock, token);
             }
@@ -371,6 +368,17 @@ impl Runtime {
     /// Reaps exited children that are not workers or probes: orphans that
     /// were reparented to baton as a subreaper (or PID 1).
     pub(super) fn reap_orphans(&mut self) {
+        // Workers being forked by the spawner are children too: the set of
+        // their pids is locked across each fork, so while it is held here
+        // no child exists that is neither in it nor already tracked. If the
+        // spawner holds it (a fork in progress), try again in a moment.
+        let inflight = std::sync::Arc::clone(&self.spawner.inflight);
+        let Ok(inflight) = inflight.try_lock() else {
+            self.orphans_to_reap = true;
+            self.orphan_retry_at = Some(Instant::now() + ORPHAN_RETRY);
+            return;
+        };
+        self.orphan_retry_at = None;
         loop {
             let pid = match baton_sys::spawn::peek_exited_child() {
                 Ok(Some(pid)) => pid,
@@ -388,7 +396,8 @@ impl Runtime {
                     .generations
                     .values()
                     .any(|g| g.probe.as_ref().is_some_and(|(_, c)| c.pid == pid))
-                || self.guard.as_ref().is_some_and(|g| g.child.pid == pid);
+                || self.guard.as_ref().is_some_and(|g| g.child.pid == pid)
+                || inflight.contains(&pid);
             if tracked {
                 // Its pidfd reports it; look again once that is handled.
                 self.orphans_to_reap = true;
@@ -451,8 +460,8 @@ impl Runtime {
             Ok(token) => self.guard_token = Some(token),
             Err(e) => tracing::warn!("cannot watch the guard process: {e}"),
         }
-        if let Some(cg) = &self.cgroups {
-            guard.say(&format!("c {}", cg.root().display()));
+        if let Some(root) = &self.cgroup_root {
+            guard.say(&format!("c {}", root.display()));
         }
         for w in self.workers.values() {
             if w.child.as_ref().is_some_and(|(_, c)| !c.is_reaped()) {
@@ -484,38 +493,11 @@ impl Runtime {
         self.start_guard();
     }
 
-    /// Stops using cgroups (a worker could not join one).
-    pub(super) fn disable_cgroups(&mut self) {
-        for rg in self.generations.values_mut() {
-            rg.cgroup = None;
-        }
-        if let Some(cg) = self.cgroups.take() {
-            cg.remove();
-        }
-    }
-
-    /// Tries again to remove generation cgroups whose last processes were
-    /// still exiting.
-    pub(super) fn retry_stale_cgroups(&mut self, now: Instant) {
-        if self.stale_cgroups.is_empty() {
-            self.stale_retry_at = None;
-            return;
-        }
-        if self.stale_retry_at.is_some_and(|at| at > now) {
-            return;
-        }
-        self.stale_cgroups
-            .retain(|dir| !crate::cgroup::try_remove(dir));
-        self.stale_retry_at = (!self.stale_cgroups.is_empty()).then(|| now + STALE_CGROUP_RETRY);
-    }
-
     /// baton's last moments: its cgroups go, and the guard, told nothing is
     /// left, exits; wait (briefly) for it so that nothing baton started
     /// outlives it.
     pub(super) fn end_guard_and_cgroups(&mut self) {
-        if let Some(cg) = self.cgroups.take() {
-            cg.remove();
-        }
+        self.spawner.stop(Duration::from_secs(5));
         if let Some(guard) = self.guard.take() {
             let Guard { child, tx } = guard;
             drop(tx);
@@ -524,5 +506,5 @@ impl Runtime {
     }
 }
 
-/// How soon removing a generation's cgroup is tried again.
-const STALE_CGROUP_RETRY: Duration = Duration::from_millis(200);
+/// How soon orphan reaping is tried again when the spawner is forking.
+const ORPHAN_RETRY: Duration = Duration::from_millis(20);
