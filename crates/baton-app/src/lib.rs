@@ -59,7 +59,8 @@
 //! * [`shutdown`] (feature `tokio`): the stop flag and `SIGTERM`/`SIGINT`;
 //! * [`trigger`] (feature `tokio`): upgrades on `SIGHUP`/`SIGUSR2`;
 //! * [`serve`] (feature `hyper`): serve a hyper service (or an axum
-//!   router) and drain it without failing a request.
+//!   router) over HTTP/1.1 and HTTP/2 on one socket, and drain it without
+//!   failing a request.
 //!
 //! # Invariants
 //!
@@ -76,7 +77,8 @@
 //!   and a new one that fails is killed and reaped while the old one serves
 //!   on (see [`upgrade`] for the full list).
 //! * A drain ([`serve::serve`]) tells clients in band before it closes a
-//!   connection, and ends by its deadline.
+//!   connection (`Connection: close` on HTTP/1, `GOAWAY` on HTTP/2), and
+//!   ends by its deadline.
 
 pub mod listeners;
 pub mod notify;
