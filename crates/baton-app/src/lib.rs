@@ -59,7 +59,15 @@
 //! * [`shutdown`] (feature `tokio`): the stop flag and `SIGTERM`/`SIGINT`;
 //! * [`trigger`] (feature `tokio`): upgrades on `SIGHUP`/`SIGUSR2`;
 //! * [`serve`] (feature `hyper`): serve a hyper service (or an axum
-//!   router) and drain it without failing a request.
+//!   router) over HTTP/1.1 and HTTP/2 on one socket, and drain it without
+//!   failing a request.
+//!
+//! # Features
+//!
+//! * none by default: inheriting sockets, readiness and self-upgrades need
+//!   no async runtime;
+//! * `tokio`: tokio listeners, [`shutdown`] and [`trigger`];
+//! * `hyper` (implies `tokio`): [`serve`], for hyper and axum servers.
 //!
 //! # Invariants
 //!
@@ -75,8 +83,23 @@
 //!   the old process stops accepting only after the new one reported ready,
 //!   and a new one that fails is killed and reaped while the old one serves
 //!   on (see [`upgrade`] for the full list).
-//! * A drain ([`serve::serve`]) tells clients in band before it closes a
-//!   connection, and ends by its deadline.
+//! * A drain ([`serve()`]) tells clients in band before it closes a
+//!   connection (`Connection: close` on HTTP/1, `GOAWAY` on HTTP/2), and
+//!   ends by its deadline.
+//!
+// The feature-gated modules are linked when they are built; otherwise the
+// links lead to the section above that says which feature builds them.
+#![cfg_attr(feature = "tokio", doc = "[`shutdown`]: crate::shutdown")]
+#![cfg_attr(feature = "tokio", doc = "[`trigger`]: crate::trigger")]
+#![cfg_attr(feature = "hyper", doc = "[`serve`]: crate::serve")]
+#![cfg_attr(feature = "hyper", doc = "[`serve()`]: crate::serve::serve")]
+#![cfg_attr(not(feature = "tokio"), doc = "[`shutdown`]: #features")]
+#![cfg_attr(not(feature = "tokio"), doc = "[`trigger`]: #features")]
+#![cfg_attr(not(feature = "hyper"), doc = "[`serve`]: #features")]
+#![cfg_attr(not(feature = "hyper"), doc = "[`serve()`]: #features")]
+// On docs.rs (all features, `--cfg docsrs`), each feature-gated item says
+// which feature it needs (`doc_cfg`, which took in `doc_auto_cfg`).
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod listeners;
 pub mod notify;

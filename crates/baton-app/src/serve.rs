@@ -1,5 +1,5 @@
-//! Serving HTTP/1.1 with hyper until a stop, then draining without failing
-//! a request.
+//! Serving HTTP/1.1 and HTTP/2 with hyper until a stop, then draining
+//! without failing a request.
 //!
 //! ```no_run
 //! use std::convert::Infallible;
@@ -23,6 +23,13 @@
 //! An axum `Router` is served the same way, wrapped in hyper-util's
 //! `TowerToHyperService` (see `examples/upgrade-server`).
 //!
+//! Each connection speaks HTTP/1.1 or HTTP/2, whichever the client opens
+//! it with (hyper-util's `auto` builder tells them apart by the HTTP/2
+//! connection preface): on a plain TCP listener that is HTTP/1.1 and h2c
+//! with prior knowledge on the same port; with an [`Accept`] whose
+//! connections are TLS streams, HTTP/2 negotiated by ALPN works the same
+//! way.
+//!
 //! # Theory of operation
 //!
 //! [`serve`] accepts connections and serves each on its own task (counted
@@ -32,30 +39,47 @@
 //! 1. **Stop accepting.** The listener is dropped. The socket itself stays
 //!    open in the successor (or the supervisor), so connections waiting in
 //!    the accept queue are not lost: the next process accepts them.
+//!    **HTTP/2 connections get a `GOAWAY` at once** (hyper's
+//!    `graceful_shutdown`), HTTP/2's own in-band "open a new connection":
+//!    streams in progress are finished, and the client opens its next
+//!    streams elsewhere. hyper sends it in two steps, as RFC 9113 §6.8
+//!    advises (first with the highest stream id, then, after a PING round
+//!    trip, with the last stream it took), so a stream the client sent
+//!    before it read the first `GOAWAY` is still served. (A client that
+//!    writes its PING acknowledgement ahead of streams it had already
+//!    queued, as the `h2` crate's client does, can still have such a
+//!    stream refused: the final `GOAWAY` declares it unprocessed, and the
+//!    protocol lets the client send it again on a new connection.)
 //! 2. **Grace ([`DrainConfig::grace`], default 1 s): keep serving, and
-//!    answer every request with `Connection: close`.** hyper closes each
-//!    connection right after such a response, and the client learns *in
-//!    band* that it must open a new connection for its next request, which
-//!    the successor accepts. The step ends early when no connection is
-//!    left.
+//!    answer every HTTP/1 request with `Connection: close`.** hyper closes
+//!    each connection right after such a response, and the client learns
+//!    *in band* that it must open a new connection for its next request,
+//!    which the successor accepts. The step ends early when no connection
+//!    is left.
 //! 3. **hyper's `graceful_shutdown` for what remains**: a request in
-//!    progress is finished, an idle connection is closed. The whole drain
-//!    gives up at [`DrainConfig::deadline`]; connections still open then
-//!    are dropped.
+//!    progress is finished, an idle HTTP/1 connection is closed, and an
+//!    HTTP/2 connection that had not carried a request by step 1 gets its
+//!    `GOAWAY`. The whole drain gives up at [`DrainConfig::deadline`];
+//!    connections still open then are dropped.
 //!
-//! Why step 2: `graceful_shutdown` on its own closes every idle keep-alive
-//! connection at once, without an answer. A client that sends its next
-//! request on such a connection at that moment (it cannot know) gets a
-//! reset or an end of file instead of a response. The project measured it
-//! (DESIGN.md, "Generations": under keep-alive load, one failed request per
-//! open connection at every hand-over); answering `Connection: close` for a
-//! short grace first took that to zero. The demo server
-//! (`examples/demo-server`) uses the same technique.
+//! Why step 2: HTTP/1 has no `GOAWAY`. `graceful_shutdown` on its own
+//! closes every idle keep-alive connection at once, without an answer. A
+//! client that sends its next request on such a connection at that moment
+//! (it cannot know) gets a reset or an end of file instead of a response.
+//! The project measured it (`docs/architecture.md`, "Draining": under
+//! keep-alive load, one failed request per open connection at every
+//! hand-over); answering `Connection: close` for a short grace first took
+//! that to zero. The demo server (`examples/demo-server`) uses the same
+//! technique.
 //!
 //! Why 1 s: a connection that carries at least one request a second is
 //! told in band; clients and proxies that keep connections alive reuse
 //! them far more often. A connection idle for longer is about as likely to
 //! be closed by the client's own idle timer as to be reused.
+//!
+//! Cost: `bench/upgrade` profiled this loop under keep-alive load; its own
+//! code (the in-band wrapper, the tracker) is well under 1 % of the
+//! server's time, which goes to the kernel's TCP and to hyper.
 
 use std::future::Future;
 use std::io;
@@ -67,9 +91,9 @@ use std::time::{Duration, Instant};
 
 use hyper::body::{Body, Incoming};
 use hyper::header::{CONNECTION, HeaderValue};
-use hyper::server::conn::http1;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper::{Request, Response, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -106,8 +130,9 @@ impl Accept for tokio::net::UnixListener {
 /// How a drain is bounded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DrainConfig {
-    /// How long to answer every request with `Connection: close` before
-    /// closing idle connections (default 1 s).
+    /// How long to answer every HTTP/1 request with `Connection: close`
+    /// before closing idle connections (default 1 s). HTTP/2 connections
+    /// do not wait for it: they get a `GOAWAY` when the drain begins.
     pub grace: Duration,
     /// Bound on the whole drain, from the stop (default 20 s). Connections
     /// still open then are dropped.
@@ -183,8 +208,12 @@ where
 {
     let tracker = TaskTracker::new();
     let draining = Arc::new(AtomicBool::new(false));
+    let drain_began = CancellationToken::new();
     let close_idle = CancellationToken::new();
     let abandon = CancellationToken::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().keep_alive(true);
+    let builder = Arc::new(builder);
 
     loop {
         let accepted = tokio::select! {
@@ -194,11 +223,23 @@ where
         };
         match accepted {
             Ok(io) => {
+                let http2 = Arc::new(AtomicBool::new(false));
                 let service = InBand {
                     inner: service.clone(),
                     draining: Arc::clone(&draining),
+                    http2: Arc::clone(&http2),
                 };
-                tracker.spawn(connection(io, service, close_idle.clone(), abandon.clone()));
+                tracker.spawn(connection(
+                    Arc::clone(&builder),
+                    io,
+                    service,
+                    http2,
+                    Stages {
+                        drain_began: drain_began.clone(),
+                        close_idle: close_idle.clone(),
+                        abandon: abandon.clone(),
+                    },
+                ));
             }
             Err(e) => {
                 tracing::warn!("accept failed: {e}");
@@ -207,9 +248,11 @@ where
         }
     }
 
-    // Step 1: stop accepting. Queued connections wait for the successor.
+    // Step 1: stop accepting (queued connections wait for the successor);
+    // HTTP/2 connections get their GOAWAY.
     drop(listener);
     draining.store(true, Ordering::SeqCst);
+    drain_began.cancel();
     tracker.close();
     on_drain(tracker.len());
     let began = Instant::now();
@@ -261,41 +304,67 @@ where
     }
 }
 
+/// The drain's steps, as a connection task sees them.
+struct Stages {
+    /// Step 1: HTTP/2 connections send `GOAWAY`.
+    drain_began: CancellationToken,
+    /// Step 3: every connection left shuts down gracefully.
+    close_idle: CancellationToken,
+    /// The deadline passed, or an immediate stop: drop the connection.
+    abandon: CancellationToken,
+}
+
 /// Serves one connection until it closes, is closed gracefully, or is
-/// abandoned.
+/// abandoned. `http2` is set by the service once a request came over
+/// HTTP/2.
 async fn connection<I, S, B>(
+    builder: Arc<auto::Builder<TokioExecutor>>,
     io: I,
     service: InBand<S>,
-    close_idle: CancellationToken,
-    abandon: CancellationToken,
+    http2: Arc<AtomicBool>,
+    stages: Stages,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: Body + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let conn = http1::Builder::new()
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(io), service);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
     let mut conn = pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => return,
-        () = close_idle.cancelled() => conn.as_mut().graceful_shutdown(),
-        () = abandon.cancelled() => return,
+        () = stages.drain_began.cancelled() => {}
+        () = stages.abandon.cancelled() => return,
     }
+    // An HTTP/2 connection is told now; an HTTP/1 one (or one that has not
+    // carried a request yet) is answered in band until the grace ends.
+    // (Relaxed: the service sets the flag from within this task's own
+    // poll of `conn`.)
+    if !http2.load(Ordering::Relaxed) {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            () = stages.close_idle.cancelled() => {}
+            () = stages.abandon.cancelled() => return,
+        }
+    }
+    conn.as_mut().graceful_shutdown();
     tokio::select! {
         _ = conn.as_mut() => {}
-        () = abandon.cancelled() => {}
+        () = stages.abandon.cancelled() => {}
     }
 }
 
-/// Wraps a service so that, once draining, every response says
-/// `Connection: close`.
+/// Wraps a service so that, once draining, every HTTP/1 response says
+/// `Connection: close`, and notes whether its connection speaks HTTP/2.
 #[derive(Debug, Clone)]
 struct InBand<S> {
     inner: S,
     draining: Arc<AtomicBool>,
+    /// Set at the connection's first HTTP/2 request.
+    http2: Arc<AtomicBool>,
 }
 
 impl<S, B> hyper::service::Service<Request<Incoming>> for InBand<S>
@@ -307,9 +376,15 @@ where
     type Future = InBandFuture<S::Future>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
+        // HTTP/2 forbids connection-specific headers (RFC 9113 §8.2.2):
+        // its drain is the GOAWAY, not `Connection: close`.
+        let http1 = req.version() < Version::HTTP_2;
+        if !http1 {
+            self.http2.store(true, Ordering::Relaxed);
+        }
         InBandFuture {
             inner: self.inner.call(req),
-            draining: Arc::clone(&self.draining),
+            draining: http1.then(|| Arc::clone(&self.draining)),
         }
     }
 }
@@ -319,7 +394,8 @@ pin_project_lite::pin_project! {
     struct InBandFuture<F> {
         #[pin]
         inner: F,
-        draining: Arc<AtomicBool>,
+        // `None` for an HTTP/2 request.
+        draining: Option<Arc<AtomicBool>>,
     }
 }
 
@@ -335,7 +411,8 @@ where
         // Checked when the response is ready, so a request that was in
         // progress when the drain began is answered with it too.
         if let Ok(resp) = &mut result
-            && this.draining.load(Ordering::SeqCst)
+            && let Some(draining) = this.draining
+            && draining.load(Ordering::SeqCst)
         {
             resp.headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -448,5 +525,122 @@ mod tests {
         let mut rest = Vec::new();
         a.read_to_end(&mut rest).expect("closed by the server");
         assert!(rest.is_empty());
+    }
+
+    /// Reads an HTTP/2 response to its end; returns the status and the
+    /// `connection` header, if any.
+    async fn h2_get(
+        client: &h2::client::SendRequest<Bytes>,
+        path: &str,
+    ) -> Result<(u16, Option<String>), h2::Error> {
+        let mut client = client.clone().ready().await?;
+        let req = http::Request::get(format!("http://x{path}"))
+            .body(())
+            .expect("a valid request");
+        let (resp, _) = client.send_request(req, true)?;
+        let resp = resp.await?;
+        let status = resp.status().as_u16();
+        let connection = resp
+            .headers()
+            .get(CONNECTION)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let mut body = resp.into_body();
+        while let Some(chunk) = body.data().await {
+            let n = chunk?.len();
+            let _ = body.flow_control().release_capacity(n);
+        }
+        Ok((status, connection))
+    }
+
+    /// One socket, both protocols, each drained its own way: the HTTP/2
+    /// connection gets a GOAWAY when the drain begins (its request in
+    /// progress is still answered, and it closes long before the grace
+    /// ends), while the HTTP/1 connection is answered `Connection: close`.
+    #[test]
+    fn http2_connections_end_with_goaway_when_the_drain_begins() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = std_listener.local_addr().expect("addr");
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let shutdown = Shutdown::new();
+        // `/held` waits for a permit: a request in progress at the stop.
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
+        let (began_tx, began) = tokio::sync::oneshot::channel();
+        let grace = Duration::from_secs(10);
+        let server = {
+            let shutdown = shutdown.clone();
+            let gate = Arc::clone(&gate);
+            rt.spawn(async move {
+                let l = tokio::net::TcpListener::from_std(std_listener).expect("tokio");
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let gate = Arc::clone(&gate);
+                    let entered = entered_tx.clone();
+                    async move {
+                        if req.uri().path() == "/held" {
+                            let _ = entered.send(());
+                            gate.acquire().await.expect("open").forget();
+                        }
+                        hi(req).await
+                    }
+                });
+                let config = DrainConfig {
+                    grace,
+                    deadline: Duration::from_secs(20),
+                };
+                serve_with(l, service, &shutdown, config, |open| {
+                    let _ = began_tx.send(open);
+                })
+                .await
+            })
+        };
+        let mut h1 = std::net::TcpStream::connect(addr).expect("connect");
+        assert!(!get(&mut h1).contains("connection: close"));
+        rt.block_on(async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+            let conn = tokio::spawn(conn);
+            assert_eq!(h2_get(&client, "/").await.expect("h2 request"), (200, None));
+            let held = tokio::spawn({
+                let client = client.clone();
+                async move { h2_get(&client, "/held").await }
+            });
+            // The held request reaches the service before the stop.
+            entered.recv().await.expect("the held request arrives");
+            shutdown.stop(StopReason::Requested);
+            assert_eq!(began.await.expect("the drain began"), 2);
+            gate.add_permits(1);
+            assert_eq!(
+                held.await
+                    .expect("join")
+                    .expect("the request in progress is answered"),
+                (200, None)
+            );
+            let ended = tokio::time::timeout(Duration::from_secs(5), conn)
+                .await
+                .expect("the HTTP/2 connection closes long before the grace ends")
+                .expect("join");
+            assert!(ended.is_ok(), "closed cleanly: {ended:?}");
+            let refused = client
+                .clone()
+                .ready()
+                .await
+                .expect_err("no new stream on a connection that went away");
+            assert!(
+                refused.is_go_away() && refused.is_remote(),
+                "ended by the server's GOAWAY, not a reset or EOF: {refused:?}"
+            );
+            assert_eq!(refused.reason(), Some(h2::Reason::NO_ERROR));
+        });
+        // Meanwhile the HTTP/1 connection is told in band.
+        assert!(get(&mut h1).contains("connection: close"));
+        let report = rt.block_on(server).expect("join");
+        assert_eq!(report.open_at_stop, 2);
+        assert_eq!(report.abandoned, 0);
+        assert!(report.took < grace, "{report:?}");
     }
 }

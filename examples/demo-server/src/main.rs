@@ -1,9 +1,10 @@
-//! `demo-server`: a small HTTP/1.1 server that reloads with zero failed
-//! requests under `baton run`.
+//! `demo-server`: a small HTTP/1.1 and HTTP/2 (h2c) server that reloads
+//! with zero failed requests under `baton run`.
 //!
 //! ```text
 //! baton run -l 127.0.0.1:8080 -- demo-server
 //! demo-server --bind 127.0.0.1:8080        # on its own, without baton
+//! curl --http2-prior-knowledge http://127.0.0.1:8080/   # h2c, same port
 //! ```
 //! See [`demo_server::server`] for how it drains.
 
@@ -18,7 +19,7 @@ use demo_server::server::{Settings, run};
 #[command(
     name = "demo-server",
     version,
-    about = "Small HTTP/1.1 server that drains without failing a request"
+    about = "Small HTTP/1.1 and h2c server that drains without failing a request"
 )]
 struct Args {
     /// Bind this address when no socket was inherited (running without baton).

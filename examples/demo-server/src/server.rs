@@ -1,5 +1,6 @@
-//! The demo HTTP server: a hyper 1 HTTP/1.1 server that drains without
-//! failing a single request.
+//! The demo HTTP server: a hyper 1 server that speaks HTTP/1.1 and HTTP/2
+//! over cleartext (h2c with prior knowledge) on the same socket, and drains
+//! without failing a single request.
 //!
 //! # Theory of operation
 //!
@@ -14,9 +15,11 @@
 //! answering every request with `Connection: close`, so clients learn in
 //! band to reconnect, and only then lets hyper close what is idle and finish
 //! what is in progress, bounded by `--shutdown-timeout` (default 20 s, below
-//! baton's default 30 s grace). See `baton_app::serve` for why the in-band
-//! step is what takes failed requests at a hand-over to zero. A second
-//! `SIGTERM`/`SIGINT` exits at once, with status 1.
+//! baton's default 30 s grace). HTTP/2 connections are told with a
+//! `GOAWAY` as soon as the drain begins, and their streams in progress are
+//! finished. See `baton_app::serve` for why the in-band step is what takes
+//! failed requests at a hand-over to zero. A second `SIGTERM`/`SIGINT`
+//! exits at once, with status 1.
 //!
 //! Runtime: tokio's current-thread runtime. baton scales a server with
 //! processes (`--workers N`), like nginx workers; one thread per process

@@ -1,11 +1,17 @@
 //! Drives one self-upgrading server through N upgrades under keep-alive
 //! load and prints one Markdown table row.
 //!
-//! `upgrade-bench LABEL UPGRADES CONCURRENCY -- CMD ARGS...`, where the
-//! arguments may contain `{port}` and `{pid_file}`. Each upgrade: `SIGHUP`
-//! to the pid in the pid file; *ready* is when the pid file names the new
-//! process (it writes it when it is ready to serve), *done* is when the
-//! old process has exited (drained). The load runs throughout.
+//! `upgrade-bench LABEL UPGRADES CONCURRENCY [SECONDS] -- CMD ARGS...`,
+//! where the arguments may contain `{port}` and `{pid_file}`. Each upgrade:
+//! `SIGHUP` to the pid in the pid file; *ready* is when the pid file names
+//! the new process (it writes it when it is ready to serve), *done* is when
+//! the old process has exited (drained). The load runs throughout, and for
+//! at least SECONDS (default 0) in all.
+//!
+//! The row gives the run's length and requests per second beside the
+//! count: an upgrade lasts until the old process has exited, so runs of
+//! the same number of upgrades last longer for a server whose old process
+//! exits later, and their counts are not comparable (see NOTES.md).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -45,8 +51,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn ms(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1000.0)
+/// Milliseconds, or a dash for a run without upgrades.
+fn ms_or_dash(d: Duration) -> String {
+    if d.is_zero() {
+        "-".to_owned()
+    } else {
+        format!("{:.1}", d.as_secs_f64() * 1000.0)
+    }
 }
 
 fn main() {
@@ -54,10 +65,15 @@ fn main() {
     let sep = args
         .iter()
         .position(|a| a == "--")
-        .expect("usage: LABEL N C -- CMD...");
+        .expect("usage: LABEL N C [SECONDS] -- CMD...");
     let label = &args[1];
     let upgrades: usize = args[2].parse().expect("upgrades");
     let concurrency: usize = args[3].parse().expect("concurrency");
+    let at_least = Duration::from_secs_f64(
+        args[4..sep]
+            .first()
+            .map_or(0.0, |s| s.parse().expect("seconds")),
+    );
     rustix::process::set_child_subreaper(Some(rustix::process::getpid())).expect("subreaper");
 
     let dir = std::env::temp_dir().join(format!("upgrade-bench-{}", std::process::id()));
@@ -89,6 +105,7 @@ fn main() {
     let mut cfg = baton_load::Config::new(baton_load::Target::Tcp(addr));
     cfg.concurrency = concurrency;
     let load = baton_load::start(cfg);
+    let load_began = Instant::now();
     // Let the load reach a steady state first.
     std::thread::sleep(Duration::from_millis(500));
 
@@ -121,6 +138,9 @@ fn main() {
         // A short pause under load between upgrades.
         std::thread::sleep(Duration::from_millis(100));
     }
+    if let Some(rest) = at_least.checked_sub(load_began.elapsed()) {
+        std::thread::sleep(rest);
+    }
     let report = load.stop();
     for pid in pids {
         if !exited(pid)
@@ -138,13 +158,15 @@ fn main() {
         .map(|(k, v)| format!("{k}: {v}"))
         .collect();
     println!(
-        "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        "| {label} | {} | {} | {} | {} | {} | {} | {:.1} | {:.0} | {} | {} | {} |",
         ready.len(),
-        ms(percentile(&ready, 0.5)),
-        ms(percentile(&ready, 0.99)),
-        ms(percentile(&done, 0.5)),
-        ms(percentile(&done, 0.99)),
+        ms_or_dash(percentile(&ready, 0.5)),
+        ms_or_dash(percentile(&ready, 0.99)),
+        ms_or_dash(percentile(&done, 0.5)),
+        ms_or_dash(percentile(&done, 0.99)),
         report.ok,
+        report.elapsed.as_secs_f64(),
+        report.ok as f64 / report.elapsed.as_secs_f64(),
         report.failed,
         if errors.is_empty() {
             "-".to_owned()
