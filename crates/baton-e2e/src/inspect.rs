@@ -114,6 +114,26 @@ pub fn environ_values(pid: u32, key: &str) -> Vec<String> {
         .collect()
 }
 
+/// What a long-running supervisor must not accumulate, at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Footprint {
+    pub rss_kib: u64,
+    pub fds: usize,
+    pub threads: usize,
+    /// Children of the process that are zombies (exited, not reaped).
+    pub zombies: usize,
+}
+
+/// `pid`'s [`Footprint`] now; `None` when it is gone.
+pub fn footprint(pid: u32) -> Option<Footprint> {
+    Some(Footprint {
+        rss_kib: rss_kib(pid)?,
+        fds: fd_count(pid)?,
+        threads: thread_count(pid)?,
+        zombies: zombie_children(pid).len(),
+    })
+}
+
 /// The listening TCP sockets on `port`, as `ss -Hltn` lists them (in the
 /// calling thread's network namespace): one line each.
 pub fn tcp_listeners(port: u16) -> Vec<String> {
