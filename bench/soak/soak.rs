@@ -8,9 +8,14 @@
 //! one, and the old workers gone; then baton's footprint is sampled
 //! (RSS, descriptors, threads, zombie children) at that quiet moment.
 //!
+//! As root it runs in a network namespace of its own (`NetNs`), so its
+//! ports are private and the kernel's `ListenOverflows`/`ListenDrops`
+//! count only this run.
+//!
 //! Prints a line every 500 reloads and the figures at the end, and writes
 //! them as Markdown (`--out`). Targets: 0 failed requests; RSS growth
-//! after the warm-up < 1 MiB; descriptors, threads constant; no zombie.
+//! after the warm-up < 1 MiB; descriptors, threads constant; no zombie;
+//! no connection dropped by the kernel.
 //!
 //! ```text
 //! soak [--reloads N] [--warm-up N] [--workers N] [--concurrency N]
@@ -23,7 +28,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use baton_e2e::inspect::{self, Footprint};
-use baton_e2e::{BatonCmd, Signal, WAIT};
+use baton_e2e::{BatonCmd, NetNs, Signal, WAIT};
 use baton_load::{Config, Target};
 
 #[derive(Debug)]
@@ -126,6 +131,10 @@ fn main() {
         std::process::exit(2);
     });
     let load_before = loadavg();
+    // As root, in a network namespace of its own: private ports, and
+    // kernel counters that only this run moves.
+    let ns = rustix::process::geteuid().is_root().then(NetNs::enter);
+    let counters_before = ns.as_ref().map(NetNs::listen_counters);
     let mut baton = BatonCmd::new()
         .args(["--workers", &args.workers.to_string()])
         .probe(&["--drain-ms", "2000"])
@@ -185,6 +194,7 @@ fn main() {
     let report = run.stop();
     let status = baton.stop(Signal::TERM, WAIT);
     let load_after = loadavg();
+    let counters_after = ns.as_ref().map(NetNs::listen_counters);
 
     let warm = samples[args.warm_up as usize];
     let after: &[Footprint] = &samples[args.warm_up as usize..];
@@ -261,6 +271,21 @@ fn main() {
         "| no zombie | at most {zombies} at any sample | {} |",
         met(zombies == 0)
     );
+    match (counters_before, counters_after) {
+        (Some(b), Some(a)) => {
+            let _ = writeln!(
+                md,
+                "| the kernel drops no connection (`TcpExt` ListenOverflows, ListenDrops in the run's own network namespace) | {b:?} before, {a:?} after | {} |",
+                met(a == b)
+            );
+        }
+        _ => {
+            let _ = writeln!(
+                md,
+                "| the kernel drops no connection | not measured (needs root for a private network namespace) | |"
+            );
+        }
+    }
     let _ = writeln!(md, "\n## The run\n");
     let _ = writeln!(
         md,
