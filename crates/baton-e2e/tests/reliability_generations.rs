@@ -429,7 +429,10 @@ fn hup_storm_runs_at_most_one_reload_and_queues_one() {
         baton.signal(Signal::HUP);
     }
     let storm = begun.elapsed();
-    assert!(storm < Duration::from_millis(10), "20 HUPs took {storm:?}");
+    // Normally some 50 µs; a descheduled test thread on a busy machine may
+    // stretch it, which changes nothing below (the reload takes 500 ms).
+    eprintln!("[e2e] 20 HUPs sent in {storm:?}");
+    assert!(storm < Duration::from_millis(400), "20 HUPs took {storm:?}");
 
     baton.wait_for_after(mark, "generation 2 ready", WAIT);
     let last = if baton.seen_after(mark, "reload queued") {
