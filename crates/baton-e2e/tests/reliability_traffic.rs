@@ -277,7 +277,11 @@ fn slowloris_holding_the_old_generation_is_killed_at_grace_while_the_new_one_ser
     baton.signal(Signal::HUP);
     baton.wait_for_after(mark, "generation 2 ready", WAIT);
     let (_, draining) = baton.wait_for_after(mark, "generation 1 draining", WAIT);
-    assert!(run.wait_for_generation("2", WAIT).is_some(), "{}", run.snapshot());
+    assert!(
+        run.wait_for_generation("2", WAIT).is_some(),
+        "{}",
+        run.snapshot()
+    );
     assert_eq!(
         open.load(Ordering::SeqCst),
         50,
@@ -287,10 +291,17 @@ fn slowloris_holding_the_old_generation_is_killed_at_grace_while_the_new_one_ser
         mark,
         "saying generation 1 is killed at the end of the grace period",
         GRACE + WAIT,
-        |l| l.contains("generation 1: ") && l.contains("still running at the end of the grace period"),
+        |l| {
+            l.contains("generation 1: ")
+                && l.contains("still running at the end of the grace period")
+        },
     );
     let served_during_grace = run.snapshot();
-    baton.assert_gone(old.iter().copied(), WAIT, "a worker of generation 1 held by slowloris");
+    baton.assert_gone(
+        old.iter().copied(),
+        WAIT,
+        "a worker of generation 1 held by slowloris",
+    );
     let (_, exited) = baton.wait_for_after(mark, "generation 1 exited", WAIT);
     // Measured by baton's own clock (its log timestamps), so that a slow
     // reader of its output cannot skew them.
@@ -303,7 +314,9 @@ fn slowloris_holding_the_old_generation_is_killed_at_grace_while_the_new_one_ser
             .unwrap_or(Duration::ZERO)
     };
     let (killed_at, gone_at) = (since(&kill_line), since(&exited));
-    eprintln!("[e2e] generation 1 killed {killed_at:?} after it began draining, reaped at {gone_at:?}");
+    eprintln!(
+        "[e2e] generation 1 killed {killed_at:?} after it began draining, reaped at {gone_at:?}"
+    );
 
     // Keep the load going until every slowloris connection has seen the
     // kill, then count.
