@@ -63,6 +63,10 @@ fn new_generation_exiting_at_once_is_rolled_back(code: &str) {
     );
     let said = output_text(&out);
     assert!(said.contains("failed"), "{said}");
+    // The verdict comes over the control socket; baton's own account of
+    // the same events over its output, which may still be on its way.
+    baton.wait_for("reload failed: generation 2", WAIT);
+    baton.wait_for("generation 2 exited", WAIT);
     assert!(
         !baton.workers_of(2).is_empty(),
         "generation 2 never started a worker"
