@@ -457,6 +457,10 @@ fn hup_storm_runs_at_most_one_reload_and_queues_one() {
         status.contains(&format!("\"serving\":{last},")),
         "generation {last} should serve: {status}"
     );
+    assert!(
+        status.matches("\"id\":").count() == 1 && status.contains(&format!("\"id\":{last},")),
+        "generation {last} should be the only one left, nothing starting: {status}"
+    );
     let lines = baton.lines();
     let started = started_generations(&lines, mark);
     assert_eq!(
