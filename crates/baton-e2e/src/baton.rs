@@ -802,6 +802,13 @@ pub fn parse_ready(line: &str) -> Option<(u32, Option<Duration>)> {
     Some((generation.trim().parse().ok()?, ms))
 }
 
+/// When baton wrote `line`, by its own clock: the RFC 3339 timestamp its
+/// log lines start with (`2026-12-01T07:02:57.453Z baton INFO ...`), to the
+/// millisecond. `None` for a line without one (a worker's output).
+pub fn log_time(line: &str) -> Option<std::time::SystemTime> {
+    humantime::parse_rfc3339(line.split_whitespace().next()?).ok()
+}
+
 /// The path in `listening on unix:PATH[ (name N)]`.
 pub fn parse_unix_path(line: &str) -> Option<PathBuf> {
     let rest = line.split("listening on unix:").nth(1)?;
@@ -833,5 +840,10 @@ mod tests {
             Some((12, Some(Duration::from_millis(41))))
         );
         assert_eq!(strip_ansi("\u{1b}[32mINFO\u{1b}[0m x"), "INFO x");
+        let t = log_time("2026-12-01T07:02:57.453Z baton INFO  generation 1 draining")
+            .expect("a timestamp");
+        let u = log_time("2026-12-01T07:02:59.455Z baton WARN  x").expect("a timestamp");
+        assert_eq!(u.duration_since(t).ok(), Some(Duration::from_millis(2002)));
+        assert_eq!(log_time("probe gen=1 worker=0 pid=3 ready"), None);
     }
 }

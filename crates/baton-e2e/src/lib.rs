@@ -17,11 +17,15 @@
 
 pub mod baton;
 pub mod bins;
+pub mod ctl;
 pub mod http;
+pub mod inspect;
+pub mod netns;
 pub mod procs;
 pub mod tools;
 
 pub use baton::{Baton, BatonCmd, WAIT, Worker};
 pub use bins::bin;
+pub use netns::NetNs;
 pub use procs::Proc;
 pub use rustix::process::Signal;

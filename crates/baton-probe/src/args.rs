@@ -5,6 +5,7 @@
 //! misbehaviour into the script file between the two: each process reads the
 //! file once, at start.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -21,10 +22,31 @@ usage: baton-probe [FLAGS]
   --spawn-grandchild    start a `sleep 1000` and leak it
   --script PATH         if PATH exists at start, read more flags from it
                         (whitespace-separated; they override the command line)
+  --serve-after DUR     report ready at once, but accept nothing (and answer
+                        /health with 503) until DUR has passed: an app that
+                        says it is ready before it can serve
+  --health-dir DIR      also serve on DIR/health-PID.sock from the start (a
+                        per-worker health port for `--ready exec:`)
+  --notify-at-start MSG send MSG on NOTIFY_SOCKET at start (`\n` in MSG is a
+                        newline), before anything else is reported
+  --rebind-reuseport ADDR  ignore the inherited sockets (close them) and bind
+                        ADDR itself with SO_REUSEPORT, as rebinding tools do;
+                        while draining, stop accepting but keep that socket
+                        open until the drain window ends (a negative control)
+  --                    stop reading flags: the rest is only for /argv
+One-shot client modes (no server):
+  --send-notify PATH MSG  send MSG as one datagram to the Unix socket PATH;
+                        exit 0 when sent, 3 when permission was denied, 1 else
+  --get-unix PATH URL   GET URL over the Unix socket PATH; exit 0 on a 200
 Endpoints: GET /  /env (with PID= and CWD=)  /slow?ms=N
   /fds           open descriptors now, without the probe's own (its pipes,
                  its connections)
-  /fds?at=start  open descriptors as inherited, listed before anything else";
+  /fds?at=start  open descriptors as inherited, listed before anything else
+  /sockets       the inherited listeners: `FD NAME ADDRESS` per line
+  /argv          every argument (argv[0] included) as hex, one per line
+  /health        200 once serving, 503 before (see --serve-after)
+  /notify?to=PATH&msg=MSG  send MSG as a datagram to PATH (percent-encoded
+                 values; for readiness-spoofing tests)";
 
 /// What the probe was asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +59,14 @@ pub struct Options {
     pub drain: Duration,
     pub exit_after: Option<Duration>,
     pub spawn_grandchild: bool,
+    pub serve_after: Option<Duration>,
+    pub health_dir: Option<PathBuf>,
+    pub notify_at_start: Option<String>,
+    pub rebind_reuseport: Option<SocketAddr>,
+    /// `--send-notify PATH MSG`: a one-shot client, not a server.
+    pub send_notify: Option<(PathBuf, String)>,
+    /// `--get-unix PATH URL`: a one-shot client, not a server.
+    pub get_unix: Option<(PathBuf, String)>,
     pub script: Option<PathBuf>,
     /// The flags read from the script, if it existed (for the start line).
     pub script_flags: Option<String>,
@@ -54,6 +84,12 @@ impl Default for Options {
             drain: Duration::from_millis(200),
             exit_after: None,
             spawn_grandchild: false,
+            serve_after: None,
+            health_dir: None,
+            notify_at_start: None,
+            rebind_reuseport: None,
+            send_notify: None,
+            get_unix: None,
             script: None,
             script_flags: None,
             help: false,
@@ -122,6 +158,33 @@ impl Options {
                 }
                 "--exit-after" => self.exit_after = Some(duration(&value("a duration")?)?),
                 "--spawn-grandchild" => self.spawn_grandchild = true,
+                "--serve-after" => self.serve_after = Some(duration(&value("a duration")?)?),
+                "--health-dir" => self.health_dir = Some(value("a directory")?.into()),
+                "--notify-at-start" => {
+                    self.notify_at_start = Some(unescape_newlines(&value("a message")?));
+                }
+                "--rebind-reuseport" => {
+                    let v = value("an address")?;
+                    let addr = v
+                        .parse()
+                        .map_err(|_| format!("--rebind-reuseport: {v:?} is not HOST:PORT"))?;
+                    self.rebind_reuseport = Some(addr);
+                }
+                "--send-notify" => {
+                    let path = value("a socket path")?;
+                    let msg = args
+                        .next()
+                        .ok_or_else(|| "--send-notify needs a path and a message".to_owned())?;
+                    self.send_notify = Some((path.into(), unescape_newlines(&msg)));
+                }
+                "--get-unix" => {
+                    let path = value("a socket path")?;
+                    let url = args
+                        .next()
+                        .ok_or_else(|| "--get-unix needs a path and a URL path".to_owned())?;
+                    self.get_unix = Some((path.into(), url));
+                }
+                "--" => break,
                 "--script" if allow_script => self.script = Some(value("a path")?.into()),
                 "--script" => return Err("a script cannot name another script".into()),
                 "-h" | "--help" => self.help = true,
@@ -130,6 +193,12 @@ impl Options {
         }
         Ok(())
     }
+}
+
+/// `\n` (backslash, n) in a message given on the command line or in a
+/// script (where whitespace separates flags) becomes a newline.
+fn unescape_newlines(s: &str) -> String {
+    s.replace("\\n", "\n")
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -170,6 +239,42 @@ mod tests {
         assert!(o.ignore_term && o.spawn_grandchild);
         assert_eq!(o.drain, Duration::from_millis(50));
         assert_eq!(o.exit_after, Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn misbehaviours_and_client_modes() {
+        let o = parse(&[
+            "--serve-after",
+            "2s",
+            "--health-dir",
+            "/tmp/h",
+            "--notify-at-start",
+            "MAINPID=1\\nSTATUS=x",
+            "--rebind-reuseport",
+            "127.0.0.1:8080",
+            "--",
+            "--bogus-but-ignored",
+        ])
+        .expect("valid");
+        assert_eq!(o.serve_after, Some(Duration::from_secs(2)));
+        assert_eq!(o.health_dir, Some(PathBuf::from("/tmp/h")));
+        assert_eq!(o.notify_at_start.as_deref(), Some("MAINPID=1\nSTATUS=x"));
+        assert_eq!(
+            o.rebind_reuseport,
+            Some("127.0.0.1:8080".parse().expect("addr"))
+        );
+        let o = parse(&["--send-notify", "/run/n.sock", "READY=1"]).expect("valid");
+        assert_eq!(
+            o.send_notify,
+            Some((PathBuf::from("/run/n.sock"), "READY=1".to_owned()))
+        );
+        let o = parse(&["--get-unix", "/run/h.sock", "/health"]).expect("valid");
+        assert_eq!(
+            o.get_unix,
+            Some((PathBuf::from("/run/h.sock"), "/health".to_owned()))
+        );
+        assert!(parse(&["--send-notify", "/run/n.sock"]).is_err());
+        assert!(parse(&["--rebind-reuseport", "nowhere"]).is_err());
     }
 
     #[test]

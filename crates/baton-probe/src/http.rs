@@ -113,6 +113,8 @@ impl Response {
             400 => "Bad Request",
             404 => "Not Found",
             431 => "Request Header Fields Too Large",
+            500 => "Internal Server Error",
+            503 => "Service Unavailable",
             _ => "Unknown",
         };
         let mut out = format!("HTTP/1.1 {} {reason}\r\n", self.status);

@@ -18,9 +18,11 @@
 //! not fast.
 
 mod args;
+mod client;
 mod http;
 mod serve;
 
+use std::fmt::Write as _;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -36,7 +38,17 @@ fn main() {
     // Before anything opens a descriptor of its own: what we were given.
     let fds_at_start = serve::list_fds(&[]);
 
-    let opts = match Options::from_args(std::env::args().skip(1)) {
+    // Flags are UTF-8; whatever follows `--` is any bytes, kept only for
+    // `/argv` (tests check that argv arrives byte for byte).
+    let flags: Result<Vec<String>, String> = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .map(|a| {
+            a.into_string()
+                .map_err(|a| format!("flag {} is not UTF-8", a.display()))
+        })
+        .collect();
+    let opts = match flags.and_then(Options::from_args) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("probe: {e}");
@@ -46,6 +58,12 @@ fn main() {
     if opts.help {
         println!("{}", args::USAGE);
         return;
+    }
+    if let Some((path, msg)) = &opts.send_notify {
+        std::process::exit(client::send_notify(path, msg));
+    }
+    if let Some((path, url)) = &opts.get_unix {
+        std::process::exit(client::get_unix(path, url));
     }
     let id = Identity {
         generation: std::env::var("BATON_GENERATION").unwrap_or_else(|_| "-".into()),
@@ -78,7 +96,14 @@ fn main() {
         std::process::abort();
     }
 
-    let listeners = take_listeners();
+    let (listeners, sockets) = match opts.rebind_reuseport {
+        None => take_listeners(),
+        Some(addr) => rebind_reuseport(addr),
+    };
+    say(&format!(
+        "sockets: {}",
+        sockets.trim_end().replace('\n', "; ")
+    ));
     let notifier = match Notifier::from_env() {
         Ok(n) => n,
         Err(e) => {
@@ -86,6 +111,12 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if let Some(msg) = &opts.notify_at_start {
+        match notifier.send(msg) {
+            Ok(()) => say(&format!("sent {msg:?} on NOTIFY_SOCKET")),
+            Err(e) => eprintln!("probe: cannot send {msg:?}: {e}"),
+        }
+    }
 
     let (stop_read, stop_write) = match rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) {
         Ok(p) => p,
@@ -119,13 +150,33 @@ fn main() {
         eprintln!("probe: cannot install signal handlers: {e}");
         std::process::exit(1);
     }
+    let health = opts.health_dir.as_ref().map(|dir| {
+        let path = dir.join(format!("health-{}.sock", id.pid));
+        let _ = std::fs::remove_file(&path);
+        match std::os::unix::net::UnixListener::bind(&path) {
+            Ok(l) => {
+                internal_fds.push(l.as_raw_fd());
+                AnyListener::Unix(l)
+            }
+            Err(e) => {
+                eprintln!("probe: cannot bind {}: {e}", path.display());
+                std::process::exit(1);
+            }
+        }
+    });
     let shared = Arc::new(Shared::new(
         id.clone(),
         stop_read,
         opts.drain,
         internal_fds,
         fds_at_start,
+        sockets,
     ));
+    // The health port answers from the start, serving or not.
+    let health_thread = health.map(|listener| {
+        let shared = Arc::clone(&shared);
+        std::thread::spawn(move || serve::accept_loop(&listener, &shared))
+    });
 
     if opts.spawn_grandchild {
         spawn_grandchild();
@@ -165,12 +216,25 @@ fn main() {
         std::process::exit(1);
     }
     say("ready");
+    // --serve-after: said ready, but cannot serve yet.
+    if let Some(after) = opts.serve_after
+        && stop_requested(shared.stop_fd(), Some(after))
+    {
+        say("draining");
+        say("exiting");
+        std::process::exit(0);
+    }
+    shared.set_serving();
+    say("serving");
     let mut acceptors = Vec::new();
     for listener in listeners {
         let shared = Arc::clone(&shared);
         let spawned = std::thread::Builder::new()
             .name("accept".into())
-            .spawn(move || serve::accept_loop(&listener, &shared));
+            .spawn(move || {
+                serve::accept_loop(&listener, &shared);
+                listener
+            });
         match spawned {
             Ok(handle) => acceptors.push(handle),
             Err(e) => {
@@ -184,17 +248,34 @@ fn main() {
     while !stop_requested(shared.stop_fd(), None) {}
     say("draining");
     let _ = notifier.stopping();
-    shared.drain_deadline();
+    let deadline = shared.drain_deadline();
+    // Normally each listener is closed as soon as its accept loop ends
+    // (the shared socket stays open in baton anyway). A rebinding app's own
+    // socket is kept open, not accepted from, until the drain window ends:
+    // whatever the kernel queued on it meanwhile is reset when it closes.
+    let mut kept = Vec::new();
     for handle in acceptors {
-        let _ = handle.join();
+        if let Ok(listener) = handle.join()
+            && opts.rebind_reuseport.is_some()
+        {
+            kept.push(listener);
+        }
+    }
+    if let Some(h) = health_thread {
+        let _ = h.join();
     }
     shared.wait_until_idle();
+    if !kept.is_empty() {
+        std::thread::sleep(deadline.saturating_duration_since(std::time::Instant::now()));
+        drop(kept);
+    }
     say("exiting");
 }
 
 /// Takes every inherited listener, in order; exits loudly when there are
-/// none or one cannot be taken.
-fn take_listeners() -> Vec<AnyListener> {
+/// none or one cannot be taken. Also returns them as `FD NAME ADDRESS`
+/// lines (for `/sockets` and the start line).
+fn take_listeners() -> (Vec<AnyListener>, String) {
     let mut inherited = match Inherited::from_env() {
         Ok(i) => i,
         Err(e) => {
@@ -210,19 +291,66 @@ fn take_listeners() -> Vec<AnyListener> {
         );
         std::process::exit(1);
     }
+    let names: Vec<String> = inherited.names().map(str::to_owned).collect();
     let mut out = Vec::new();
+    let mut listing = String::new();
     for i in 0..inherited.len() {
-        match inherited.take_at(i) {
-            Ok(Some(Listener::Tcp(l))) => out.push(AnyListener::Tcp(l)),
-            Ok(Some(Listener::Unix(l))) => out.push(AnyListener::Unix(l)),
-            Ok(None) => {}
+        let name = names.get(i).map_or("-", String::as_str);
+        let listener = match inherited.take_at(i) {
+            Ok(Some(Listener::Tcp(l))) => AnyListener::Tcp(l),
+            Ok(Some(Listener::Unix(l))) => AnyListener::Unix(l),
+            Ok(None) => continue,
             Err(e) => {
                 eprintln!("probe: cannot take inherited socket {i}: {e}");
                 std::process::exit(1);
             }
+        };
+        let _ = writeln!(
+            listing,
+            "{} {name} {}",
+            listener.raw_fd(),
+            listener.describe()
+        );
+        out.push(listener);
+    }
+    (out, listing)
+}
+
+/// `--rebind-reuseport`: what a tool that rebinds the port in every
+/// process does. The inherited sockets are closed unused; `addr` is bound
+/// with `SO_REUSEPORT`, so each generation has its own accept queue.
+fn rebind_reuseport(addr: std::net::SocketAddr) -> (Vec<AnyListener>, String) {
+    // Taking them (and dropping them) closes them.
+    if let Ok(mut inherited) = Inherited::from_env() {
+        for i in 0..inherited.len() {
+            let _ = inherited.take_at(i);
         }
     }
-    out
+    let bound = (|| -> std::io::Result<std::net::TcpListener> {
+        use rustix::net::{AddressFamily, SocketFlags, SocketType, sockopt};
+        let family = if addr.is_ipv4() {
+            AddressFamily::INET
+        } else {
+            AddressFamily::INET6
+        };
+        let fd = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
+        sockopt::set_socket_reuseaddr(&fd, true)?;
+        sockopt::set_socket_reuseport(&fd, true)?;
+        rustix::net::bind(&fd, &addr)?;
+        rustix::net::listen(&fd, 128)?;
+        Ok(fd.into())
+    })();
+    match bound {
+        Ok(l) => {
+            let l = AnyListener::Tcp(l);
+            let listing = format!("{} rebound {}\n", l.raw_fd(), l.describe());
+            (vec![l], listing)
+        }
+        Err(e) => {
+            eprintln!("probe: cannot bind {addr} with SO_REUSEPORT: {e}");
+            std::process::exit(1);
+        }
+    }
 }
 
 /// Prints `probe gen=G worker=W pid=P got SIGUSR1` for each SIGUSR1 (which

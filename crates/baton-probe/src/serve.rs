@@ -53,6 +53,10 @@ pub struct Shared {
     conn_fds: Mutex<BTreeMap<RawFd, usize>>,
     /// `/proc/self/fd` as it was when `main` started.
     fds_at_start: String,
+    /// The inherited listeners, `FD NAME ADDRESS` per line.
+    sockets: String,
+    /// Accepting on the listeners (`/health` says 200).
+    serving: AtomicBool,
 }
 
 impl Shared {
@@ -62,6 +66,7 @@ impl Shared {
         drain_for: Duration,
         internal_fds: Vec<RawFd>,
         fds_at_start: String,
+        sockets: String,
     ) -> Self {
         Self {
             identity,
@@ -74,7 +79,14 @@ impl Shared {
             internal_fds,
             conn_fds: Mutex::new(BTreeMap::new()),
             fds_at_start,
+            sockets,
+            serving: AtomicBool::new(false),
         }
+    }
+
+    /// From now on `/health` says 200.
+    pub fn set_serving(&self) {
+        self.serving.store(true, Ordering::SeqCst);
     }
 
     fn conn_fds(&self) -> std::sync::MutexGuard<'_, BTreeMap<RawFd, usize>> {
@@ -200,6 +212,26 @@ pub enum AnyListener {
 }
 
 impl AnyListener {
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd().as_raw_fd()
+    }
+
+    /// `tcp://ADDR` or `unix:PATH`, from `getsockname`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Tcp(l) => l
+                .local_addr()
+                .map_or_else(|e| format!("tcp:(error: {e})"), |a| format!("tcp://{a}")),
+            Self::Unix(l) => match l.local_addr() {
+                Ok(a) => a.as_pathname().map_or_else(
+                    || "unix:(unnamed)".to_owned(),
+                    |p| format!("unix:{}", p.display()),
+                ),
+                Err(e) => format!("unix:(error: {e})"),
+            },
+        }
+    }
+
     fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         match self {
             Self::Tcp(l) => l.as_fd(),
@@ -467,6 +499,11 @@ fn respond(req: &Request, shared: &Shared, conn_fd: RawFd) -> Response {
             Response::new(200, list_fds(&skip))
         }
         "/env" => Response::new(200, env_report(id.pid)),
+        "/sockets" => Response::new(200, shared.sockets.clone()),
+        "/argv" => Response::new(200, argv_report()),
+        "/health" if shared.serving.load(Ordering::SeqCst) => Response::new(200, "serving\n"),
+        "/health" => Response::new(503, "said ready, cannot serve yet\n"),
+        "/notify" => send_notify(req),
         "/slow" => {
             let ms = req
                 .query_param("ms")
@@ -483,6 +520,70 @@ fn respond(req: &Request, shared: &Shared, conn_fd: RawFd) -> Response {
         }
         _ => Response::new(404, format!("no such path {:?}\n", req.path)),
     }
+}
+
+/// Every argument, `argv[0]` included, as lowercase hex, one per line (an
+/// empty argument is an empty line): byte for byte what `execve` passed.
+fn argv_report() -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for arg in std::env::args_os() {
+        for b in arg.as_bytes() {
+            let _ = write!(out, "{b:02x}");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// `/notify?to=PATH&msg=MSG`: sends MSG from this process to the datagram
+/// socket PATH (a worker reporting to a socket that is not its own).
+fn send_notify(req: &Request) -> Response {
+    let (Some(to), Some(msg)) = (req.query_param("to"), req.query_param("msg")) else {
+        return Response::new(400, "usage: /notify?to=PATH&msg=MSG\n");
+    };
+    let (to, msg) = (percent_decode(to), percent_decode(msg));
+    let sent =
+        std::os::unix::net::UnixDatagram::unbound().and_then(|s| s.send_to(msg.as_bytes(), &to));
+    match sent {
+        Ok(_) => Response::new(200, format!("sent {msg:?} to {to}\n")),
+        Err(e) => Response::new(500, format!("cannot send to {to}: {e}\n")),
+    }
+}
+
+/// Decodes `%XX` escapes (and `+` as a space) in a query value.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The variables a test may want to check, as `KEY=VALUE` lines (absent
@@ -542,4 +643,17 @@ pub fn list_fds(skip: &[RawFd]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(percent_decode("READY%3D1"), "READY=1");
+        assert_eq!(percent_decode("/tmp/a%20b+c"), "/tmp/a b c");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
 }
