@@ -83,9 +83,10 @@ pub fn zombie_children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// The live (not zombie) children of `pid`.
+/// The live (not zombie) children of `pid`, leaving out baton's guard
+/// (`baton guard`, which is not a worker).
 pub fn live_children(pid: u32) -> Vec<u32> {
-    procs::children(pid)
+    procs::children_but_guard(pid)
         .into_iter()
         .filter(|&p| procs::stat(p).is_some_and(|s| !s.is_zombie()))
         .collect()

@@ -21,7 +21,6 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
 use crate::config::CgroupMode;
@@ -33,19 +32,18 @@ pub struct Cgroups {
     root: PathBuf,
 }
 
-/// One generation's cgroup, open for workers to be born in.
+/// One generation's cgroup, for workers to be born in.
 #[derive(Debug)]
 pub struct GenCgroup {
     dir: PathBuf,
-    /// The directory, opened: workers are created in it (`clone3` with
-    /// `CLONE_INTO_CGROUP`).
-    fd: File,
 }
 
 impl GenCgroup {
-    /// The directory to start workers in.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// The directory, opened, to start a worker in (`clone3` with
+    /// `CLONE_INTO_CGROUP`). Opened per worker, so baton holds no
+    /// descriptor for a generation between spawns.
+    pub fn open(&self) -> std::io::Result<File> {
+        File::open(&self.dir)
     }
 
     pub fn dir(&self) -> &Path {
@@ -134,8 +132,7 @@ impl Cgroups {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
-        let fd = std::fs::File::open(&dir)?;
-        Ok(GenCgroup { dir, fd })
+        Ok(GenCgroup { dir })
     }
 
     /// Removes baton's subtree, killing anything still in it first (at the

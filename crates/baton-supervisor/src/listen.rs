@@ -9,7 +9,7 @@
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use rustix::net::{AddressFamily, SocketType};
@@ -422,7 +422,7 @@ fn bind_unix(spec: &ListenSpec, path: &Path, mode: Option<u32>) -> Result<OwnedF
         path: path.display().to_string(),
         problem,
     };
-    match std::fs::symlink_metadata(path) {
+    let stale = match std::fs::symlink_metadata(path) {
         Ok(meta) => {
             let ft = meta.file_type();
             if ft.is_symlink() {
@@ -443,10 +443,11 @@ fn bind_unix(spec: &ListenSpec, path: &Path, mode: Option<u32>) -> Result<OwnedF
                 ));
             }
             tracing::info!("replacing stale socket file {}", path.display());
+            true
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
         Err(e) => return Err(perr(e.to_string())),
-    }
+    };
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -457,15 +458,13 @@ fn bind_unix(spec: &ListenSpec, path: &Path, mode: Option<u32>) -> Result<OwnedF
             dir.display()
         )));
     }
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| perr("the path has no file name".into()))?;
-    let tmp = dir.join(format!(
-        ".{}.baton-{}.tmp",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_file(&tmp);
+    if path.file_name().is_none() {
+        return Err(perr("the path has no file name".into()));
+    }
+    if stale {
+        std::fs::remove_file(path)
+            .map_err(|e| perr(format!("cannot remove the stale socket: {e}")))?;
+    }
     let fd = rustix::net::socket_with(
         AddressFamily::UNIX,
         SocketType::STREAM,
@@ -473,22 +472,58 @@ fn bind_unix(spec: &ListenSpec, path: &Path, mode: Option<u32>) -> Result<OwnedF
         None,
     )
     .map_err(|e| perr(std::io::Error::from(e).to_string()))?;
-    let addr = rustix::net::SocketAddrUnix::new(&tmp)
+    let addr = rustix::net::SocketAddrUnix::new(path)
         .map_err(|e| perr(std::io::Error::from(e).to_string()))?;
-    rustix::net::bind(&fd, &addr)
-        .map_err(|e| perr(explain(e, &path.display().to_string(), None)))?;
-    let cleanup_tmp = |e: String| {
-        let _ = std::fs::remove_file(&tmp);
+    // Bound at its own path, so that getsockname (in baton and in every
+    // worker) names the path clients use. With a mode to set, the socket is
+    // created with none at all (umask 0777 around the bind, as systemd does
+    // for SocketMode=), so it never exists wider than asked, and its mode is
+    // then set through a descriptor of the very file (O_PATH|O_NOFOLLOW),
+    // never by a path that could have become a symlink meanwhile. bind()
+    // itself never follows a symlink: it fails if anything is at the path.
+    let bound = match mode {
+        Some(_) => {
+            let old = rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o777));
+            let r = rustix::net::bind(&fd, &addr);
+            rustix::process::umask(old);
+            r
+        }
+        None => rustix::net::bind(&fd, &addr),
+    };
+    bound.map_err(|e| perr(explain(e, &path.display().to_string(), None)))?;
+    let cleanup = |e: String| {
+        let _ = std::fs::remove_file(path);
         perr(e)
     };
     if let Some(mode) = mode {
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| cleanup_tmp(format!("cannot set mode {mode:o}: {e}")))?;
+        set_mode_nofollow(path, mode).map_err(cleanup)?;
     }
-    rustix::net::listen(&fd, BACKLOG)
-        .map_err(|e| cleanup_tmp(std::io::Error::from(e).to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| cleanup_tmp(e.to_string()))?;
+    rustix::net::listen(&fd, BACKLOG).map_err(|e| cleanup(std::io::Error::from(e).to_string()))?;
     Ok(fd)
+}
+
+/// Sets the mode of the socket file at `path` without following a symlink:
+/// opens the path itself (`O_PATH | O_NOFOLLOW`), checks that it is a
+/// socket, and changes the mode of that very inode through
+/// `/proc/self/fd/N`.
+fn set_mode_nofollow(path: &Path, mode: u32) -> Result<(), String> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    let file = rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("cannot open the new socket to set its mode: {e}"))?;
+    let st = rustix::fs::fstat(&file).map_err(|e| format!("cannot stat the new socket: {e}"))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::Socket {
+        return Err(
+            "the socket file was replaced while baton set it up (by a symbolic link or another file); check who else writes to its directory"
+                .into(),
+        );
+    }
+    let via = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
+    rustix::fs::chmod(via.as_str(), Mode::from_raw_mode(mode))
+        .map_err(|e| format!("cannot set mode {mode:o}: {e}"))
 }
 
 /// Sets up every listener: adopts the sockets baton's own parent passed
@@ -597,6 +632,7 @@ pub fn describe_fd(fd: &OwnedFd) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn parse(s: &str) -> Result<ListenSpec, SpecError> {
         s.parse()

@@ -58,8 +58,9 @@ impl Lifecycle {
         self.set_timer(TimerKey::ReadyHint(id), READY_HINT_AFTER);
         match &self.policy.ready {
             ReadyMode::Delay(d) => self.set_timer(TimerKey::ReadyDelay(id), *d),
-            ReadyMode::Exec(_) => self.out.push(Action::RunProbe { generation: id }),
-            ReadyMode::Notify | ReadyMode::Fd => {}
+            // The first exec: probe runs once every worker has started (see
+            // on_spawned): it is told their pids.
+            ReadyMode::Exec(_) | ReadyMode::Notify | ReadyMode::Fd => {}
         }
     }
 

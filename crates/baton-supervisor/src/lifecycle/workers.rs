@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use super::{
     Action, BACKOFF_MAX, BACKOFF_START, CRASH_LOOP_AFTER, Event, ExitStatus, GenId, Impossible,
-    Level, Lifecycle, PROBE_INTERVAL, Role, STABLE_AFTER, Slot, TimerKey, Worker, WorkerState,
-    exit, ms,
+    Level, Lifecycle, PROBE_INTERVAL, ReadyMode, Role, STABLE_AFTER, Slot, TimerKey, Worker,
+    WorkerState, exit, ms,
 };
 
 impl Lifecycle {
@@ -44,7 +44,19 @@ impl Lifecycle {
                     signal: self.policy.stop_signal,
                 });
             }
-            Role::Starting | Role::Serving => {}
+            Role::Starting => {
+                // exec: readiness: the first probe runs when the whole
+                // generation has started, so BATON_WORKER_PIDS names every
+                // worker (a check over an empty list would pass at once).
+                let all_started = self.gens[gi]
+                    .workers
+                    .iter()
+                    .all(|w| matches!(w.state, WorkerState::Running { .. }));
+                if matches!(self.policy.ready, ReadyMode::Exec(_)) && all_started {
+                    self.out.push(Action::RunProbe { generation });
+                }
+            }
+            Role::Serving => {}
         }
         Ok(())
     }

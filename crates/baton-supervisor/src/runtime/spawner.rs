@@ -217,8 +217,8 @@ impl Thread {
     }
 
     fn spawn(&mut self, spec: &WorkerSpec) -> Result<Started, SpawnFailure> {
-        let cgroup = self.gens.get(&spec.generation).map(GenCgroup::fd);
-        let result = self.spawn_recorded(spec, cgroup.is_some());
+        let in_cgroup = self.gens.contains_key(&spec.generation);
+        let result = self.spawn_recorded(spec, in_cgroup);
         match result {
             Err(SpawnFailure::Cgroup(e)) => {
                 // Writable but not usable (a kernel older than 5.7, a
@@ -240,11 +240,18 @@ impl Thread {
     /// Spawns with the in-flight set locked across the fork, so that the
     /// orphan reaper never sees the new child before its pid is recorded.
     fn spawn_recorded(&self, spec: &WorkerSpec, in_cgroup: bool) -> Result<Started, SpawnFailure> {
-        let cgroup = if in_cgroup {
-            self.gens.get(&spec.generation).map(GenCgroup::fd)
+        let dir = if in_cgroup {
+            match self.gens.get(&spec.generation).map(GenCgroup::open) {
+                Some(Ok(f)) => Some(f),
+                Some(Err(e)) => {
+                    return Err(SpawnFailure::Cgroup(format!("cannot open its cgroup: {e}")));
+                }
+                None => None,
+            }
         } else {
             None
         };
+        let cgroup = dir.as_ref().map(std::os::fd::AsFd::as_fd);
         let guard = std::cell::RefCell::new(Some(
             self.inflight.lock().unwrap_or_else(PoisonError::into_inner),
         ));
