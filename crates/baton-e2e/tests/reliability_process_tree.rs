@@ -128,10 +128,10 @@ fn a_reaped_pid_is_never_signalled() {
         if let Some(pid) = reaped_pid(line) {
             reaped.push((i, pid));
         }
-        if let Some(target) = killed(line) {
-            if let Some((at, _)) = reaped.iter().find(|(_, p)| *p == target) {
-                violations.push(format!("line {i}: {line} (reaped at line {at})"));
-            }
+        if let Some(target) = killed(line)
+            && let Some((at, _)) = reaped.iter().find(|(_, p)| *p == target)
+        {
+            violations.push(format!("line {i}: {line} (reaped at line {at})"));
         }
     }
     assert!(
