@@ -201,6 +201,14 @@ impl BatonCmd {
         self.arg("-l").arg(spec)
     }
 
+    /// No `-l` of the harness's own: the listeners come from a config file
+    /// (`--config`), so none is added.
+    #[must_use]
+    pub fn listeners_from_config(mut self) -> Self {
+        self.listens = usize::MAX / 2;
+        self
+    }
+
     /// The worker command: `baton-probe --script DIR/probe.script FLAGS...`.
     #[must_use]
     pub fn probe(mut self, flags: &[&str]) -> Self {
@@ -586,6 +594,19 @@ impl Baton {
     /// `listening on tcp://127.0.0.1:PORT`.
     pub fn port(&self) -> u16 {
         let line = self.wait_for("listening on tcp://", WAIT);
+        parse_port(&line).unwrap_or_else(|| panic!("no port in {line:?}"))
+    }
+
+    /// The port of the TCP listener named `name`, from the last
+    /// `listening on tcp://HOST:PORT (name NAME...)` line (waited for).
+    pub fn port_of(&self, name: &str) -> u16 {
+        let needle = format!("(name {name}");
+        let (_, line) = self.wait_until_after(0, &format!("naming listener {name}"), WAIT, |l| {
+            l.contains("listening on tcp://")
+                && l.split(&needle)
+                    .nth(1)
+                    .is_some_and(|rest| rest.starts_with(')') || rest.starts_with(','))
+        });
         parse_port(&line).unwrap_or_else(|| panic!("no port in {line:?}"))
     }
 

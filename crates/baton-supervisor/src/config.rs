@@ -35,6 +35,12 @@ pub struct Settings {
     pub guard: Option<(PathBuf, Vec<std::ffi::OsString>)>,
     /// Whether each generation gets a cgroup of its own.
     pub cgroups: CgroupMode,
+    /// Variables set for the workers (`[env]`, `--env`), over baton's own.
+    pub env: Vec<(String, String)>,
+    /// The config file these settings were read from (read again on every
+    /// reload), and the flags that override it.
+    pub config_file: Option<PathBuf>,
+    pub overrides: crate::config_file::Overrides,
 }
 
 /// `--cgroups`: whether baton gives each generation a cgroup of its own.

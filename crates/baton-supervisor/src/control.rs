@@ -104,6 +104,11 @@ pub struct GenerationStatus {
     pub age_ms: u64,
     /// How long it took to become ready, once it did.
     pub ready_after_ms: Option<u64>,
+    /// The fingerprint of the settings it runs with (command, environment,
+    /// listeners, readiness, timeouts): generations started from the same
+    /// config have the same one.
+    #[serde(default)]
+    pub config: Option<String>,
     pub workers: Vec<WorkerStatus>,
 }
 

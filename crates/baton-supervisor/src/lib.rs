@@ -29,6 +29,7 @@
 
 pub mod cgroup;
 pub mod config;
+pub mod config_file;
 pub mod control;
 pub mod guard;
 pub mod lifecycle;

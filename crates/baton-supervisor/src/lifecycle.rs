@@ -76,7 +76,7 @@ impl ReadyMode {
 }
 
 /// The lifecycle's settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     pub workers: usize,
     pub ready: ReadyMode,
@@ -156,6 +156,9 @@ pub enum Event {
     /// A signal to pass on to the serving generation's workers (`SIGUSR1`:
     /// reopen log files).
     Forward(i32),
+    /// New settings (a re-read config file) for the generations started
+    /// from now on; running ones keep theirs.
+    Configure(Policy),
     /// The runtime started a worker asked for by [`Action::Spawn`].
     Spawned {
         generation: GenId,
@@ -342,6 +345,9 @@ impl Worker {
 #[derive(Debug, Clone)]
 struct Generation {
     id: GenId,
+    /// The settings it was started with: a config reload changes them for
+    /// later generations only.
+    policy: Policy,
     role: Role,
     workers: Vec<Worker>,
     started: Instant,
@@ -597,6 +603,9 @@ impl Lifecycle {
             (Booting | Serving | Reloading | Retiring, Event::Forward(signal)) => {
                 self.forward(*signal);
             }
+            (Booting | Serving | Reloading | Retiring, Event::Configure(policy)) => {
+                self.policy = policy.clone();
+            }
             (Stopping(_) | Done, Event::Forward(signal)) => {
                 self.log(
                     Level::Info,
@@ -613,7 +622,10 @@ impl Lifecycle {
             (Stopping(StopKind::Graceful), Event::Stop(_)) => {
                 self.stop(StopKind::Immediate, now);
             }
-            (Stopping(StopKind::Immediate) | Done, Event::Stop(_)) => {}
+            // Nothing more to do: already stopping at once, or stopped; and
+            // settings for generations that will never start.
+            (Stopping(StopKind::Immediate) | Done, Event::Stop(_))
+            | (Stopping(_) | Done, Event::Configure(_)) => {}
 
             (
                 Booting | Serving | Reloading | Retiring | Stopping(_),

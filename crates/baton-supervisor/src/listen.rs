@@ -28,6 +28,18 @@ pub enum ListenAddr {
     Unix { path: PathBuf, mode: Option<u32> },
 }
 
+impl ListenAddr {
+    /// Whether `other` is the same socket address (a Unix socket's mode
+    /// aside: the file stays the same).
+    pub fn same_socket(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Tcp { host: a, port: p }, Self::Tcp { host: b, port: q }) => a == b && p == q,
+            (Self::Unix { path: a, .. }, Self::Unix { path: b, .. }) => a == b,
+            _ => false,
+        }
+    }
+}
+
 /// One `--listen` argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenSpec {
@@ -363,6 +375,14 @@ impl Bound {
         {
             tracing::warn!("cannot remove socket file {}: {e}", path.display());
         }
+    }
+}
+
+/// A listener closes with its last holder (the generations that have it,
+/// the settings in force); its socket file, if baton made one, goes too.
+impl Drop for Bound {
+    fn drop(&mut self) {
+        self.remove_file();
     }
 }
 

@@ -37,6 +37,7 @@ use crate::signals::{HANDLED, Ignored, SignalPipe};
 
 mod clients;
 mod readiness;
+mod reconfig;
 mod spawner;
 mod workers;
 
@@ -93,10 +94,8 @@ pub struct Runtime {
     settings: Settings,
     /// Shared with the spawner thread, which places them at fds 3.. of
     /// each worker.
-    listeners: std::sync::Arc<Vec<Bound>>,
+    listeners: Vec<std::sync::Arc<Bound>>,
     base_env: std::sync::Arc<Vec<OsString>>,
-    /// The command's `argv`, shared with the spawner.
-    args: std::sync::Arc<Vec<OsString>>,
     stdin: std::sync::Arc<OwnedFd>,
     rundir: tempfile::TempDir,
     poll: Poll,
@@ -141,6 +140,7 @@ pub struct Runtime {
     child_nofile: Option<u64>,
     orphans_to_reap: bool,
     watcher: Option<crate::watch::Watcher>,
+    watch_token: Option<Token>,
     /// Where worker output is passed on.
     sinks: crate::output::Sinks,
 }
@@ -208,9 +208,8 @@ impl Runtime {
         };
         let mut rt = Self {
             machine: Lifecycle::new(settings.policy.clone()),
-            args: std::sync::Arc::new(settings.args.clone()),
             settings,
-            listeners: std::sync::Arc::new(listeners),
+            listeners: listeners.into_iter().map(std::sync::Arc::new).collect(),
             base_env: std::sync::Arc::new(crate::worker::base_environment()),
             stdin: std::sync::Arc::new(
                 baton_sys::spawn::dev_null().map_err(RuntimeError::DevNull)?,
@@ -246,6 +245,7 @@ impl Runtime {
             orphan_retry_at: None,
             orphans_to_reap: false,
             watcher: None,
+            watch_token: None,
             sinks,
         };
         if !rt.settings.watch.is_empty() {
@@ -261,6 +261,7 @@ impl Runtime {
                 .register(&mut w.wake, token, Interest::READABLE)
                 .map_err(RuntimeError::Poll)?;
             rt.watcher = Some(w);
+            rt.watch_token = Some(token);
         }
         if let Some(mut sock) = control {
             let token = rt.token(Source::Control);
@@ -353,7 +354,7 @@ impl Runtime {
                 }
             }
         }
-        for l in self.listeners.iter() {
+        for l in &self.listeners {
             l.remove_file();
         }
         self.end_guard_and_cgroups();
@@ -424,7 +425,7 @@ impl Runtime {
                     return;
                 }
                 match self.signals[i].signal {
-                    libc::SIGHUP => self.queue.push_back(Event::Reload),
+                    libc::SIGHUP => self.request_reload(None),
                     libc::SIGQUIT => self.queue.push_back(Event::Stop(StopKind::Immediate)),
                     libc::SIGCHLD => self.orphans_to_reap = true,
                     libc::SIGTTIN => {
@@ -499,7 +500,7 @@ impl Runtime {
                         change.after,
                         shown.join(", ")
                     );
-                    self.queue.push_back(Event::Reload);
+                    self.request_reload(None);
                 }
             }
             Source::Control => self.accept_clients(),

@@ -76,7 +76,7 @@ pub struct WorkerSpec {
     /// The open-files soft limit baton had before it raised its own.
     pub nofile_soft_limit: Option<u64>,
     /// The listeners, placed at fds 3.. in this order.
-    pub listeners: Arc<Vec<Bound>>,
+    pub listeners: Arc<Vec<Arc<Bound>>>,
     /// The worker's stdin (`/dev/null`).
     pub stdin: Arc<OwnedFd>,
 }

@@ -4,8 +4,9 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use baton_supervisor::config::{self, CommandError, Settings};
-use baton_supervisor::lifecycle::{Policy, ReadyMode};
+use baton_supervisor::config::{self, Settings};
+use baton_supervisor::config_file::{self, LoadErrorKind, Overrides};
+use baton_supervisor::lifecycle::ReadyMode;
 use baton_supervisor::listen::{self, ListenSpec};
 use baton_supervisor::runtime::Runtime;
 use clap::{Parser, Subcommand};
@@ -47,11 +48,18 @@ enum Command {
     /// Supervise a server: bind its sockets once, run it in generations,
     /// reload it with zero downtime on SIGHUP.
     #[command(after_help = RUN_HELP)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Control a running supervisor: reload (and wait for the verdict),
     /// status, stop, scale.
     #[command(after_help = crate::ctl::CTL_HELP)]
     Ctl(crate::ctl::CtlArgs),
+    /// Check a config file for `baton run --config`: print what it sets, or
+    /// each mistake with its line and column (exit 0 or 2)
+    CheckConfig {
+        /// The TOML file
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
     /// The guard `baton run` starts to end what its workers started if baton
     /// is killed (internal: reads its instructions on fd 3).
     #[command(hide = true)]
@@ -86,43 +94,56 @@ Exit codes:
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
+    /// Read the settings from this TOML file (every flag has a key; a flag
+    /// given here wins over the file). The file is read again on every
+    /// reload; a file that does not parse refuses the reload
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
     /// Socket to listen on, repeatable: tcp://HOST:PORT, HOST:PORT, :PORT,
     /// [::1]:PORT, unix:PATH, unix:PATH?mode=0660; prefix NAME= to name it
     /// in LISTEN_FDNAMES (default listen0, listen1, ...)
     #[arg(short, long = "listen", value_name = "SPEC", value_parser = parse_spec)]
     listen: Vec<ListenSpec>,
 
-    /// Worker processes per generation
-    #[arg(short, long, value_name = "N", default_value_t = 1, value_parser = parse_workers)]
-    workers: usize,
+    /// Worker processes per generation [default: 1]
+    #[arg(short, long, value_name = "N", value_parser = parse_workers)]
+    workers: Option<usize>,
 
     /// How a generation says it is ready: notify (READY=1 on NOTIFY_SOCKET),
     /// fd (a newline on the fd in BATON_READY_FD), delay:DURATION, or
     /// exec:CMD (a shell command that exits 0 once the generation is ready)
-    #[arg(long, value_name = "MODE", default_value = "notify", value_parser = config::parse_ready)]
-    ready: ReadyMode,
+    /// [default: notify]
+    #[arg(long, value_name = "MODE", value_parser = config::parse_ready)]
+    ready: Option<ReadyMode>,
 
-    /// How long a generation may take to become ready
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = config::parse_duration)]
-    ready_timeout: Duration,
+    /// How long a generation may take to become ready [default: 60s]
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    ready_timeout: Option<Duration>,
 
     /// How long a draining generation may take to exit before SIGKILL
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = config::parse_duration)]
-    grace: Duration,
+    /// [default: 30s]
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    grace: Option<Duration>,
 
-    /// Signal that tells a worker to drain and exit
-    #[arg(long, value_name = "SIG", default_value = "TERM", value_parser = config::parse_signal)]
-    stop_signal: i32,
+    /// Signal that tells a worker to drain and exit [default: TERM]
+    #[arg(long, value_name = "SIG", value_parser = config::parse_signal)]
+    stop_signal: Option<i32>,
 
     /// Run workers in DIR, resolved (symlinks followed) when each generation
     /// starts, so `current -> releases/N` deploys take effect on reload
     #[arg(long, value_name = "DIR")]
     chdir: Option<PathBuf>,
 
+    /// Set an environment variable for the workers, repeatable: K=V
+    #[arg(short, long = "env", value_name = "K=V", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+
     /// Name of this supervisor: its control socket is
     /// $XDG_RUNTIME_DIR/baton/NAME.sock (or /run/baton/NAME.sock as root)
-    #[arg(long, value_name = "NAME", default_value = "baton", value_parser = parse_name)]
-    name: String,
+    /// [default: baton]
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    name: Option<String>,
 
     /// Control socket path (overrides --name)
     #[arg(long, value_name = "PATH")]
@@ -135,12 +156,13 @@ struct RunArgs {
 
     /// With --watch: ignore paths matching this glob (matched against the
     /// whole path and the file name), repeatable, e.g. '*.pyc', '**/.git/**'
-    #[arg(long, value_name = "GLOB", requires = "watch")]
+    #[arg(long, value_name = "GLOB")]
     watch_ignore: Vec<String>,
 
     /// With --watch: wait for this much quiet before looking at changes
-    #[arg(long, value_name = "DURATION", default_value = "300ms", value_parser = config::parse_duration, requires = "watch")]
-    watch_debounce: Duration,
+    /// [default: 300ms]
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    watch_debounce: Option<Duration>,
 
     /// Do not create a control socket (baton ctl cannot reach this baton)
     #[arg(long, conflicts_with = "control")]
@@ -150,12 +172,44 @@ struct RunArgs {
     /// start survives it: auto (where the cgroup is delegated to baton, or
     /// is the root of what baton sees, as in a container), on (wherever
     /// baton can write its cgroup) or off (process groups only)
-    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = config::parse_cgroups)]
-    cgroups: config::CgroupMode,
+    /// [default: auto]
+    #[arg(long, value_name = "MODE", value_parser = config::parse_cgroups)]
+    cgroups: Option<config::CgroupMode>,
 
     /// The server command and its arguments (after --)
     #[arg(trailing_var_arg = true, value_name = "COMMAND")]
     command: Vec<OsString>,
+}
+
+impl RunArgs {
+    /// The flags given, as overrides of the config file.
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen.clone(),
+            workers: self.workers,
+            ready: self.ready.clone(),
+            ready_timeout: self.ready_timeout,
+            grace: self.grace,
+            stop_signal: self.stop_signal,
+            chdir: self.chdir.clone(),
+            name: self.name.clone(),
+            control: self.control.clone(),
+            no_control: self.no_control,
+            watch: self.watch.clone(),
+            watch_ignore: self.watch_ignore.clone(),
+            watch_debounce: self.watch_debounce,
+            cgroups: self.cgroups,
+            env: self.env.clone(),
+            command: self.command.clone(),
+        }
+    }
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not K=V; write e.g. --env RUST_LOG=info")),
+    }
 }
 
 fn parse_spec(s: &str) -> Result<ListenSpec, String> {
@@ -200,82 +254,51 @@ pub fn parse() -> Args {
 
 pub fn execute(args: Args, sinks: baton_supervisor::output::Sinks) -> Result<u8, Failure> {
     match args.command {
-        Command::Run(run) => run_command(run, sinks),
+        Command::Run(run) => run_command(*run, sinks),
         Command::Ctl(ctl) => Ok(crate::ctl::run(&ctl)),
+        Command::CheckConfig { file } => Ok(check_config(&file)),
         Command::Guard => {
             Ok(u8::try_from(baton_supervisor::guard::run()).unwrap_or(exit::INTERNAL))
         }
     }
 }
 
-fn validate(run: RunArgs) -> Result<Settings, Failure> {
-    let Some(first) = run.command.first() else {
-        return Err(Failure::new(exit::USAGE, CommandError::Missing.to_string()));
-    };
-    let Some(program_name) = first.to_str() else {
-        return Err(Failure::new(
-            exit::COMMAND,
-            format!("the command name {} is not valid UTF-8", first.display()),
-        ));
-    };
-    let program = config::resolve_program(
-        program_name,
-        run.chdir.as_deref(),
-        std::env::var_os("PATH").as_deref(),
-    )
-    .map_err(|e| Failure::new(exit::COMMAND, format!("cannot run the command: {e}")))?;
-    baton_supervisor::watch::check(&run.watch, &run.watch_ignore)
-        .map_err(|e| Failure::new(exit::USAGE, e.to_string()))?;
-    let mut names: Vec<&str> = Vec::new();
-    for spec in &run.listen {
-        if let Some(n) = spec.name.as_deref() {
-            if names.contains(&n) {
-                return Err(Failure::new(
-                    exit::USAGE,
-                    format!("two listeners are named {n:?}; names must be unique"),
-                ));
-            }
-            names.push(n);
+fn validate(run: &RunArgs) -> Result<Settings, Failure> {
+    let mut settings = config_file::load(run.config.as_deref(), &run.overrides()).map_err(|e| {
+        let code = match e.kind {
+            LoadErrorKind::Usage => exit::USAGE,
+            LoadErrorKind::Command => exit::COMMAND,
+        };
+        Failure::new(code, e.message)
+    })?;
+    // baton's own binary, as the kernel knows it (the very file this
+    // process runs, even if a deploy replaced the path since).
+    settings.guard = Some((
+        PathBuf::from("/proc/self/exe"),
+        vec![
+            std::env::args_os().next().unwrap_or_else(|| "baton".into()),
+            "guard".into(),
+        ],
+    ));
+    Ok(settings)
+}
+
+fn check_config(file: &std::path::Path) -> u8 {
+    match config_file::check(file) {
+        Ok(summary) => {
+            println!("{}: ok", file.display());
+            println!("{summary}");
+            0
+        }
+        Err(e) => {
+            eprintln!("{}", e.message);
+            exit::USAGE
         }
     }
-    Ok(Settings {
-        listeners: run.listen,
-        program,
-        args: run.command,
-        policy: Policy {
-            workers: run.workers,
-            ready: run.ready,
-            ready_timeout: run.ready_timeout,
-            grace: run.grace,
-            stop_signal: run.stop_signal,
-        },
-        chdir: run.chdir,
-        watch: run.watch,
-        watch_ignore: run.watch_ignore,
-        watch_debounce: run.watch_debounce,
-        // baton's own binary, as the kernel knows it (the very file this
-        // process runs, even if a deploy replaced the path since).
-        guard: Some((
-            PathBuf::from("/proc/self/exe"),
-            vec![
-                std::env::args_os().next().unwrap_or_else(|| "baton".into()),
-                "guard".into(),
-            ],
-        )),
-        cgroups: run.cgroups,
-        control: if run.no_control {
-            None
-        } else {
-            Some(
-                run.control
-                    .unwrap_or_else(|| baton_supervisor::control::default_path(&run.name)),
-            )
-        },
-    })
 }
 
 fn run_command(run: RunArgs, sinks: baton_supervisor::output::Sinks) -> Result<u8, Failure> {
-    let settings = validate(run)?;
+    let settings = validate(&run)?;
     // Sockets from our own parent (systemd socket activation) first: read
     // once, adopted only if LISTEN_PID is baton's pid.
     let mut inherited = baton_app::Inherited::from_env()

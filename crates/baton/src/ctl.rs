@@ -31,7 +31,8 @@ Exit codes of baton ctl:
   9   permission denied: the supervisor runs as another user
   10  reload failed: the new generation was rolled back, the old one keeps serving
   11  no verdict within --timeout (the reload may still finish)
-  12  the supervisor refused the request (it is stopping) or answered an error
+  12  the supervisor refused the request (it is stopping, or its config file has a
+      mistake: the message gives the line and column) or answered an error
 stop exits with baton's own exit code once it has stopped: 0 when every worker
 exited on its own, 7 when some had to be killed (see baton run --help)";
 
@@ -337,8 +338,12 @@ fn print_status(s: &Status) {
         let ready = g
             .ready_after_ms
             .map_or_else(String::new, |ms| format!(", ready after {ms} ms"));
+        let config = g
+            .config
+            .as_ref()
+            .map_or_else(String::new, |c| format!(", config {c}"));
         println!(
-            "  {:<4} {:<9} started {} ago{ready}",
+            "  {:<4} {:<9} started {} ago{ready}{config}",
             g.id,
             g.state,
             ago(g.age_ms)

@@ -28,6 +28,7 @@ impl Lifecycle {
         let n = self.policy.workers;
         self.gens.push(Generation {
             id,
+            policy: self.policy.clone(),
             role: Role::Starting,
             workers: (0..n).map(|_| Worker::new()).collect(),
             started: now,
@@ -82,7 +83,7 @@ impl Lifecycle {
     /// A starting generation became ready if all its workers (and the
     /// generation-wide check, if any) say so.
     pub(super) fn maybe_ready(&mut self, gi: usize, now: Instant) {
-        let per_worker = self.policy.ready.per_worker();
+        let per_worker = self.gens[gi].policy.ready.per_worker();
         if !self.gens[gi].ready(per_worker) {
             return;
         }
@@ -109,7 +110,8 @@ impl Lifecycle {
         match old {
             Some(oi) => {
                 self.counters.reloads_succeeded += 1;
-                self.retire(oi, Role::Draining, self.policy.grace);
+                let grace = self.gens[oi].policy.grace;
+                self.retire(oi, Role::Draining, grace);
                 let outcome = ReloadOutcome::Ready { generation, took };
                 self.last_reload = Some(outcome.clone());
                 self.out.push(Action::ReloadDone {
@@ -133,7 +135,7 @@ impl Lifecycle {
         if role == Role::Draining {
             self.log(Level::Info, format!("generation {generation} draining"));
         }
-        let signal = self.policy.stop_signal;
+        let signal = self.gens[gi].policy.stop_signal;
         let mut any = false;
         for slot in 0..self.gens[gi].workers.len() {
             let w = &mut self.gens[gi].workers[slot];
@@ -186,7 +188,7 @@ impl Lifecycle {
             Some(slot) => self.log_tail(Level::Error, message, generation, slot),
             None => self.log(Level::Error, message),
         }
-        let grace = ROLLBACK_GRACE.min(self.policy.grace);
+        let grace = ROLLBACK_GRACE.min(self.gens[gi].policy.grace);
         self.retire(gi, Role::Failed, grace);
         match serving {
             Some(s) => {

@@ -24,6 +24,8 @@ impl Lifecycle {
     /// Grows or shrinks serving generation `gi` to `policy.workers`.
     pub(super) fn apply_scale(&mut self, gi: usize) {
         let want = self.policy.workers;
+        self.gens[gi].policy.workers = want;
+        let (stop_signal, grace) = (self.gens[gi].policy.stop_signal, self.gens[gi].policy.grace);
         let generation = self.gens[gi].id;
         // Slots being removed count as gone.
         let live =
@@ -61,9 +63,9 @@ impl Lifecycle {
                         self.out.push(Action::Signal {
                             generation,
                             slot,
-                            signal: self.policy.stop_signal,
+                            signal: stop_signal,
                         });
-                        self.set_timer(TimerKey::WorkerGrace(generation, slot), self.policy.grace);
+                        self.set_timer(TimerKey::WorkerGrace(generation, slot), grace);
                         extra -= 1;
                     }
                     WorkerState::Restarting => {

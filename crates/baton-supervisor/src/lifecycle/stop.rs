@@ -29,7 +29,8 @@ impl Lifecycle {
                             self.gens[gi].role = Role::Stopping;
                         }
                         Role::Starting | Role::Serving => {
-                            self.retire(gi, Role::Stopping, self.policy.grace);
+                            let grace = self.gens[gi].policy.grace;
+                            self.retire(gi, Role::Stopping, grace);
                         }
                     }
                 }

@@ -262,6 +262,43 @@ fn usr1_while_booting_reaches_the_first_generation_and_is_dropped_while_stopping
 }
 
 #[test]
+fn new_settings_apply_from_the_next_generation_and_the_old_one_keeps_its_own() {
+    let mut s = Sim::serving(2);
+    let mut next = policy(3, ReadyMode::Notify);
+    next.stop_signal = 2; // SIGINT
+    next.grace = Duration::from_secs(7);
+    s.ev(Event::Configure(next));
+    assert_eq!(
+        s.m.worker_pids(1).len(),
+        2,
+        "the serving generation is untouched"
+    );
+    s.ev(Event::Reload);
+    assert_eq!(
+        s.spawns(2),
+        3,
+        "the new generation has the new worker count"
+    );
+    s.ready(2, 0..3);
+    // Generation 1 drains the way it was started: TERM, 30 s.
+    assert_eq!(s.signals, vec![(1, 0, TERM), (1, 1, TERM)]);
+    assert_eq!(
+        s.timers.get(&TimerKey::Grace(1)),
+        Some(&(s.now + Duration::from_secs(30)))
+    );
+    s.all_exit(1);
+    s.ev(Event::Stop(StopKind::Graceful));
+    assert!(
+        s.signals.contains(&(2, 0, 2)),
+        "generation 2 stops with its own signal"
+    );
+    assert_eq!(
+        s.timers.get(&TimerKey::Grace(2)),
+        Some(&(s.now + Duration::from_secs(7)))
+    );
+}
+
+#[test]
 fn duplicate_ready_is_harmless() {
     let mut s = Sim::serving(1);
     s.ready(1, [0, 0]);
@@ -824,6 +861,7 @@ mod properties {
         Scale(u8),
         Stop,
         Forward,
+        Configure(u8),
         Ready(u8, u8),
         Exit(u8, u8, bool),
         Advance(u16),
@@ -836,6 +874,7 @@ mod properties {
             1 => (1u8..5).prop_map(Op::Scale),
             1 => Just(Op::Stop),
             1 => Just(Op::Forward),
+            1 => (1u8..4).prop_map(Op::Configure),
             6 => (0u8..4, 0u8..3).prop_map(|(g, w)| Op::Ready(g, w)),
             3 => (0u8..4, 0u8..3, any::<bool>()).prop_map(|(g, w, ok)| Op::Exit(g, w, ok)),
             3 => (1u16..40_000).prop_map(Op::Advance),
@@ -864,6 +903,7 @@ mod properties {
                     Op::Scale(n) => s.ev(Event::Scale(usize::from(n))),
                     Op::Stop => s.ev(Event::Stop(StopKind::Graceful)),
                     Op::Forward => s.ev(Event::Forward(USR1)),
+                    Op::Configure(n) => s.ev(Event::Configure(policy(usize::from(n), ReadyMode::Notify))),
                     Op::Ready(g, w) => {
                         if let Some(&generation) = gens.get(g as usize % gens.len().max(1)) {
                             s.ev(Event::WorkerReady { generation, slot: w as usize % 2 });

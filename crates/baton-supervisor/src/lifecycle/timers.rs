@@ -21,8 +21,8 @@ impl Lifecycle {
                 let missing = self.describe_missing(gi);
                 let reason = format!(
                     "was not ready within {} ({missing}{})",
-                    humantime::format_duration(self.policy.ready_timeout),
-                    self.ready_hint()
+                    humantime::format_duration(self.gens[gi].policy.ready_timeout),
+                    self.ready_hint(gi)
                 );
                 let tail = self.not_ready(generation).first().copied();
                 self.fail_generation(gi, &reason, tail, exit::FIRST_NOT_READY);
@@ -36,7 +36,7 @@ impl Lifecycle {
                     return;
                 }
                 let missing = self.describe_missing(gi);
-                let hint = self.ready_hint();
+                let hint = self.ready_hint(gi);
                 self.log(
                     Level::Warn,
                     format!(
@@ -110,8 +110,8 @@ impl Lifecycle {
     }
 
     /// What to do when an app cannot speak the configured readiness protocol.
-    pub(super) fn ready_hint(&self) -> &'static str {
-        match self.policy.ready {
+    pub(super) fn ready_hint(&self, gi: usize) -> &'static str {
+        match self.gens[gi].policy.ready {
             ReadyMode::Notify => {
                 "; if the app does not speak sd_notify, use --ready fd, --ready delay:DURATION or --ready exec:CMD"
             }
@@ -124,14 +124,14 @@ impl Lifecycle {
 
     pub(super) fn describe_missing(&self, gi: usize) -> String {
         let g = &self.gens[gi];
-        match &self.policy.ready {
+        match &g.policy.ready {
             ReadyMode::Notify | ReadyMode::Fd => {
                 let missing: Vec<String> = self
                     .not_ready(g.id)
                     .iter()
                     .map(ToString::to_string)
                     .collect();
-                let channel = if self.policy.ready == ReadyMode::Notify {
+                let channel = if g.policy.ready == ReadyMode::Notify {
                     "READY=1 on NOTIFY_SOCKET"
                 } else {
                     "a newline on BATON_READY_FD"

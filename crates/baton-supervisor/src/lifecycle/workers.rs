@@ -41,7 +41,7 @@ impl Lifecycle {
                 self.out.push(Action::Signal {
                     generation,
                     slot,
-                    signal: self.policy.stop_signal,
+                    signal: self.gens[gi].policy.stop_signal,
                 });
             }
             Role::Starting => {
@@ -52,7 +52,7 @@ impl Lifecycle {
                     .workers
                     .iter()
                     .all(|w| matches!(w.state, WorkerState::Running { .. }));
-                if matches!(self.policy.ready, ReadyMode::Exec(_)) && all_started {
+                if matches!(self.gens[gi].policy.ready, ReadyMode::Exec(_)) && all_started {
                     self.out.push(Action::RunProbe { generation });
                 }
             }

@@ -269,7 +269,7 @@ impl Runtime {
                 if let Some(c) = self.clients.get_mut(&id) {
                     c.waiting = Waiting::Reload;
                 }
-                self.queue.push_back(Event::ReloadRequest(id));
+                self.request_reload(Some(id));
             }
             control::Command::Stop { fast } => {
                 self.reply(
@@ -480,6 +480,11 @@ impl Runtime {
                     state: g.state.to_owned(),
                     age_ms: now.saturating_duration_since(g.started).as_millis() as u64,
                     ready_after_ms: g.ready_after.map(|d| d.as_millis() as u64),
+                    config: self
+                        .generations
+                        .get(&g.id)
+                        .and_then(|r| r.spec.as_ref())
+                        .map(|s| s.fingerprint.clone()),
                     workers: g
                         .workers
                         .into_iter()

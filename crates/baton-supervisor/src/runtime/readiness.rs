@@ -174,7 +174,10 @@ impl Runtime {
         let chdir = self.generations.get(&g).and_then(|r| r.chdir.clone());
         match spawn_probe(
             cmd,
-            &self.base_env,
+            self.generations
+                .get(&g)
+                .and_then(|r| r.spec.as_ref())
+                .map_or(&self.base_env, |s| &s.env),
             g,
             &pids,
             chdir.as_deref(),

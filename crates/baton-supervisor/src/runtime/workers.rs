@@ -8,6 +8,7 @@ use baton_sys::spawn::Child;
 use mio::Token;
 use mio::unix::SourceFd;
 
+use super::reconfig::GenSpec;
 use super::spawner::{Done, Job};
 use super::{Runtime, Source};
 use crate::guard::Guard;
@@ -36,6 +37,8 @@ pub(super) struct RtGeneration {
     /// not resolve).
     pub(super) error: Option<String>,
     pub(super) probe: Option<(Token, Child)>,
+    /// What it runs: command, environment, listeners, fixed at its start.
+    pub(super) spec: Option<std::sync::Arc<GenSpec>>,
 }
 
 impl Runtime {
@@ -106,7 +109,10 @@ impl Runtime {
     }
 
     pub(super) fn prepare(&mut self, g: GenId) {
-        let mut rg = RtGeneration::default();
+        let mut rg = RtGeneration {
+            spec: Some(std::sync::Arc::new(self.gen_spec())),
+            ..RtGeneration::default()
+        };
         if let Some(dir) = &self.settings.chdir {
             // Resolved once per generation, so every worker of it runs from
             // the same release even if a `current` symlink moves meanwhile.
@@ -168,17 +174,25 @@ impl Runtime {
             .unwrap_or_else(|| self.settings.program.clone());
         // Started by the spawner thread; the result comes back as
         // Done::Worker (see on_spawned).
+        let Some(spec) = rg.and_then(|r| r.spec.clone()) else {
+            self.queue.push_back(Event::SpawnFailed {
+                generation: g,
+                slot,
+                error: "internal error: the generation was not prepared".into(),
+            });
+            return;
+        };
         self.spawner.send(Job::Worker(Box::new(WorkerSpec {
             generation: g,
             slot,
             program,
-            args: std::sync::Arc::clone(&self.args),
-            base_env: std::sync::Arc::clone(&self.base_env),
-            ready_fd: self.settings.policy.ready == ReadyMode::Fd,
+            args: std::sync::Arc::clone(&spec.args),
+            base_env: std::sync::Arc::clone(&spec.env),
+            ready_fd: spec.ready_fd,
             notify,
             chdir,
             nofile_soft_limit: self.child_nofile,
-            listeners: std::sync::Arc::clone(&self.listeners),
+            listeners: std::sync::Arc::clone(&spec.listeners),
             stdin: std::sync::Arc::clone(&self.stdin),
         })));
     }

@@ -1,0 +1,641 @@
+//! `baton run --config FILE`: the settings in a TOML file, merged with the
+//! flags (a flag given on the command line wins over the file, on every
+//! reload too), validated into [`Settings`].
+//!
+//! ```toml
+//! command = ["./server", "--config", "prod.toml"]
+//! workers = 4
+//! ready = "notify"
+//! grace = "30s"
+//! chdir = "/srv/app/current"
+//!
+//! [[listen]]
+//! name = "web"
+//! address = "tcp://0.0.0.0:8080"
+//!
+//! [[listen]]
+//! name = "admin"
+//! address = "unix:/run/app/admin.sock?mode=0660"
+//!
+//! [env]
+//! RUST_LOG = "info"
+//! ```
+//!
+//! Every key is a `baton run` flag (docs/config.md lists them). Mistakes
+//! are reported with the file, line and column: an unknown key (a typo), a
+//! value of the wrong type, a duration or signal that does not parse, two
+//! listeners with one name.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::config::{
+    CgroupMode, CommandError, Settings, parse_cgroups, parse_duration, parse_ready, parse_signal,
+    resolve_program,
+};
+use crate::lifecycle::{Policy, ReadyMode};
+use crate::listen::ListenSpec;
+
+/// The defaults of `baton run`'s flags, in one place.
+pub mod defaults {
+    use std::time::Duration;
+    pub const WORKERS: usize = 1;
+    pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const GRACE: Duration = Duration::from_secs(30);
+    pub const STOP_SIGNAL: i32 = libc::SIGTERM;
+    pub const WATCH_DEBOUNCE: Duration = Duration::from_millis(300);
+    pub const NAME: &str = "baton";
+}
+
+/// The flags given on the command line; `None` (or empty) when not given,
+/// so that the file's value, or the default, applies.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub listen: Vec<ListenSpec>,
+    pub workers: Option<usize>,
+    pub ready: Option<ReadyMode>,
+    pub ready_timeout: Option<Duration>,
+    pub grace: Option<Duration>,
+    pub stop_signal: Option<i32>,
+    pub chdir: Option<PathBuf>,
+    pub name: Option<String>,
+    pub control: Option<PathBuf>,
+    pub no_control: bool,
+    pub watch: Vec<PathBuf>,
+    pub watch_ignore: Vec<String>,
+    pub watch_debounce: Option<Duration>,
+    pub cgroups: Option<CgroupMode>,
+    /// `--env K=V`, on top of the file's `[env]`.
+    pub env: Vec<(String, String)>,
+    /// The command after `--` (empty: the file's `command`).
+    pub command: Vec<OsString>,
+}
+
+/// Why the settings cannot be used, with the exit code `baton run` gives
+/// at start (a reload is refused with the same message).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct LoadError {
+    pub kind: LoadErrorKind,
+    pub message: String,
+}
+
+/// What kind of mistake a [`LoadError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadErrorKind {
+    /// A flag, a key or a value (exit 2).
+    Usage,
+    /// The command cannot be run (exit 4).
+    Command,
+}
+
+impl LoadError {
+    fn usage(message: impl Into<String>) -> Self {
+        Self {
+            kind: LoadErrorKind::Usage,
+            message: message.into(),
+        }
+    }
+}
+
+/// A duration: `"30s"`, `"1m30s"`, or a number of seconds.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawDuration {
+    Secs(u64),
+    Text(String),
+}
+
+/// `control = "/path"` or `control = false`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawControl {
+    Path(PathBuf),
+    Enabled(bool),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    name: Option<Spanned<String>>,
+    address: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    command: Option<Spanned<Vec<String>>>,
+    listen: Option<Vec<Spanned<RawListen>>>,
+    workers: Option<Spanned<i64>>,
+    ready: Option<Spanned<String>>,
+    ready_timeout: Option<Spanned<RawDuration>>,
+    grace: Option<Spanned<RawDuration>>,
+    stop_signal: Option<Spanned<String>>,
+    chdir: Option<Spanned<PathBuf>>,
+    name: Option<Spanned<String>>,
+    control: Option<Spanned<RawControl>>,
+    watch: Option<Vec<Spanned<PathBuf>>>,
+    watch_ignore: Option<Vec<String>>,
+    watch_debounce: Option<Spanned<RawDuration>>,
+    cgroups: Option<Spanned<String>>,
+    env: Option<BTreeMap<String, Spanned<String>>>,
+}
+
+/// The file's `control` key.
+#[derive(Debug)]
+enum ControlSetting {
+    At(PathBuf),
+    Off,
+}
+
+/// The file's settings, validated; `None` where the file says nothing.
+#[derive(Debug, Default)]
+struct FileSettings {
+    command: Option<Vec<OsString>>,
+    listen: Option<Vec<ListenSpec>>,
+    workers: Option<usize>,
+    ready: Option<ReadyMode>,
+    ready_timeout: Option<Duration>,
+    grace: Option<Duration>,
+    stop_signal: Option<i32>,
+    chdir: Option<PathBuf>,
+    name: Option<String>,
+    control: Option<ControlSetting>,
+    watch: Option<Vec<PathBuf>>,
+    watch_ignore: Option<Vec<String>>,
+    watch_debounce: Option<Duration>,
+    cgroups: Option<CgroupMode>,
+    env: Vec<(String, String)>,
+}
+
+/// `line:column` (1-based) of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
+    (line, col)
+}
+
+struct Source<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn error(&self, span: Range<usize>, message: impl std::fmt::Display) -> LoadError {
+        let (line, col) = line_col(self.text, span.start);
+        LoadError::usage(format!("{}:{line}:{col}: {message}", self.path.display()))
+    }
+
+    fn duration(&self, v: &Spanned<RawDuration>, key: &str) -> Result<Duration, LoadError> {
+        match v.get_ref() {
+            RawDuration::Secs(n) => Ok(Duration::from_secs(*n)),
+            RawDuration::Text(t) => {
+                parse_duration(t).map_err(|e| self.error(v.span(), format!("{key}: {e}")))
+            }
+        }
+    }
+}
+
+/// Reads and validates `path`.
+fn read_file(path: &Path) -> Result<FileSettings, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        LoadError::usage(format!(
+            "cannot read the config file {}: {e}",
+            path.display()
+        ))
+    })?;
+    parse_file(path, &text)
+}
+
+fn parse_file(path: &Path, text: &str) -> Result<FileSettings, LoadError> {
+    let src = Source { path, text };
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let message = e.message().trim().to_owned();
+        match e.span() {
+            Some(span) => src.error(span, message),
+            None => LoadError::usage(format!("{}: {message}", path.display())),
+        }
+    })?;
+    let mut out = FileSettings::default();
+    if let Some(cmd) = raw.command {
+        if cmd.get_ref().is_empty() || cmd.get_ref()[0].is_empty() {
+            return Err(src.error(
+                cmd.span(),
+                "command: give the program and its arguments, e.g. command = [\"./server\", \"--port\", \"8080\"]",
+            ));
+        }
+        out.command = Some(cmd.into_inner().into_iter().map(OsString::from).collect());
+    }
+    if let Some(listen) = raw.listen {
+        let mut specs: Vec<ListenSpec> = Vec::new();
+        for (i, l) in listen.iter().enumerate() {
+            let l = l.get_ref();
+            let text = match &l.name {
+                Some(n) => format!("{}={}", n.get_ref(), l.address.get_ref()),
+                None => l.address.get_ref().clone(),
+            };
+            let spec: ListenSpec = text
+                .parse()
+                .map_err(|e| src.error(l.address.span(), format!("listen #{}: {e}", i + 1)))?;
+            if let (Some(n), Some(name)) = (&spec.name, &l.name)
+                && specs.iter().any(|s| s.name.as_ref() == Some(n))
+            {
+                return Err(src.error(
+                    name.span(),
+                    format!("two listeners are named {n:?}; names must be unique"),
+                ));
+            }
+            specs.push(spec);
+        }
+        out.listen = Some(specs);
+    }
+    if let Some(w) = raw.workers {
+        let n = *w.get_ref();
+        out.workers = Some(
+            usize::try_from(n)
+                .ok()
+                .filter(|n| (1..=crate::runtime::MAX_WORKERS).contains(n))
+                .ok_or_else(|| {
+                    src.error(
+                        w.span(),
+                        format!(
+                            "workers = {n}: use 1 to {} workers per generation",
+                            crate::runtime::MAX_WORKERS
+                        ),
+                    )
+                })?,
+        );
+    }
+    if let Some(r) = raw.ready {
+        out.ready =
+            Some(parse_ready(r.get_ref()).map_err(|e| src.error(r.span(), format!("ready: {e}")))?);
+    }
+    if let Some(d) = &raw.ready_timeout {
+        out.ready_timeout = Some(src.duration(d, "ready_timeout")?);
+    }
+    if let Some(d) = &raw.grace {
+        out.grace = Some(src.duration(d, "grace")?);
+    }
+    if let Some(s) = raw.stop_signal {
+        out.stop_signal = Some(
+            parse_signal(s.get_ref())
+                .map_err(|e| src.error(s.span(), format!("stop_signal: {e}")))?,
+        );
+    }
+    out.chdir = raw.chdir.map(Spanned::into_inner);
+    if let Some(n) = raw.name {
+        crate::control::valid_name(n.get_ref())
+            .map_err(|e| src.error(n.span(), format!("name: {e}")))?;
+        out.name = Some(n.into_inner());
+    }
+    if let Some(c) = raw.control {
+        out.control = Some(match c.into_inner() {
+            RawControl::Path(p) => ControlSetting::At(p),
+            RawControl::Enabled(false) => ControlSetting::Off,
+            RawControl::Enabled(true) => {
+                return Err(LoadError::usage(format!(
+                    "{}: control = true: give the socket's path, or false for none",
+                    path.display()
+                )));
+            }
+        });
+    }
+    out.watch = raw
+        .watch
+        .map(|w| w.into_iter().map(Spanned::into_inner).collect());
+    out.watch_ignore = raw.watch_ignore;
+    if let Some(d) = &raw.watch_debounce {
+        out.watch_debounce = Some(src.duration(d, "watch_debounce")?);
+    }
+    if let Some(c) = raw.cgroups {
+        out.cgroups = Some(
+            parse_cgroups(c.get_ref()).map_err(|e| src.error(c.span(), format!("cgroups: {e}")))?,
+        );
+    }
+    if let Some(env) = raw.env {
+        for (k, v) in env {
+            if k.is_empty() || k.contains('=') {
+                return Err(src.error(v.span(), format!("env: {k:?} is not a variable name")));
+            }
+            out.env.push((k, v.into_inner()));
+        }
+    }
+    Ok(out)
+}
+
+/// The settings of `baton run`: the file (if any), the flags over it, the
+/// defaults under both; checked (the command can be run, the watched paths
+/// exist).
+pub fn load(file: Option<&Path>, over: &Overrides) -> Result<Settings, LoadError> {
+    let f = match file {
+        Some(p) => read_file(p)?,
+        None => FileSettings::default(),
+    };
+    let from_file = |what: &str| match file {
+        Some(p) => format!("{what} (from {})", p.display()),
+        None => what.to_owned(),
+    };
+    let args: Vec<OsString> = if over.command.is_empty() {
+        f.command.clone().unwrap_or_default()
+    } else {
+        over.command.clone()
+    };
+    let Some(first) = args.first() else {
+        return Err(LoadError::usage(match file {
+            Some(p) => format!(
+                "no command given: write it after -- or as command = [...] in {}",
+                p.display()
+            ),
+            None => CommandError::Missing.to_string(),
+        }));
+    };
+    let Some(program_name) = first.to_str() else {
+        return Err(LoadError {
+            kind: LoadErrorKind::Command,
+            message: format!("the command name {} is not valid UTF-8", first.display()),
+        });
+    };
+    let chdir = over.chdir.clone().or(f.chdir);
+    let program = resolve_program(
+        program_name,
+        chdir.as_deref(),
+        std::env::var_os("PATH").as_deref(),
+    )
+    .map_err(|e| LoadError {
+        kind: LoadErrorKind::Command,
+        message: format!("cannot run the command: {e}"),
+    })?;
+    let listeners = if over.listen.is_empty() {
+        f.listen.unwrap_or_default()
+    } else {
+        over.listen.clone()
+    };
+    let mut names: Vec<&str> = Vec::new();
+    for spec in &listeners {
+        if let Some(n) = spec.name.as_deref() {
+            if names.contains(&n) {
+                return Err(LoadError::usage(format!(
+                    "two listeners are named {n:?}; names must be unique"
+                )));
+            }
+            names.push(n);
+        }
+    }
+    let watch = if over.watch.is_empty() {
+        f.watch.unwrap_or_default()
+    } else {
+        over.watch.clone()
+    };
+    let watch_ignore = if over.watch_ignore.is_empty() {
+        f.watch_ignore.unwrap_or_default()
+    } else {
+        over.watch_ignore.clone()
+    };
+    crate::watch::check(&watch, &watch_ignore)
+        .map_err(|e| LoadError::usage(from_file(&e.to_string())))?;
+    let name = over
+        .name
+        .clone()
+        .or(f.name)
+        .unwrap_or_else(|| defaults::NAME.to_owned());
+    let control = if over.no_control {
+        None
+    } else if let Some(p) = &over.control {
+        Some(p.clone())
+    } else {
+        match f.control {
+            Some(ControlSetting::At(p)) => Some(p),
+            Some(ControlSetting::Off) => None,
+            None => Some(crate::control::default_path(&name)),
+        }
+    };
+    let mut env = f.env;
+    for (k, v) in &over.env {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.clone(), v.clone()));
+    }
+    let settings = Settings {
+        listeners,
+        program,
+        args,
+        policy: Policy {
+            workers: over.workers.or(f.workers).unwrap_or(defaults::WORKERS),
+            ready: over.ready.clone().or(f.ready).unwrap_or(ReadyMode::Notify),
+            ready_timeout: over
+                .ready_timeout
+                .or(f.ready_timeout)
+                .unwrap_or(defaults::READY_TIMEOUT),
+            grace: over.grace.or(f.grace).unwrap_or(defaults::GRACE),
+            stop_signal: over
+                .stop_signal
+                .or(f.stop_signal)
+                .unwrap_or(defaults::STOP_SIGNAL),
+        },
+        chdir,
+        control,
+        watch,
+        watch_ignore,
+        watch_debounce: over
+            .watch_debounce
+            .or(f.watch_debounce)
+            .unwrap_or(defaults::WATCH_DEBOUNCE),
+        guard: None,
+        cgroups: over.cgroups.or(f.cgroups).unwrap_or(CgroupMode::Auto),
+        env,
+        config_file: file.map(Path::to_path_buf),
+        overrides: over.clone(),
+    };
+    Ok(settings)
+}
+
+/// What `baton check-config FILE` says of a valid file.
+pub fn check(path: &Path) -> Result<String, LoadError> {
+    let f = read_file(path)?;
+    let mut lines = Vec::new();
+    match &f.command {
+        Some(cmd) => {
+            // The whole of it, as `baton run --config FILE` would use it.
+            let s = load(Some(path), &Overrides::default())?;
+            lines.push(format!(
+                "command: {}",
+                cmd.iter()
+                    .map(|a| a.to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ));
+            lines.push(format!("program: {}", s.program.display()));
+            lines.push(format!("fingerprint: {}", fingerprint(&s)));
+        }
+        None => lines.push("command: none in the file (give it after -- when running)".into()),
+    }
+    for l in f.listen.iter().flatten() {
+        lines.push(format!("listen: {}", l.text));
+    }
+    if let Some(w) = f.workers {
+        lines.push(format!("workers: {w}"));
+    }
+    Ok(lines.join("\n"))
+}
+
+/// A short fingerprint of what a generation runs (command, arguments,
+/// environment, listeners, working directory, readiness, timeouts,
+/// signal): equal settings, equal fingerprint. Shown by `ctl status`.
+pub fn fingerprint(s: &Settings) -> String {
+    let canonical = format!(
+        "{:?}",
+        (
+            &s.args,
+            &s.env,
+            s.listeners
+                .iter()
+                .map(|l| l.text.as_str())
+                .collect::<Vec<_>>(),
+            &s.chdir,
+            &s.policy.workers,
+            &s.policy.ready,
+            &s.policy.ready_timeout,
+            &s.policy.grace,
+            &s.policy.stop_signal,
+        )
+    );
+    let hash = blake3::hash(canonical.as_bytes());
+    hash.to_hex()[..12].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<FileSettings, LoadError> {
+        parse_file(Path::new("baton.toml"), text)
+    }
+
+    #[test]
+    fn every_key_parses() {
+        let f = parse(
+            r#"
+command = ["./server", "--port", "8080"]
+workers = 3
+ready = "delay:2s"
+ready_timeout = "10s"
+grace = 5
+stop_signal = "INT"
+chdir = "/srv/app/current"
+name = "web"
+control = false
+watch = ["/srv/app/current/bin"]
+watch_ignore = ["*.pyc"]
+watch_debounce = "100ms"
+cgroups = "off"
+
+[[listen]]
+name = "web"
+address = "tcp://127.0.0.1:8080"
+
+[[listen]]
+address = "unix:/tmp/x.sock?mode=0660"
+
+[env]
+RUST_LOG = "info"
+"#,
+        )
+        .expect("valid");
+        assert_eq!(f.workers, Some(3));
+        assert_eq!(f.ready, Some(ReadyMode::Delay(Duration::from_secs(2))));
+        assert_eq!(f.grace, Some(Duration::from_secs(5)));
+        assert_eq!(f.stop_signal, Some(libc::SIGINT));
+        assert!(matches!(f.control, Some(ControlSetting::Off)));
+        assert_eq!(f.cgroups, Some(CgroupMode::Off));
+        let listen = f.listen.expect("listeners");
+        assert_eq!(listen.len(), 2);
+        assert_eq!(listen[0].name.as_deref(), Some("web"));
+        assert_eq!(listen[1].name, None);
+        assert_eq!(f.env, vec![("RUST_LOG".to_owned(), "info".to_owned())]);
+    }
+
+    #[test]
+    fn mistakes_name_the_line_and_column() {
+        let cases = [
+            (
+                "workers = 2\nwokers = 3\n",
+                "baton.toml:2:1:",
+                "unknown field `wokers`",
+            ),
+            ("grace = \"5 parsecs\"\n", "baton.toml:1:9:", "grace:"),
+            (
+                "ready = \"notfy\"\n",
+                "baton.toml:1:9:",
+                "unknown readiness mode",
+            ),
+            ("workers = 0\n", "baton.toml:1:11:", "use 1 to"),
+            ("workers = \"four\"\n", "baton.toml:1:", "invalid type"),
+            (
+                "[[listen]]\nname = \"a\"\naddress = \":1\"\n[[listen]]\nname = \"a\"\naddress = \":2\"\n",
+                "baton.toml:5:8:",
+                "two listeners are named \"a\"",
+            ),
+            (
+                "[[listen]]\naddress = \"127.0.0.1:notaport\"\n",
+                "baton.toml:2:11:",
+                "listen #1",
+            ),
+            ("command = []\n", "baton.toml:1:11:", "give the program"),
+            (
+                "stop_signal = \"TERMINATE\"\n",
+                "baton.toml:1:15:",
+                "unknown signal",
+            ),
+            ("workers = 2\n[broken\n", "baton.toml:2:", ""),
+        ];
+        for (text, at, what) in cases {
+            let e = parse(text).expect_err(text);
+            assert!(e.message.starts_with(at), "{text:?}: {}", e.message);
+            assert!(e.message.contains(what), "{text:?}: {}", e.message);
+            assert_eq!(e.kind, LoadErrorKind::Usage);
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("baton.toml");
+        std::fs::write(
+            &file,
+            "command = [\"sh\", \"-c\", \"exec sleep 100\"]\nworkers = 3\ngrace = \"5s\"\n[[listen]]\nname = \"web\"\naddress = \"127.0.0.1:0\"\n",
+        )
+        .expect("write");
+        let s = load(Some(&file), &Overrides::default()).expect("load");
+        assert_eq!(s.policy.workers, 3);
+        assert_eq!(s.policy.grace, Duration::from_secs(5));
+        assert_eq!(s.policy.ready_timeout, defaults::READY_TIMEOUT);
+        assert_eq!(s.listeners.len(), 1);
+        let over = Overrides {
+            workers: Some(8),
+            command: vec!["sleep".into(), "5".into()],
+            ..Overrides::default()
+        };
+        let s2 = load(Some(&file), &over).expect("load");
+        assert_eq!(s2.policy.workers, 8, "the flag wins");
+        assert_eq!(s2.args, vec![OsString::from("sleep"), OsString::from("5")]);
+        assert_eq!(
+            s2.policy.grace,
+            Duration::from_secs(5),
+            "the file still counts"
+        );
+        assert_ne!(fingerprint(&s), fingerprint(&s2));
+        assert_eq!(
+            fingerprint(&s),
+            fingerprint(&load(Some(&file), &Overrides::default()).expect("load"))
+        );
+    }
+}
