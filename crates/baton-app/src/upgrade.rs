@@ -593,6 +593,7 @@ impl Upgrader {
             // The successor gets this process's limits, unchanged.
             nofile_soft_limit: None,
             cgroup: None,
+            program_fd: None,
         })
         .map_err(|source| UpgradeError::Spawn {
             program: inner.program.display().to_string(),

@@ -159,6 +159,7 @@ impl Guard {
             parent_death_signal: None,
             nofile_soft_limit: None,
             cgroup: None,
+            program_fd: None,
         })
         .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
         drop(rx);

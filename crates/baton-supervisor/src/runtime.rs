@@ -126,8 +126,10 @@ pub struct Runtime {
     /// The guard process, and its pidfd's token.
     guard: Option<crate::guard::Guard>,
     guard_token: Option<Token>,
-    /// The thread that starts workers and does every cgroup operation.
+    /// The spawner, which starts workers and does every cgroup operation;
+    /// its server side until `run` hands it to the main thread.
     spawner: spawner::Spawner,
+    spawn_server: Option<spawner::SpawnServer>,
     /// baton's cgroup subtree, once the spawner made it (for the guard).
     cgroup_root: Option<PathBuf>,
     /// Notify messages from workers forked but not registered yet:
@@ -186,13 +188,12 @@ impl Runtime {
         let waker = std::sync::Arc::new(
             mio::Waker::new(poll.registry(), SPAWNER_TOKEN).map_err(RuntimeError::Poll)?,
         );
-        let spawner = spawner::Spawner::start(
+        let (spawner, spawn_server) = spawner::Spawner::new(
             Box::new(move || {
                 let _ = waker.wake();
             }),
             settings.cgroups,
-        )
-        .map_err(RuntimeError::Poll)?;
+        );
         // Orphans of workers (daemonized grandchildren) come to baton, not
         // to init, so none outlives the supervisor unnoticed; as PID 1 in a
         // container baton is their reaper anyway.
@@ -240,6 +241,7 @@ impl Runtime {
             guard: None,
             guard_token: None,
             spawner,
+            spawn_server: Some(spawn_server),
             cgroup_root: None,
             early_notify: Vec::new(),
             orphan_retry_at: None,
@@ -322,7 +324,35 @@ impl Runtime {
     }
 
     /// Runs until the lifecycle says to exit; returns the exit code.
+    ///
+    /// The calling thread becomes the spawner (it forks every worker and,
+    /// for an upgrade, executes the new baton: see `spawner`), with every
+    /// signal blocked; the event loop runs on a thread of its own, which
+    /// handles the signals.
     pub fn run(mut self) -> Result<u8, RuntimeError> {
+        let server = self
+            .spawn_server
+            .take()
+            .ok_or_else(|| RuntimeError::Poll(std::io::Error::other("the runtime ran twice")))?;
+        baton_sys::reexec::block_all().map_err(RuntimeError::Poll)?;
+        let event_loop = std::thread::Builder::new()
+            .name("baton-loop".into())
+            .spawn(move || {
+                if let Err(e) = baton_sys::reexec::unblock_all() {
+                    tracing::warn!("cannot unblock signals on the event loop: {e}");
+                }
+                self.run_loop()
+            })
+            .map_err(RuntimeError::Poll)?;
+        server.serve();
+        event_loop.join().unwrap_or_else(|_| {
+            Err(RuntimeError::Poll(std::io::Error::other(
+                "the event loop panicked",
+            )))
+        })
+    }
+
+    fn run_loop(mut self) -> Result<u8, RuntimeError> {
         let actions = self.machine.start(Instant::now());
         self.execute(actions);
         let mut events = Events::with_capacity(64);

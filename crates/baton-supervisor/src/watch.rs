@@ -212,7 +212,7 @@ pub struct Watcher {
     rx: mpsc::Receiver<BTreeSet<PathBuf>>,
     state: Fingerprints,
     // Kept alive for as long as the watcher: dropping it stops the thread.
-    _debouncer: Box<dyn std::any::Any>,
+    _debouncer: Box<dyn std::any::Any + Send>,
 }
 
 impl std::fmt::Debug for Watcher {

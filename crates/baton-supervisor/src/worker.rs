@@ -151,6 +151,7 @@ pub fn spawn_worker(
         parent_death_signal: Some(libc::SIGKILL),
         nofile_soft_limit: spec.nofile_soft_limit,
         cgroup,
+        program_fd: None,
     })
     .map_err(explain)?;
     on_forked(forked.pid());
@@ -193,13 +194,14 @@ pub fn spawn_probe(
     pids: &[u32],
     chdir: Option<&Path>,
     nofile_soft_limit: Option<u64>,
+    on_forked: impl FnOnce(u32),
 ) -> Result<Child, String> {
     let args: Vec<OsString> = vec!["sh".into(), "-c".into(), cmd.into()];
     let mut env = base_env.to_vec();
     env.push(var("BATON_GENERATION", generation.to_string()));
     let pids: Vec<String> = pids.iter().map(ToString::to_string).collect();
     env.push(var("BATON_WORKER_PIDS", pids.join(" ")));
-    baton_sys::spawn::spawn(&Command {
+    let forked = baton_sys::spawn::fork_exec(&Command {
         program: Path::new("/bin/sh"),
         args: &args,
         env: &env,
@@ -211,8 +213,13 @@ pub fn spawn_probe(
         parent_death_signal: Some(libc::SIGKILL),
         nofile_soft_limit,
         cgroup: None,
+        program_fd: None,
     })
-    .map_err(|e| format!("cannot run the readiness command: {e}"))
+    .map_err(|e| format!("cannot run the readiness command: {e}"))?;
+    on_forked(forked.pid());
+    forked
+        .wait_exec()
+        .map_err(|e| format!("cannot run the readiness command: {e}"))
 }
 
 /// Whether `bytes` read from a readiness fd contain the ready newline.

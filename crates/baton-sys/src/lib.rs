@@ -15,4 +15,5 @@
 #![allow(unsafe_code)]
 
 pub mod fd;
+pub mod reexec;
 pub mod spawn;

@@ -162,6 +162,10 @@ pub struct Command<'a> {
     /// The soft limit on open files to give the child, when this process
     /// raised its own (see [`raise_nofile_limit`]); the hard limit stays.
     pub nofile_soft_limit: Option<u64>,
+    /// Execute the file this descriptor names (`execveat` with
+    /// `AT_EMPTY_PATH`) instead of `program` (kept for messages): the very
+    /// file that was opened runs, even if its path changed since.
+    pub program_fd: Option<BorrowedFd<'a>>,
     /// A cgroup (v2) directory, opened: the child is born in it
     /// (`clone3` with `CLONE_INTO_CGROUP`), so nothing it starts is ever
     /// outside.
@@ -354,6 +358,7 @@ pub fn fork_exec(cmd: &Command<'_>) -> Result<Forked, SpawnError> {
                 parent_death_signal: cmd.parent_death_signal.unwrap_or(0),
                 parent_pid,
                 nofile: nofile.as_ref().map_or(std::ptr::null(), std::ptr::from_ref),
+                program_fd: cmd.program_fd.map_or(-1, |f| f.as_raw_fd()),
                 err_fd: err_write_raw,
             })
         }
@@ -519,6 +524,8 @@ struct ChildPlan<'a> {
     parent_pid: libc::pid_t,
     /// The open-files limit to set, or null.
     nofile: *const libc::rlimit,
+    /// The program as a descriptor (execveat), or -1.
+    program_fd: RawFd,
     err_fd: RawFd,
 }
 
@@ -575,6 +582,15 @@ unsafe fn child_after_fork(p: &ChildPlan<'_>) -> ! {
         // Move every source above the target range first, so placing one
         // cannot overwrite another that has not been placed yet.
         let min_tmp = p.first_free.max(p.err_fd + 1);
+        // The program's descriptor too: placing the listeners must not
+        // overwrite it.
+        let mut program_fd = p.program_fd;
+        if program_fd >= 0 {
+            program_fd = libc::fcntl(program_fd, libc::F_DUPFD_CLOEXEC, min_tmp);
+            if program_fd < 0 {
+                fail(p.err_fd, 2);
+            }
+        }
         for (i, &src) in p.src_fds.iter().enumerate() {
             let t = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, min_tmp);
             if t < 0 {
@@ -630,7 +646,18 @@ unsafe fn child_after_fork(p: &ChildPlan<'_>) -> ! {
         libc::sigemptyset(&raw mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &raw const empty, std::ptr::null_mut());
 
-        libc::execve(p.program, p.argv, p.envp);
+        if program_fd >= 0 {
+            libc::syscall(
+                libc::SYS_execveat,
+                program_fd,
+                c"".as_ptr(),
+                p.argv,
+                p.envp,
+                libc::AT_EMPTY_PATH,
+            );
+        } else {
+            libc::execve(p.program, p.argv, p.envp);
+        }
         fail(p.err_fd, 4)
     }
 }
@@ -893,6 +920,7 @@ mod tests {
             parent_death_signal: None,
             nofile_soft_limit: None,
             cgroup: None,
+            program_fd: None,
         }
     }
 
@@ -921,6 +949,7 @@ mod tests {
             parent_death_signal: Some(libc::SIGKILL),
             nofile_soft_limit: None,
             cgroup: None,
+            program_fd: None,
         })
         .expect("spawn");
         drop(w);

@@ -1,8 +1,9 @@
 //! Readiness: the fd, notify and exec modes.
 
+use super::spawner::{Job, ProbeSpec};
 use super::{Runtime, Source};
 use crate::lifecycle::{Event, GenId, ReadyMode, Slot};
-use crate::worker::spawn_probe;
+use baton_sys::spawn::Child;
 use baton_sys::spawn::ExitStatus;
 
 impl Runtime {
@@ -162,7 +163,10 @@ impl Runtime {
     }
 
     pub(super) fn run_probe(&mut self, g: GenId) {
-        let ReadyMode::Exec(cmd) = &self.settings.policy.ready else {
+        let Some(spec) = self.generations.get(&g).and_then(|r| r.spec.clone()) else {
+            return;
+        };
+        let ReadyMode::Exec(cmd) = &spec.ready else {
             return;
         };
         let pids: Vec<u32> = self
@@ -171,28 +175,39 @@ impl Runtime {
             .into_iter()
             .map(|(_, p)| p)
             .collect();
-        let chdir = self.generations.get(&g).and_then(|r| r.chdir.clone());
-        match spawn_probe(
-            cmd,
-            self.generations
-                .get(&g)
-                .and_then(|r| r.spec.as_ref())
-                .map_or(&self.base_env, |s| &s.env),
-            g,
-            &pids,
-            chdir.as_deref(),
-            self.child_nofile,
-        ) {
-            Ok(child) => match self.register_fd(&child.pidfd, Source::Probe(g)) {
-                Ok(token) => {
-                    if let Some(rg) = self.generations.get_mut(&g) {
-                        rg.probe = Some((token, child));
+        // Forked by the spawner, like the workers (see spawner.rs: a child
+        // dies with the thread that forked it).
+        self.spawner.send(Job::Probe(Box::new(ProbeSpec {
+            generation: g,
+            cmd: cmd.clone(),
+            env: std::sync::Arc::clone(&spec.env),
+            pids,
+            chdir: self.generations.get(&g).and_then(|r| r.chdir.clone()),
+            nofile_soft_limit: self.child_nofile,
+        })));
+    }
+
+    /// The readiness command the spawner started (or could not start).
+    pub(super) fn on_probe_started(&mut self, g: GenId, result: Result<Child, String>) {
+        match result {
+            Ok(child) => {
+                self.forget_inflight(child.pid);
+                if !self.generations.contains_key(&g) {
+                    // The generation went meanwhile: so does its probe.
+                    let _ = baton_sys::spawn::signal(&child, libc::SIGKILL);
+                    let _ = child.signal_group(libc::SIGKILL);
+                    super::workers::wait_briefly(&child);
+                    return;
+                }
+                match self.register_fd(&child.pidfd, Source::Probe(g)) {
+                    Ok(token) => {
+                        if let Some(rg) = self.generations.get_mut(&g) {
+                            rg.probe = Some((token, child));
+                        }
                     }
+                    Err(e) => tracing::error!("cannot watch the readiness command: {e}"),
                 }
-                Err(e) => {
-                    tracing::error!("cannot watch the readiness command: {e}");
-                }
-            },
+            }
             Err(e) => {
                 tracing::warn!("{e}");
                 self.queue.push_back(Event::ProbeDone {

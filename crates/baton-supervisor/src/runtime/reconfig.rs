@@ -28,6 +28,8 @@ pub(super) struct GenSpec {
     pub(super) env: Arc<Vec<OsString>>,
     pub(super) listeners: Arc<Vec<Arc<Bound>>>,
     pub(super) ready_fd: bool,
+    /// How it says it is ready (the `exec:` command runs from here).
+    pub(super) ready: ReadyMode,
     pub(super) fingerprint: String,
 }
 
@@ -58,6 +60,7 @@ impl Runtime {
             env: Arc::new(merged_env(&self.base_env, &self.settings.env)),
             listeners: Arc::new(self.listeners.clone()),
             ready_fd: self.settings.policy.ready == ReadyMode::Fd,
+            ready: self.settings.policy.ready.clone(),
             fingerprint: crate::config_file::fingerprint(&self.settings),
         }
     }

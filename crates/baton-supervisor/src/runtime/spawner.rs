@@ -20,7 +20,6 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::cgroup::{Cgroups, GenCgroup};
@@ -32,6 +31,17 @@ use crate::worker::{SpawnFailure, Started, WorkerSpec, spawn_worker};
 /// again.
 const RETRY_REMOVE: Duration = Duration::from_millis(200);
 
+/// A generation's `exec:` readiness command, to start.
+#[derive(Debug)]
+pub(super) struct ProbeSpec {
+    pub(super) generation: GenId,
+    pub(super) cmd: String,
+    pub(super) env: Arc<Vec<std::ffi::OsString>>,
+    pub(super) pids: Vec<u32>,
+    pub(super) chdir: Option<PathBuf>,
+    pub(super) nofile_soft_limit: Option<u64>,
+}
+
 /// What the loop asks of the thread.
 #[derive(Debug)]
 pub(super) enum Job {
@@ -41,6 +51,8 @@ pub(super) enum Job {
     MakeCgroup(GenId),
     /// Start a worker, in its generation's cgroup if there is one.
     Worker(Box<WorkerSpec>),
+    /// Start a generation's `exec:` readiness command.
+    Probe(Box<ProbeSpec>),
     /// Generation `g` is gone: kill what is left in its cgroup, remove it.
     EndCgroup(GenId),
     /// baton stops: remove every cgroup, then end the thread.
@@ -57,10 +69,14 @@ pub(super) enum Done {
         slot: Slot,
         result: Result<Started, SpawnFailure>,
     },
+    Probe {
+        generation: GenId,
+        result: Result<baton_sys::spawn::Child, String>,
+    },
     Stopped,
 }
 
-/// The loop's handle on the thread.
+/// The loop's handle on the spawner.
 #[derive(Debug)]
 pub(super) struct Spawner {
     jobs: Sender<Job>,
@@ -69,16 +85,36 @@ pub(super) struct Spawner {
     /// reaper must not take them for orphans. Locked across the fork itself,
     /// so a child exists only once its pid is in here.
     pub(super) inflight: Arc<Mutex<HashSet<u32>>>,
-    thread: Option<JoinHandle<()>>,
+}
+
+/// The spawner's side, run by [`SpawnServer::serve`] on the process's main
+/// thread.
+///
+/// Why the main thread: the kernel sends a child its parent-death signal
+/// when the *thread* that forked it ends, not the process
+/// (`PR_SET_PDEATHSIG`, prctl(2)), and an exec ends every thread but the
+/// one that calls it. Workers are killed when baton dies, so they must be
+/// forked by a thread that outlives everything but baton itself, and that
+/// is also the one that executes a new baton in place (see
+/// `runtime::upgrade`): the main thread, always. The event loop runs on a
+/// thread of its own.
+pub(super) struct SpawnServer {
+    worker: Thread,
+}
+
+impl std::fmt::Debug for SpawnServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpawnServer").finish_non_exhaustive()
+    }
 }
 
 impl Spawner {
-    /// Starts the thread; `wake` is called after each result.
-    pub(super) fn start(wake: Box<dyn Fn() + Send>, cgroups: CgroupMode) -> std::io::Result<Self> {
+    /// The two ends; `wake` is called after each result.
+    pub(super) fn new(wake: Box<dyn Fn() + Send>, cgroups: CgroupMode) -> (Self, SpawnServer) {
         let (jobs, rx) = std::sync::mpsc::channel();
         let (tx, done) = std::sync::mpsc::channel();
         let inflight = Arc::new(Mutex::new(HashSet::new()));
-        let mut worker = Thread {
+        let worker = Thread {
             rx,
             tx,
             wake,
@@ -87,24 +123,20 @@ impl Spawner {
             gens: HashMap::new(),
             stale: Vec::new(),
         };
-        let thread = std::thread::Builder::new()
-            .name("baton-spawner".into())
-            .spawn(move || worker.run())?;
         let spawner = Self {
             jobs,
             done,
             inflight,
-            thread: Some(thread),
         };
         if cgroups != CgroupMode::Off {
             spawner.send(Job::SetupCgroups(cgroups));
         }
-        Ok(spawner)
+        (spawner, SpawnServer { worker })
     }
 
     pub(super) fn send(&self, job: Job) {
         if self.jobs.send(job).is_err() {
-            tracing::error!("the spawner thread is gone; workers cannot be started");
+            tracing::error!("the spawner is gone; workers cannot be started");
         }
     }
 
@@ -113,7 +145,7 @@ impl Spawner {
         self.done.try_iter().collect()
     }
 
-    /// Asks the thread to remove the cgroups and end; waits at most
+    /// Asks the spawner to remove the cgroups and end; waits at most
     /// `bound` for it (the guard removes whatever is left).
     pub(super) fn stop(&mut self, bound: Duration) {
         self.send(Job::Stop);
@@ -121,17 +153,21 @@ impl Spawner {
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.done.recv_timeout(left) {
-                Ok(Done::Stopped) => break,
+                Ok(Done::Stopped) => return,
                 Ok(_) => {}
                 Err(_) => {
-                    tracing::debug!("the spawner thread did not finish in time");
+                    tracing::debug!("the spawner did not finish in time");
                     return;
                 }
             }
         }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    }
+}
+
+impl SpawnServer {
+    /// Serves jobs until the loop asks it to stop (or is gone).
+    pub(super) fn serve(mut self) {
+        self.worker.run();
     }
 }
 
@@ -205,6 +241,23 @@ impl Thread {
                     result,
                 });
             }
+            Job::Probe(p) => {
+                let result = self.recorded(|on_forked| {
+                    crate::worker::spawn_probe(
+                        &p.cmd,
+                        &p.env,
+                        p.generation,
+                        &p.pids,
+                        p.chdir.as_deref(),
+                        p.nofile_soft_limit,
+                        on_forked,
+                    )
+                });
+                self.answer(Done::Probe {
+                    generation: p.generation,
+                    result,
+                });
+            }
             Job::EndCgroup(g) => {
                 if let Some(c) = self.gens.remove(&g)
                     && !crate::cgroup::kill_and_try_remove(c.dir())
@@ -252,20 +305,28 @@ impl Thread {
             None
         };
         let cgroup = dir.as_ref().map(std::os::fd::AsFd::as_fd);
-        let guard = std::cell::RefCell::new(Some(
-            self.inflight.lock().unwrap_or_else(PoisonError::into_inner),
-        ));
-        let forked = std::cell::Cell::new(None);
-        let result = spawn_worker(spec, cgroup, |pid| {
-            forked.set(Some(pid));
-            if let Some(mut set) = guard.borrow_mut().take() {
+        self.recorded(|on_forked| spawn_worker(spec, cgroup, on_forked))
+    }
+
+    /// Runs `spawn` with the in-flight set locked across the fork (the
+    /// `on_forked` it gets records the pid and lets go of the lock), so the
+    /// orphan reaper never sees a new child before its pid is recorded. A
+    /// child that could not execute (an error) is forgotten again.
+    fn recorded<T, E>(
+        &self,
+        spawn: impl FnOnce(&mut dyn FnMut(u32)) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut guard = Some(self.inflight.lock().unwrap_or_else(PoisonError::into_inner));
+        let mut forked = None;
+        let result = spawn(&mut |pid| {
+            forked = Some(pid);
+            if let Some(mut set) = guard.take() {
                 set.insert(pid);
             }
         });
         drop(guard);
-        // A child that could not execute was reaped here: forget it.
         if result.is_err()
-            && let Some(pid) = forked.get()
+            && let Some(pid) = forked
         {
             self.inflight
                 .lock()

@@ -212,6 +212,7 @@ impl Runtime {
                     slot,
                     result,
                 } => self.on_started(generation, slot, result),
+                Done::Probe { generation, result } => self.on_probe_started(generation, result),
                 Done::Stopped => {}
             }
         }
@@ -288,7 +289,7 @@ impl Runtime {
         self.replay_early_notify(g, slot, pid);
     }
 
-    fn forget_inflight(&self, pid: u32) {
+    pub(super) fn forget_inflight(&self, pid: u32) {
         self.spawner
             .inflight
             .lock()
