@@ -73,6 +73,9 @@ pub struct ModuleStatus {
     pub dependencies: Vec<PathBuf>,
     /// Modules whose current versions import this one's interfaces.
     pub dependents: Vec<PathBuf>,
+    /// How many times the file was read and fingerprinted (by `load`,
+    /// `reload` or the watcher), changed or not.
+    pub checks: u64,
 }
 
 /// What `Host::status` reports.
@@ -107,6 +110,7 @@ struct Entry<W: World> {
     draining: Option<Weak<Linked<W>>>,
     /// Set when a version is refused, cleared when one becomes current.
     last_rejected: Option<Rejection>,
+    checks: u64,
 }
 
 pub(crate) struct Inner<W: World> {
@@ -301,6 +305,7 @@ impl<W: World> Host<W> {
                 version: 0,
                 draining: None,
                 last_rejected: None,
+                checks: 0,
             });
             entries.len() - 1
         };
@@ -367,6 +372,7 @@ impl<W: World> Host<W> {
             }
         };
         let fingerprint = Fingerprint::of(&bytes);
+        lock(&inner.entries)[module.index].checks += 1;
         if !first
             && let Some(c) = &current
             && c.compiled.fingerprint == fingerprint
@@ -830,6 +836,7 @@ impl<W: World> Host<W> {
                     .map(|l| l.deps.iter().map(|d| d.path.clone()).collect())
                     .unwrap_or_default(),
                 dependents,
+                checks: e.checks,
             });
         }
         Status {
