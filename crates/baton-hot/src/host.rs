@@ -813,7 +813,8 @@ impl<W: World> Host<W> {
         let entries = lock(&self.inner.entries);
         let mut modules = Vec::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {
-            let current = table.linked[i].as_ref();
+            // A module being registered right now may not be in this table yet.
+            let current = table.linked.get(i).and_then(Option::as_ref);
             let draining = e
                 .draining
                 .as_ref()
