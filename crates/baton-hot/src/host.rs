@@ -204,8 +204,10 @@ impl<W: World> Host<W> {
             }
         };
         if config.pooling {
-            let mut pool = wasmtime::PoolingAllocationConfig::new();
-            pool.max_memory_size(config.memory_limit);
+            // Slots as large as a 32-bit memory can grow (wasmtime's
+            // default), so that `memory_limit` is enforced by the store's
+            // limiter, which notes what it refused, never by the slot size.
+            let pool = wasmtime::PoolingAllocationConfig::new();
             wc.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         }
         let engine = Engine::new(&wc).map_err(|e| HostError::Engine(describe(&e)))?;

@@ -300,6 +300,21 @@ fn the_memory_limit_holds_and_a_trap_fails_only_its_call() {
     let roomy = common::host(dir.path(), |c| c.memory_limit = 128 << 20);
     let m2 = roomy.load(&path).unwrap();
     assert_eq!(handle(&roomy, &m2, "grow").unwrap().value, "v1");
+    // The same with memories allocated on demand instead of from the pool.
+    let on_demand = common::host(dir.path(), |c| c.pooling = false);
+    let m3 = on_demand.load(&path).unwrap();
+    assert!(matches!(
+        handle(&on_demand, &m3, "grow"),
+        Err(CallError::MemoryLimit { .. })
+    ));
+    let mut huge = Wat::new("huge");
+    huge.min_pages = 512;
+    let big = dir.path().join("big.wat");
+    save(&big, &huge.text());
+    let Err(LoadError::Rejected(r)) = on_demand.load(&big) else {
+        panic!("a 32 MiB initial memory must be refused with a 16 MiB limit");
+    };
+    assert!(r.memory_limit, "{r}");
 }
 
 #[test]
