@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use wasmtime::component::{Component, Instance, Linker};
 use wasmtime::{Cache, CacheConfig, Engine, Store, UpdateDeadline};
 
 use crate::config::{HostConfig, InstanceMode};
+use crate::current::Current;
 use crate::epoch::Ticker;
 use crate::error::{
     CallError, HostError, Interrupt, LoadError, Outcome, Rejection, Stage, describe,
@@ -117,7 +117,7 @@ pub(crate) struct Inner<W: World> {
     engine: Engine,
     config: HostConfig,
     base: Linker<Ctx>,
-    table: ArcSwap<Table<W>>,
+    table: Current<Table<W>>,
     entries: Mutex<Vec<Entry<W>>>,
     by_path: Mutex<HashMap<PathBuf, usize>>,
     /// Serialises loads and reloads (compiling happens under it, never
@@ -222,7 +222,7 @@ impl<W: World> Host<W> {
                 engine,
                 config,
                 base,
-                table: ArcSwap::from_pointee(Table { linked: Vec::new() }),
+                table: Current::new(Table { linked: Vec::new() }),
                 entries: Mutex::new(Vec::new()),
                 by_path: Mutex::new(HashMap::new()),
                 load_lock: Mutex::new(()),
@@ -312,7 +312,7 @@ impl<W: World> Host<W> {
             entries.len() - 1
         };
         lock(&self.inner.by_path).insert(canonical, index);
-        self.inner.table.rcu(|t| {
+        self.inner.table.update(|t| {
             let mut t = Table::clone(t);
             t.linked.push(None);
             t
@@ -435,7 +435,7 @@ impl<W: World> Host<W> {
         compiled: Arc<Compiled>,
     ) -> Result<Vec<Arc<Linked<W>>>, Failure> {
         let inner = &self.inner;
-        let table = inner.table.load_full();
+        let table = inner.table.load();
         let order = dependents_in_order(&table, index);
         let mut fresh: HashMap<usize, Arc<Linked<W>>> = HashMap::new();
         let first = self.link(index, compiled, &table, &fresh, &order)?;
@@ -811,7 +811,7 @@ impl<W: World> Host<W> {
     /// Every module, its live versions, the last refused version, and its
     /// dependencies.
     pub fn status(&self) -> Status {
-        let table = self.inner.table.load_full();
+        let table = self.inner.table.load();
         let entries = lock(&self.inner.entries);
         let mut modules = Vec::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {

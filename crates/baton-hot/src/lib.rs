@@ -50,6 +50,7 @@
 //!   [`HostConfig::log_file`]); a reload of identical bytes does nothing.
 
 mod config;
+mod current;
 mod epoch;
 mod error;
 mod fingerprint;
