@@ -18,7 +18,7 @@ use crate::error::{
 use crate::fingerprint::Fingerprint;
 use crate::link;
 use crate::swaplog::SwapLog;
-use crate::version::{Compiled, Guard, Linked, Pooled};
+use crate::version::{Compiled, Freed, Guard, Linked, Pooled};
 use crate::world::{Ctx, Limits, World};
 
 /// A loaded module: identified by its canonical absolute path, so the same
@@ -127,6 +127,7 @@ pub(crate) struct Inner<W: World> {
     ticker: Ticker,
     next_id: AtomicU64,
     cache: Option<Cache>,
+    freed: Arc<Freed>,
 }
 
 /// Runs modules that implement the world `W`: one wasmtime engine, the
@@ -230,6 +231,7 @@ impl<W: World> Host<W> {
                 ticker,
                 next_id: AtomicU64::new(1),
                 cache,
+                freed: Arc::new(Freed::default()),
             }),
         })
     }
@@ -462,6 +464,21 @@ impl<W: World> Host<W> {
                 }
             }
         }
+        // Two versions at most: a module whose previous version still runs
+        // calls waits for them (up to that version's drain deadline, when
+        // they are interrupted anyway) before a third version goes live.
+        // Without the wait, two swaps in quick succession would fail the
+        // calls still running on the oldest version.
+        let oldest: Vec<Weak<Linked<W>>> = {
+            let entries = lock(&inner.entries);
+            fresh
+                .keys()
+                .filter_map(|&i| entries[i].draining.clone())
+                .collect()
+        };
+        for older in &oldest {
+            self.wait_until_freed(older);
+        }
         // The switch: one store of the whole table.
         let mut next = Table::clone(&table);
         for (&i, l) in &fresh {
@@ -483,7 +500,7 @@ impl<W: World> Host<W> {
                     inner.log.note(
                         &older.path,
                         &format!(
-                            "version {} purged: a third version arrived while {calls} call(s) still ran on it",
+                            "version {} purged: a third version arrived and {calls} call(s) still ran on it past the drain deadline",
                             older.version
                         ),
                     );
@@ -498,6 +515,38 @@ impl<W: World> Host<W> {
             .collect();
         installed.dedup_by_key(|l| l.id);
         Ok(installed)
+    }
+
+    /// Waits until `older` is freed or its drain deadline has passed.
+    fn wait_until_freed(&self, older: &Weak<Linked<W>>) {
+        let Some(deadline) = older.upgrade().and_then(|o| {
+            self.inner.log.note(
+                &o.path,
+                &format!(
+                    "the next version waits for {} call(s) still running on version {} (at most until its drain deadline)",
+                    o.guard.calls.load(Ordering::SeqCst),
+                    o.version
+                ),
+            );
+            o.guard.drain_deadline()
+        }) else {
+            return;
+        };
+        let freed = &self.inner.freed;
+        let mut count = lock(&freed.count);
+        // The count is read and waited on under the lock that every free
+        // takes to signal, so a free cannot slip between check and wait.
+        while older.strong_count() > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            count = freed
+                .cv
+                .wait_timeout(count, left)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
     }
 
     /// Links one version of module `index` against the current versions of
@@ -581,6 +630,7 @@ impl<W: World> Host<W> {
             guard: Arc::new(Guard::default()),
             pool: Mutex::new(Vec::new()),
             log: Arc::clone(&inner.log),
+            freed: Arc::clone(&inner.freed),
         });
         self.validate(&linked)?;
         Ok(linked)

@@ -35,8 +35,10 @@
 //! # Invariants
 //!
 //! * At most two versions of a module are live: the current one and the
-//!   one it replaced, while calls still run on it. A third version purges
-//!   the oldest (its calls are interrupted), as Erlang's code server does.
+//!   one it replaced, while calls still run on it. A third version waits
+//!   for the oldest one's calls to finish, up to that version's drain
+//!   deadline, and then purges it (its calls still running are
+//!   interrupted), as Erlang's code server does.
 //! * A call runs wholly on the version that was current when it started;
 //!   a call that starts after a swap gets the new version.
 //! * A version that fails any step of validation never serves; the

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use wasmtime::Store;
@@ -45,6 +45,11 @@ impl Guard {
         self.purged.store(true, Ordering::SeqCst);
     }
 
+    /// When calls still running on this version will be interrupted.
+    pub fn drain_deadline(&self) -> Option<Instant> {
+        self.drain_deadline.get().map(|&(at, _)| at)
+    }
+
     pub fn retired(&self) -> bool {
         self.drain_deadline.get().is_some()
     }
@@ -59,6 +64,14 @@ impl Guard {
             _ => None,
         }
     }
+}
+
+/// Signalled whenever a linked version is freed (a swap may wait for the
+/// oldest version to go before it installs a third).
+#[derive(Debug, Default)]
+pub(crate) struct Freed {
+    pub count: Mutex<u64>,
+    pub cv: Condvar,
 }
 
 /// An instance kept for reuse ([`InstanceMode::Pooled`]).
@@ -92,6 +105,7 @@ pub(crate) struct Linked<W: World> {
     pub guard: Arc<Guard>,
     pub pool: Mutex<Vec<Pooled<W>>>,
     pub log: Arc<SwapLog>,
+    pub freed: Arc<Freed>,
 }
 
 impl<W: World> Drop for Linked<W> {
@@ -102,6 +116,12 @@ impl<W: World> Drop for Linked<W> {
             self.log
                 .freed(&self.path, self.version, self.compiled.fingerprint);
         }
+        *self
+            .freed
+            .count
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) += 1;
+        self.freed.cv.notify_all();
     }
 }
 

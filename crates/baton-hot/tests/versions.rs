@@ -318,11 +318,13 @@ fn the_memory_limit_holds_and_a_trap_fails_only_its_call() {
 }
 
 #[test]
-fn a_third_version_purges_the_oldest_while_the_second_drains_on() {
+fn a_third_version_purges_the_oldest_past_its_drain_deadline_while_the_second_drains_on() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("three.wat");
     save(&path, &Wat::new("v1").text());
-    let host = host(dir.path(), |_| {});
+    // The third version waits for version 1's call up to the drain
+    // deadline, then purges it.
+    let host = host(dir.path(), |c| c.drain_timeout = Duration::from_secs(2));
     let m = host.load(&path).unwrap();
     let call = |gate: &'static str| {
         let (host, m) = (host.clone(), m.clone());
@@ -462,4 +464,40 @@ fn a_version_seen_before_loads_from_the_compiled_cache() {
         (1, 0)
     );
     assert_eq!(handle(&second, &m, "").unwrap().value, "v1");
+}
+
+/// Found as a failed call in the 20-swaps test: two swaps in quick
+/// succession purged the oldest version while a call still ran on it.
+#[test]
+fn regression_a_third_version_waits_for_calls_still_running_on_the_oldest() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("quick.wat");
+    save(&path, &Wat::new("v1").text());
+    let host = host(dir.path(), |c| c.drain_timeout = Duration::from_secs(60));
+    let m = host.load(&path).unwrap();
+    let slow = {
+        let (host, m) = (host.clone(), m.clone());
+        std::thread::spawn(move || handle(&host, &m, "wait-quick-1"))
+    };
+    GATES.wait_for_waiter("wait-quick-1");
+    save(&path, &Wat::new("v2").text());
+    host.reload(&m).unwrap();
+    save(&path, &Wat::new("v3").text());
+    let third = {
+        let (host, m) = (host.clone(), m.clone());
+        std::thread::spawn(move || host.reload(&m))
+    };
+    // Version 2 serves while the third version waits for version 1 (or,
+    // were it not to wait, the third reload ends).
+    eventually("the third reload to wait or end", || {
+        read_log(dir.path()).contains("waits for 1 call(s) still running on version 1")
+            || third.is_finished()
+    });
+    assert_eq!(handle(&host, &m, "").unwrap().value, "v2");
+    GATES.open("wait-quick-1");
+    let old = slow.join().unwrap().unwrap();
+    assert_eq!((old.value.as_str(), old.version), ("v1", 1));
+    assert_eq!(third.join().unwrap().unwrap(), Outcome::Swapped(3));
+    assert_eq!(handle(&host, &m, "").unwrap().value, "v3");
+    assert!(!read_log(dir.path()).contains("purged"));
 }
