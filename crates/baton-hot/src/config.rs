@@ -54,7 +54,7 @@ pub struct HostConfig {
     /// Where a call's instance comes from (default [`InstanceMode::PerCall`]).
     pub instances: InstanceMode,
     /// Append every version change, rejection and free to this file, one
-    /// line each, with fingerprints (the `hotswap.log` of seed 001). Also
+    /// line each, with fingerprints (a `hotswap.log`). Also
     /// logged with `tracing` in any case.
     pub log_file: Option<PathBuf>,
     /// Use wasmtime's pooling instance allocator (default): memories and

@@ -1,6 +1,6 @@
 //! The version log: every change of version, rejection and free, one line
-//! each with fingerprints, to `tracing` and optionally to a file (seed
-//! 001's `hotswap.log`).
+//! each with fingerprints, to `tracing` and optionally to a file (a
+//! `hotswap.log`).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
