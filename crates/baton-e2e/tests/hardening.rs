@@ -83,7 +83,7 @@ fn no_command_or_a_bare_double_dash_gets_batons_own_hint() {
 
 /// Every signal a person or a supervisor may send, under load: baton stays
 /// up, the workers keep their pids, no request fails; USR1 reaches the
-/// serving workers.
+/// serving workers; USR2 upgrades baton in place.
 #[test]
 fn signals_a_supervisor_may_send_never_take_the_service_down() {
     let baton = BatonCmd::new()
@@ -105,7 +105,9 @@ fn signals_a_supervisor_may_send_never_take_the_service_down() {
             Signal::USR1,
             "SIGUSR1 forwarded to 2 workers of generation 1",
         ),
-        (Signal::USR2, "SIGUSR2 ignored"),
+        // USR2 upgrades baton in place (the same binary here): the
+        // service stays up, the workers are the same.
+        (Signal::USR2, "upgraded in place"),
         (Signal::ALARM, "SIGALRM ignored"),
         (Signal::VTALARM, "SIGVTALRM ignored"),
         (Signal::PROF, "SIGPROF ignored"),

@@ -119,6 +119,11 @@ impl Cgroups {
         Ok(Self { root })
     }
 
+    /// The subtree a previous image of this baton made (same pid).
+    pub fn adopt(root: PathBuf) -> Self {
+        Self { root }
+    }
+
     /// The subtree the guard kills if baton dies.
     pub fn root(&self) -> &Path {
         &self.root

@@ -12,7 +12,7 @@ use crate::lifecycle::{Policy, ReadyMode};
 use crate::listen::ListenSpec;
 
 /// Everything `baton run` needs, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Settings {
     pub listeners: Vec<ListenSpec>,
     /// What to execute: absolute if found on `PATH`, otherwise as given
@@ -44,7 +44,7 @@ pub struct Settings {
 }
 
 /// `--cgroups`: whether baton gives each generation a cgroup of its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CgroupMode {
     /// Where the cgroup is baton's to manage: delegated to it (systemd
     /// `Delegate=yes` marks the cgroup with a `trusted.delegate` or

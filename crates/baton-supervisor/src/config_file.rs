@@ -55,7 +55,7 @@ pub mod defaults {
 
 /// The flags given on the command line; `None` (or empty) when not given,
 /// so that the file's value, or the default, applies.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Overrides {
     pub listen: Vec<ListenSpec>,
     pub workers: Option<usize>,

@@ -12,6 +12,7 @@
 //! | `{"v":1,"cmd":"status"}` | one `status` |
 //! | `{"v":1,"cmd":"stop","fast":false}` | one `ok`; then `stopped` with baton's exit code, and the connection closes as baton exits |
 //! | `{"v":1,"cmd":"scale","workers":4}` | one `ok` or `error` |
+//! | `{"v":1,"cmd":"upgrade","binary":"/usr/bin/baton"}` | `progress` lines, then `upgraded` (from the new image) or `upgrade_failed` (with `rolled_back`) |
 //!
 //! # Safety of the socket
 //!
@@ -71,6 +72,14 @@ pub enum Command {
     },
     Scale {
         workers: usize,
+    },
+    /// Upgrade baton itself in place (`binary`: the new one; default, the
+    /// path baton was started from). `failpoint` is a test's hook.
+    Upgrade {
+        #[serde(default)]
+        binary: Option<std::path::PathBuf>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failpoint: Option<String>,
     },
 }
 
@@ -145,6 +154,12 @@ pub struct Status {
     /// Worker restarts over baton's whole life, in every generation.
     #[serde(default)]
     pub restarts: u64,
+    /// In-place upgrades of baton itself.
+    #[serde(default)]
+    pub upgrades: u64,
+    /// The version of the baton that answers.
+    #[serde(default)]
+    pub version: String,
     pub last_reload: Option<LastReload>,
     pub listeners: Vec<ListenerStatus>,
     pub generations: Vec<GenerationStatus>,
@@ -174,6 +189,19 @@ pub enum Reply {
     Status(Box<Status>),
     Ok {
         message: String,
+    },
+    /// baton was upgraded in place: the same pid runs the new image.
+    Upgraded {
+        pid: u32,
+        from: String,
+        to: String,
+        took_ms: u64,
+    },
+    /// The upgrade did not happen (refused before the exec), or the new
+    /// image could not take over and the old one runs again (`rolled_back`).
+    UpgradeFailed {
+        reason: String,
+        rolled_back: bool,
     },
     /// baton has stopped (the last line to a `stop` client): its exit code,
     /// from the table of `baton run`'s exit codes.
@@ -324,7 +352,8 @@ fn private_dir(dir: &Path, sock: &Path) -> Result<(), ControlError> {
 pub struct ControlSocket {
     pub listener: mio::net::UnixListener,
     pub path: PathBuf,
-    identity: (u64, u64),
+    /// The socket file's (device, inode), so only ours is removed.
+    pub identity: (u64, u64),
 }
 
 impl ControlSocket {

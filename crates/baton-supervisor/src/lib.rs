@@ -38,5 +38,6 @@ pub mod notify;
 pub mod output;
 pub mod runtime;
 pub mod signals;
+pub mod stamp;
 pub mod watch;
 pub mod worker;

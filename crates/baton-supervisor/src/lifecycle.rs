@@ -57,7 +57,7 @@ pub const READY_HINT_AFTER: Duration = Duration::from_secs(5);
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(200);
 
 /// How a generation tells it is ready.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ReadyMode {
     /// `READY=1` on `NOTIFY_SOCKET`, per worker.
     Notify,
@@ -76,7 +76,7 @@ impl ReadyMode {
 }
 
 /// The lifecycle's settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Policy {
     pub workers: usize,
     pub ready: ReadyMode,
@@ -86,7 +86,9 @@ pub struct Policy {
 }
 
 /// How to stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum StopKind {
     /// Send the stop signal, wait for the grace period, then `SIGKILL`.
     Graceful,
@@ -96,7 +98,9 @@ pub enum StopKind {
 
 /// Timers the machine arms; a timer that fires after its purpose is gone
 /// is ignored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum TimerKey {
     ReadyDeadline(GenId),
     ReadyHint(GenId),
@@ -112,7 +116,7 @@ pub enum TimerKey {
 pub type Ticket = u64;
 
 /// The verdict of a reload, for the clients that asked for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ReloadOutcome {
     /// The new generation is ready and serving.
     Ready { generation: GenId, took: Duration },
@@ -283,7 +287,7 @@ pub struct Impossible {
     pub event: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Role {
     /// Started, not yet ready.
     Starting,
@@ -297,7 +301,7 @@ enum Role {
     Stopping,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum WorkerState {
     /// Asked the runtime to spawn it; no answer yet.
     Spawning,
@@ -314,9 +318,10 @@ enum WorkerState {
     Exited,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Worker {
     state: WorkerState,
+    #[serde(with = "crate::stamp::option")]
     started: Option<Instant>,
     backoff: Duration,
     quick_restarts: u32,
@@ -342,7 +347,7 @@ impl Worker {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Generation {
     id: GenId,
     /// The settings it was started with: a config reload changes them for
@@ -350,6 +355,7 @@ struct Generation {
     policy: Policy,
     role: Role,
     workers: Vec<Worker>,
+    #[serde(with = "crate::stamp")]
     started: Instant,
     /// How long it took to become ready, once it did.
     ready_after: Option<Duration>,
@@ -378,7 +384,7 @@ impl Generation {
 }
 
 /// What happened over baton's whole life, for `baton ctl status`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counters {
     /// Reloads that started a new generation (a queued or coalesced request
     /// counts once, when its generation starts).
@@ -415,7 +421,7 @@ pub struct WorkerInfo {
 }
 
 /// Where the supervisor as a whole is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Phase {
     /// The first generation is starting; nothing serves yet.
     Booting,
@@ -446,7 +452,7 @@ impl Phase {
 }
 
 /// The supervisor's lifecycle. See the module docs for its invariants.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Lifecycle {
     policy: Policy,
     phase: Phase,
@@ -467,6 +473,8 @@ pub struct Lifecycle {
     /// Clients waiting for the reload in progress.
     inflight_tickets: Vec<Ticket>,
     last_reload: Option<ReloadOutcome>,
+    /// Actions of the step in progress (always empty between steps).
+    #[serde(skip)]
     out: Vec<Action>,
 }
 
@@ -721,6 +729,11 @@ impl Lifecycle {
         if let Event::ReloadRequest(ticket) = event {
             self.queued_tickets.push(*ticket);
         }
+    }
+
+    /// Whether baton is stopping (or has stopped).
+    pub fn is_stopping(&self) -> bool {
+        matches!(self.phase, Phase::Stopping(_) | Phase::Done)
     }
 
     /// Workers per generation now.

@@ -40,6 +40,20 @@ impl ListenAddr {
     }
 }
 
+/// A spec crosses an exec as the text the user wrote, parsed again.
+impl serde::Serialize for ListenSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ListenSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// One `--listen` argument.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenSpec {
@@ -256,7 +270,7 @@ pub struct Bound {
     pub display: String,
     /// For Unix sockets: the file and its identity, removed at final stop if
     /// it is still ours.
-    unix_file: Option<(PathBuf, u64, u64)>,
+    pub unix_file: Option<(PathBuf, u64, u64)>,
 }
 
 /// Why a listener could not be set up.

@@ -21,7 +21,7 @@ pub const TAIL_LINES: usize = 20;
 const MAX_LINE: usize = 64 * 1024;
 
 /// The last lines a worker printed (stdout and stderr together).
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Tail {
     lines: VecDeque<String>,
 }
@@ -48,7 +48,7 @@ impl Tail {
 }
 
 /// Which of baton's streams a pipe goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Stream {
     Stdout,
     Stderr,
@@ -90,7 +90,8 @@ impl Sinks {
 pub struct Pipe {
     pub fd: OwnedFd,
     pub stream: Stream,
-    partial: Vec<u8>,
+    /// The start of a line not finished yet.
+    pub partial: Vec<u8>,
 }
 
 impl Pipe {

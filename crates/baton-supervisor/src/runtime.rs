@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use mio::unix::SourceFd;
@@ -38,8 +38,14 @@ use crate::signals::{HANDLED, Ignored, SignalPipe};
 mod clients;
 mod readiness;
 mod reconfig;
+mod resume;
 mod spawner;
+mod state;
+mod upgrade;
 mod workers;
+
+pub use state::{READS as STATE_READS, STATE_SCHEMA};
+pub use upgrade::{RESUME_FD, check_answer};
 
 use clients::{Client, Waiting};
 use workers::{RtGeneration, RtWorker};
@@ -69,6 +75,8 @@ pub enum RuntimeError {
     Control(control::ControlError),
     #[error(transparent)]
     Watch(crate::watch::WatchError),
+    #[error("cannot take over from the previous image: {0}")]
+    Resume(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +85,8 @@ enum Source {
     Ignored,
     Guard,
     Spawner,
+    Preflight,
+    PreflightOut,
     Exit(GenId, Slot),
     Output(GenId, Slot, Stream),
     Ready(GenId, Slot),
@@ -97,7 +107,7 @@ pub struct Runtime {
     listeners: Vec<std::sync::Arc<Bound>>,
     base_env: std::sync::Arc<Vec<OsString>>,
     stdin: std::sync::Arc<OwnedFd>,
-    rundir: tempfile::TempDir,
+    rundir: RunDir,
     poll: Poll,
     tokens: HashMap<Token, Source>,
     next_token: usize,
@@ -145,26 +155,84 @@ pub struct Runtime {
     watch_token: Option<Token>,
     /// Where worker output is passed on.
     sinks: crate::output::Sinks,
+    /// The in-place upgrade in progress, if any.
+    upgrade: Option<upgrade::Upgrade>,
+    /// Spawns and probes asked for while an upgrade's exec was prepared.
+    deferred: Vec<state::Deferred>,
+    /// In-place upgrades over baton's life.
+    upgrades: u64,
+    /// The binary baton runs from (what an upgrade executes by default),
+    /// its argv, and the environment it started with (what the new image
+    /// gets).
+    exe: PathBuf,
+    argv: Vec<OsString>,
+    environ: Vec<OsString>,
+    /// Set when this image took over from a previous one: what to tell the
+    /// client that asked, once the loop runs.
+    resumed: Option<resume::Resumed>,
 }
 
-fn rundir() -> std::io::Result<tempfile::TempDir> {
-    use std::os::unix::fs::PermissionsExt;
-    // Under $XDG_RUNTIME_DIR when there is one (a tmpfs private to the
-    // user), else the system temp dir. Private whatever the umask: anyone
-    // who can reach a notify socket in it could send READY=1 (the kernel
-    // tells baton the sender's pid, but a directory that lists the sockets
-    // to everyone is an invitation). Created with at most 0700 (the mode
-    // minus the umask), then set to exactly 0700, so it is never wider.
-    let base = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .filter(|p| p.is_dir())
-        .unwrap_or_else(std::env::temp_dir);
-    let dir = tempfile::Builder::new()
-        .prefix("baton.")
-        .permissions(std::fs::Permissions::from_mode(0o700))
-        .tempdir_in(base)?;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
-    Ok(dir)
+/// baton's private directory for the generations' notify sockets, removed
+/// when baton ends (not when it re-executes itself: an exec runs no
+/// destructor, and the new image adopts the directory).
+#[derive(Debug)]
+pub(crate) struct RunDir {
+    path: PathBuf,
+}
+
+impl RunDir {
+    fn create() -> std::io::Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        // Under $XDG_RUNTIME_DIR when there is one (a tmpfs private to the
+        // user), else the system temp dir. Private whatever the umask:
+        // anyone who can reach a notify socket in it could send READY=1
+        // (the kernel tells baton the sender's pid, but a directory that
+        // lists the sockets to everyone is an invitation). Created with at
+        // most 0700 (the mode minus the umask), then set to exactly 0700, so
+        // it is never wider.
+        let base = std::env::var_os("XDG_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = tempfile::Builder::new()
+            .prefix("baton.")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir_in(base)?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+        Ok(Self { path: dir.keep() })
+    }
+
+    /// The directory a previous image of this baton made.
+    pub(crate) fn adopt(path: PathBuf) -> Self {
+        Self { path }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// What [`Runtime::skeleton`] is built from.
+struct Skeleton {
+    settings: Settings,
+    machine: Lifecycle,
+    listeners: Vec<std::sync::Arc<Bound>>,
+    base_env: Vec<OsString>,
+    stdin: OwnedFd,
+    rundir: RunDir,
+    sinks: crate::output::Sinks,
+    cgroups: crate::config::CgroupMode,
+    child_nofile: Option<u64>,
+    started: Instant,
+    exe: PathBuf,
+    argv: Vec<OsString>,
+    environ: Vec<OsString>,
 }
 
 impl Runtime {
@@ -184,6 +252,50 @@ impl Runtime {
                 None
             }
         };
+        // Orphans of workers (daemonized grandchildren) come to baton, not
+        // to init, so none outlives the supervisor unnoticed; as PID 1 in a
+        // container baton is their reaper anyway.
+        if let Err(e) = baton_sys::spawn::become_subreaper() {
+            tracing::debug!("cannot become a subreaper: {e}");
+        }
+        let control = match &settings.control {
+            Some(path) => Some(ControlSocket::bind(path).map_err(RuntimeError::Control)?),
+            None => None,
+        };
+        let cgroups = settings.cgroups;
+        let mut rt = Self::skeleton(Skeleton {
+            machine: Lifecycle::new(settings.policy.clone()),
+            settings,
+            listeners: listeners.into_iter().map(std::sync::Arc::new).collect(),
+            base_env: crate::worker::base_environment(),
+            stdin: baton_sys::spawn::dev_null().map_err(RuntimeError::DevNull)?,
+            rundir: RunDir::create().map_err(RuntimeError::RunDir)?,
+            sinks,
+            cgroups,
+            child_nofile,
+            started: Instant::now(),
+            exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
+            argv: std::env::args_os().collect(),
+            environ: std::env::vars_os()
+                .map(|(k, v)| {
+                    let mut kv = k;
+                    kv.push("=");
+                    kv.push(v);
+                    kv
+                })
+                .collect(),
+        })?;
+        if let Some(sock) = control {
+            rt.adopt_control(sock)?;
+        }
+        rt.install_sources()?;
+        rt.start_guard();
+        Ok(rt)
+    }
+
+    /// A runtime with nothing running: the parts [`Runtime::new`] and
+    /// `Runtime::resume` share.
+    fn skeleton(k: Skeleton) -> Result<Self, RuntimeError> {
         let poll = Poll::new().map_err(RuntimeError::Poll)?;
         let waker = std::sync::Arc::new(
             mio::Waker::new(poll.registry(), SPAWNER_TOKEN).map_err(RuntimeError::Poll)?,
@@ -192,30 +304,18 @@ impl Runtime {
             Box::new(move || {
                 let _ = waker.wake();
             }),
-            settings.cgroups,
+            k.cgroups,
         );
-        // Orphans of workers (daemonized grandchildren) come to baton, not
-        // to init, so none outlives the supervisor unnoticed; as PID 1 in a
-        // container baton is their reaper anyway.
-        if let Err(e) = baton_sys::spawn::become_subreaper() {
-            tracing::debug!("cannot become a subreaper: {e}");
-        }
         let service_manager = std::env::var_os("NOTIFY_SOCKET")
             .filter(|s| !s.is_empty())
             .map(|s| baton_app::Notifier::with_socket(s.to_string_lossy()));
-        let control = match &settings.control {
-            Some(path) => Some(ControlSocket::bind(path).map_err(RuntimeError::Control)?),
-            None => None,
-        };
-        let mut rt = Self {
-            machine: Lifecycle::new(settings.policy.clone()),
-            settings,
-            listeners: listeners.into_iter().map(std::sync::Arc::new).collect(),
-            base_env: std::sync::Arc::new(crate::worker::base_environment()),
-            stdin: std::sync::Arc::new(
-                baton_sys::spawn::dev_null().map_err(RuntimeError::DevNull)?,
-            ),
-            rundir: rundir().map_err(RuntimeError::RunDir)?,
+        Ok(Self {
+            machine: k.machine,
+            settings: k.settings,
+            listeners: k.listeners,
+            base_env: std::sync::Arc::new(k.base_env),
+            stdin: std::sync::Arc::new(k.stdin),
+            rundir: k.rundir,
             poll,
             tokens: HashMap::from([(SPAWNER_TOKEN, Source::Spawner)]),
             next_token: SPAWNER_TOKEN.0 + 1,
@@ -236,8 +336,8 @@ impl Runtime {
             evicted_reported: None,
             accept_paused_until: None,
             service_manager,
-            started: Instant::now(),
-            child_nofile,
+            started: k.started,
+            child_nofile: k.child_nofile,
             guard: None,
             guard_token: None,
             spawner,
@@ -248,56 +348,68 @@ impl Runtime {
             orphans_to_reap: false,
             watcher: None,
             watch_token: None,
-            sinks,
-        };
-        if !rt.settings.watch.is_empty() {
+            sinks: k.sinks,
+            upgrade: None,
+            deferred: Vec::new(),
+            upgrades: 0,
+            exe: k.exe,
+            argv: k.argv,
+            environ: k.environ,
+            resumed: None,
+        })
+    }
+
+    fn adopt_control(&mut self, mut sock: ControlSocket) -> Result<(), RuntimeError> {
+        let token = self.token(Source::Control);
+        self.poll
+            .registry()
+            .register(&mut sock.listener, token, Interest::READABLE)
+            .map_err(RuntimeError::Poll)?;
+        tracing::info!("control socket {}", sock.path.display());
+        self.control = Some((token, sock));
+        Ok(())
+    }
+
+    /// Signal handlers and the watcher.
+    fn install_sources(&mut self) -> Result<(), RuntimeError> {
+        if !self.settings.watch.is_empty() {
             let mut w = crate::watch::Watcher::new(
-                &rt.settings.watch,
-                &rt.settings.watch_ignore,
-                rt.settings.watch_debounce,
+                &self.settings.watch,
+                &self.settings.watch_ignore,
+                self.settings.watch_debounce,
             )
             .map_err(RuntimeError::Watch)?;
-            let token = rt.token(Source::Watch);
-            rt.poll
+            let token = self.token(Source::Watch);
+            self.poll
                 .registry()
                 .register(&mut w.wake, token, Interest::READABLE)
                 .map_err(RuntimeError::Poll)?;
-            rt.watcher = Some(w);
-            rt.watch_token = Some(token);
-        }
-        if let Some(mut sock) = control {
-            let token = rt.token(Source::Control);
-            rt.poll
-                .registry()
-                .register(&mut sock.listener, token, Interest::READABLE)
-                .map_err(RuntimeError::Poll)?;
-            tracing::info!("control socket {}", sock.path.display());
-            rt.control = Some((token, sock));
+            self.watcher = Some(w);
+            self.watch_token = Some(token);
         }
         for (i, sig) in HANDLED.iter().enumerate() {
             let mut pipe = SignalPipe::register(*sig).map_err(|source| RuntimeError::Signal {
                 signal: *sig,
                 source,
             })?;
-            let token = rt.token(Source::Signal(i));
-            rt.poll
+            let token = self.token(Source::Signal(i));
+            self.poll
                 .registry()
                 .register(&mut pipe.read, token, Interest::READABLE)
                 .map_err(RuntimeError::Poll)?;
-            rt.signals.push(pipe);
+            self.signals.push(pipe);
         }
-        rt.start_guard();
         let mut ignored = Ignored::register().map_err(|source| RuntimeError::Signal {
             signal: libc::SIGALRM,
             source,
         })?;
-        let token = rt.token(Source::Ignored);
-        rt.poll
+        let token = self.token(Source::Ignored);
+        self.poll
             .registry()
             .register(ignored.read_mut(), token, Interest::READABLE)
             .map_err(RuntimeError::Poll)?;
-        rt.ignored = Some(ignored);
-        Ok(rt)
+        self.ignored = Some(ignored);
+        Ok(())
     }
 
     fn token(&mut self, source: Source) -> Token {
@@ -353,8 +465,14 @@ impl Runtime {
     }
 
     fn run_loop(mut self) -> Result<u8, RuntimeError> {
-        let actions = self.machine.start(Instant::now());
-        self.execute(actions);
+        if self.resumed.is_some() {
+            // Taken over from a previous image: the lifecycle goes on where
+            // it was.
+            self.after_resume();
+        } else {
+            let actions = self.machine.start(Instant::now());
+            self.execute(actions);
+        }
         let mut events = Events::with_capacity(64);
         loop {
             // Everything that is already known is handled before the loop
@@ -371,6 +489,7 @@ impl Runtime {
                 .chain(next_client_deadline)
                 .chain(self.accept_paused_until)
                 .chain(self.orphan_retry_at)
+                .chain(self.preflight_deadline())
                 .min()
                 .map(|at| at.saturating_duration_since(Instant::now()));
             match self.poll.poll(&mut events, timeout) {
@@ -417,6 +536,7 @@ impl Runtime {
             let now = Instant::now();
             self.expire_clients(now);
             self.resume_accepting(now);
+            self.expire_preflight(now);
             if self.orphan_retry_at.is_some_and(|at| at <= now) {
                 self.orphans_to_reap = true;
             }
@@ -476,11 +596,8 @@ impl Runtime {
                             self.queue.push_back(Event::Forward(libc::SIGUSR1));
                         }
                     }
-                    libc::SIGUSR2 => tracing::warn!(
-                        "SIGUSR2 ignored: baton cannot upgrade itself in place yet; baton keeps serving. \
-                         To deploy new application code use SIGHUP or `baton ctl reload`; \
-                         `baton ctl status` shows what runs"
-                    ),
+                    // Upgrade baton itself in place (the binary it runs from).
+                    libc::SIGUSR2 => self.start_upgrade(None, None, None),
                     // TERM, INT, PWR: a graceful stop; a second one stops at
                     // once. Deliveries read in one go count once: `timeout`
                     // and some supervisors send the same signal to the
@@ -490,6 +607,8 @@ impl Runtime {
                 }
             }
             Source::Guard => self.on_guard_exit(),
+            Source::Preflight => self.on_preflight_exit(),
+            Source::PreflightOut => self.on_preflight_output(),
             Source::Spawner => self.on_spawner(),
             Source::Ignored => {
                 if let Some(ignored) = self.ignored.as_mut() {

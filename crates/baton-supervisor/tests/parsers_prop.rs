@@ -262,6 +262,8 @@ fn status_reply_is_one_line() {
         reloads_attempted: 6,
         reloads_failed: 1,
         restarts: 7,
+        upgrades: 1,
+        version: "0.1.0".into(),
         last_reload: None,
         listeners: Vec::new(),
         generations: Vec::new(),

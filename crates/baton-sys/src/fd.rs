@@ -82,6 +82,90 @@ pub fn claim_fd(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(owned)
 }
 
+/// Sets or clears the close-on-exec flag of descriptor `fd` (for the
+/// descriptors a supervisor keeps open across an exec of itself).
+pub fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
+    let flags = if on { libc::FD_CLOEXEC } else { 0 };
+    // SAFETY: F_SETFD only changes the descriptor flags of `fd`; a number
+    // that is not open yields EBADF, never undefined behaviour.
+    let rc = unsafe { libc::fcntl(fd, libc::F_SETFD, flags) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reads everything from an inherited descriptor, from offset 0 (`pread`),
+/// without taking ownership of it: a state a re-executed supervisor may
+/// have to pass on again, unchanged, to a rollback.
+pub fn read_all_at_zero(fd: RawFd) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: pread only writes into `buf`, within its length; a number
+        // that is not open yields EBADF.
+        let n = unsafe {
+            libc::pread(
+                fd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::off_t::try_from(out.len()).unwrap_or(libc::off_t::MAX),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(&buf[..n as usize]);
+    }
+}
+
+/// Closes an inherited descriptor nothing in this process owns (one that
+/// was only passed along).
+pub fn close_unowned(fd: RawFd) {
+    // SAFETY: the caller passes a number that no OwnedFd of this process
+    // holds (it was inherited and never claimed); closing it affects no
+    // owner.
+    unsafe {
+        libc::close(fd);
+    }
+}
+
+/// Whether descriptor `fd` is open (`fcntl(F_GETFD)`).
+pub fn is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD only reads the descriptor flags.
+    fd >= 0 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0
+}
+
+/// Like [`claim_fd`], but the descriptor keeps its close-on-exec flag as it
+/// is (cleared, for a state handed over by an exec): if what is being
+/// restored fails, the descriptors are still open for a rollback.
+pub fn claim_fd_keep_flags(fd: RawFd) -> io::Result<OwnedFd> {
+    let mut claims = CLAIMS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if fd < LISTEN_FDS_START {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    if claims.single.contains(&fd) || claims.listen.is_some_and(|n| in_listen_range(fd, n)) {
+        return Err(io::Error::from_raw_os_error(libc::EBUSY));
+    }
+    if !is_open(fd) {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: open (checked), recorded below under the lock so claimed
+    // once, outside the LISTEN_FDS range (checked above).
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    claims.single.push(fd);
+    Ok(owned)
+}
+
 /// Takes ownership of an inherited file descriptor number.
 ///
 /// The descriptor must be open (checked with `fcntl(F_GETFD)`); it is marked

@@ -197,10 +197,17 @@ pub fn disarm_fatal_rollback() {
     }
 }
 
-/// Raises `sig` in this process (for tests of what a crash does).
-pub fn raise(sig: i32) {
-    // SAFETY: raise only sends a signal to the calling thread.
+/// Makes the calling thread take `SIGSEGV` as a crash would (a fault is
+/// delivered even while signals are blocked; a raised signal is not, so it
+/// is unblocked first): for tests of what a crash does.
+pub fn crash_like_a_fault() {
+    // SAFETY: sigset_t is plain data; unblocking one signal for this thread
+    // and raising it only delivers that signal here.
     unsafe {
-        libc::raise(sig);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&raw mut set);
+        libc::sigaddset(&raw mut set, libc::SIGSEGV);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &raw const set, std::ptr::null_mut());
+        libc::raise(libc::SIGSEGV);
     }
 }

@@ -44,6 +44,16 @@ pub struct Child {
 }
 
 impl Child {
+    /// A child known by its pid and an open pidfd, not reaped (one a
+    /// re-executed supervisor takes over from its previous image).
+    pub fn from_parts(pid: u32, pidfd: OwnedFd) -> Self {
+        Self {
+            pid,
+            pidfd,
+            reaped: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
     /// Sends `sig` to every process in the process group this child leads
     /// (it was spawned with `new_process_group`).
     ///

@@ -60,6 +60,10 @@ enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Say which state schemas this binary reads (what an upgrading baton
+    /// asks the new binary before it executes it in place)
+    #[command(hide = true)]
+    UpgradeCheck,
     /// The guard `baton run` starts to end what its workers started if baton
     /// is killed (internal: reads its instructions on fd 3).
     #[command(hide = true)]
@@ -257,6 +261,10 @@ pub fn execute(args: Args, sinks: baton_supervisor::output::Sinks) -> Result<u8,
         Command::Run(run) => run_command(*run, sinks),
         Command::Ctl(ctl) => Ok(crate::ctl::run(&ctl)),
         Command::CheckConfig { file } => Ok(check_config(&file)),
+        Command::UpgradeCheck => {
+            println!("{}", baton_supervisor::runtime::check_answer());
+            Ok(0)
+        }
         Command::Guard => {
             Ok(u8::try_from(baton_supervisor::guard::run()).unwrap_or(exit::INTERNAL))
         }
@@ -298,6 +306,15 @@ fn check_config(file: &std::path::Path) -> u8 {
 }
 
 fn run_command(run: RunArgs, sinks: baton_supervisor::output::Sinks) -> Result<u8, Failure> {
+    if Runtime::is_resuming() {
+        // An upgrade in place: this is the new image (same pid, same argv);
+        // everything is taken over from the previous one, nothing bound.
+        let runtime =
+            Runtime::resume(sinks).map_err(|e| Failure::new(exit::INTERNAL, e.to_string()))?;
+        return runtime
+            .run()
+            .map_err(|e| Failure::new(exit::INTERNAL, e.to_string()));
+    }
     let settings = validate(&run)?;
     // Sockets from our own parent (systemd socket activation) first: read
     // once, adopted only if LISTEN_PID is baton's pid.

@@ -21,6 +21,7 @@ pub mod exit {
     pub const RELOAD_FAILED: u8 = 10;
     pub const TIMEOUT: u8 = 11;
     pub const REFUSED: u8 = 12;
+    pub const UPGRADE_FAILED: u8 = 13;
 }
 
 pub const CTL_HELP: &str = "\
@@ -33,6 +34,8 @@ Exit codes of baton ctl:
   11  no verdict within --timeout (the reload may still finish)
   12  the supervisor refused the request (it is stopping, or its config file has a
       mistake: the message gives the line and column) or answered an error
+  13  upgrade refused (the new binary failed its check) or rolled back (it could not
+      take over); the old baton keeps running, every worker kept
 stop exits with baton's own exit code once it has stopped: 0 when every worker
 exited on its own, 7 when some had to be killed (see baton run --help)";
 
@@ -76,6 +79,17 @@ enum CtlCommand {
         /// Workers per generation
         #[arg(value_name = "N")]
         workers: usize,
+    },
+    /// Upgrade baton itself in place: check the new binary, then execute it
+    /// in the same pid, every worker and socket kept; exit 0 when the new
+    /// image runs, 13 when it was refused or rolled back
+    Upgrade {
+        /// The new baton (default: the path the running one was started from)
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        /// Make the new image fail in a given way while it loads (tests)
+        #[arg(long, value_name = "NAME", hide = true)]
+        failpoint: Option<String>,
     },
 }
 
@@ -125,6 +139,16 @@ pub fn run(args: &CtlArgs) -> u8 {
             }
             Command::Scale { workers: *workers }
         }
+        CtlCommand::Upgrade { binary, failpoint } => Command::Upgrade {
+            binary: match binary {
+                Some(b) => match std::path::absolute(b) {
+                    Ok(p) => Some(p),
+                    Err(e) => return fail(exit::USAGE, format!("--binary {}: {e}", b.display())),
+                },
+                None => None,
+            },
+            failpoint: failpoint.clone(),
+        },
     };
     let mut stream = match connect(&path, &args.name, explicit) {
         Ok(s) => s,
@@ -261,6 +285,28 @@ fn show(reply: &Reply, json: bool) -> u8 {
             eprintln!("{message}");
             exit::OK
         }
+        Reply::Upgraded {
+            pid,
+            from,
+            to,
+            took_ms,
+        } => {
+            println!("upgraded in place: baton {from} -> {to}, pid {pid}, in {took_ms} ms");
+            exit::OK
+        }
+        Reply::UpgradeFailed {
+            reason,
+            rolled_back,
+        } => {
+            if *rolled_back {
+                eprintln!(
+                    "upgrade rolled back: {reason}; the old baton runs again, every worker kept"
+                );
+            } else {
+                eprintln!("upgrade refused: {reason}; the old baton keeps running");
+            }
+            exit::UPGRADE_FAILED
+        }
         Reply::Stopped { exit_code } => {
             match *exit_code {
                 0 => println!("stopped"),
@@ -322,6 +368,14 @@ fn print_status(s: &Status) {
         "reloads: {} attempted, {} succeeded, {} failed{in_flight}; worker restarts: {}",
         s.reloads_attempted, s.reloads, s.reloads_failed, s.restarts
     );
+    if s.upgrades > 0 {
+        println!(
+            "baton {}, upgraded in place {} time{}",
+            s.version,
+            s.upgrades,
+            if s.upgrades == 1 { "" } else { "s" }
+        );
+    }
     if let Some(last) = &s.last_reload {
         let verdict = if last.ok { "ok" } else { "FAILED" };
         println!(

@@ -15,7 +15,7 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const EVICTION_REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// What a control client waits for after its request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(super) enum Waiting {
     /// Nothing: its request has not arrived yet, or was answered.
     Nothing,
@@ -23,6 +23,8 @@ pub(super) enum Waiting {
     Reload,
     /// baton's exit (`ctl stop`): the connection closes when baton exits.
     Exit,
+    /// The verdict of an upgrade (`ctl upgrade`), across the exec.
+    Upgrade,
 }
 
 #[derive(Debug)]
@@ -36,6 +38,29 @@ pub(super) struct Client {
     pub(super) waiting: Waiting,
     pub(super) close_when_flushed: bool,
     pub(super) want_write: bool,
+}
+
+impl Client {
+    /// A client the previous image was serving (after an upgrade).
+    pub(super) fn restored(
+        stream: mio::net::UnixStream,
+        input: Vec<u8>,
+        output: Vec<u8>,
+        deadline: Option<Instant>,
+        waiting: Waiting,
+        close_when_flushed: bool,
+    ) -> Self {
+        Self {
+            stream,
+            token: Token(usize::MAX),
+            input,
+            output,
+            deadline,
+            waiting,
+            close_when_flushed,
+            want_write: false,
+        }
+    }
 }
 
 impl Runtime {
@@ -271,6 +296,12 @@ impl Runtime {
                 }
                 self.request_reload(Some(id));
             }
+            control::Command::Upgrade { binary, failpoint } => {
+                if let Some(c) = self.clients.get_mut(&id) {
+                    c.waiting = Waiting::Upgrade;
+                }
+                self.start_upgrade(Some(id), binary, failpoint);
+            }
             control::Command::Stop { fast } => {
                 self.reply(
                     id,
@@ -448,6 +479,8 @@ impl Runtime {
             reloads_attempted: counters.reloads_started,
             reloads_failed: counters.reloads_failed,
             restarts: counters.restarts,
+            upgrades: self.upgrades,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
             last_reload: self.machine.last_reload().and_then(|o| match o {
                 ReloadOutcome::Ready { generation, took } => Some(control::LastReload {
                     ok: true,

@@ -163,6 +163,10 @@ impl Runtime {
     }
 
     pub(super) fn run_probe(&mut self, g: GenId) {
+        if self.deferring() {
+            self.deferred.push(super::state::Deferred::Probe(g));
+            return;
+        }
         let Some(spec) = self.generations.get(&g).and_then(|r| r.spec.clone()) else {
             return;
         };

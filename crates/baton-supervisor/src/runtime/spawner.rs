@@ -57,6 +57,20 @@ pub(super) enum Job {
     EndCgroup(GenId),
     /// baton stops: remove every cgroup, then end the thread.
     Stop,
+    /// Answer [`Done::Barrier`] (once every job before it is done).
+    Barrier,
+    /// Take over the cgroups a previous image made (after an upgrade).
+    AdoptCgroups {
+        root: PathBuf,
+        generations: Vec<GenId>,
+    },
+    /// Execute this binary in place (an upgrade): from the main thread,
+    /// which forked every worker. Answers [`Done::ExecFailed`] if it fails.
+    Exec {
+        binary: std::os::fd::OwnedFd,
+        args: Vec<std::ffi::OsString>,
+        env: Vec<std::ffi::OsString>,
+    },
 }
 
 /// What the thread answers.
@@ -73,6 +87,8 @@ pub(super) enum Done {
         generation: GenId,
         result: Result<baton_sys::spawn::Child, String>,
     },
+    Barrier,
+    ExecFailed(std::io::Error),
     Stopped,
 }
 
@@ -143,6 +159,25 @@ impl Spawner {
     /// The results that arrived, without waiting.
     pub(super) fn results(&self) -> Vec<Done> {
         self.done.try_iter().collect()
+    }
+
+    /// Asks the main thread to execute `binary` in place, and waits: the
+    /// call returns only if the exec failed, with the reason. The caller
+    /// has made sure nothing else is in flight (a barrier).
+    pub(super) fn exec(
+        &self,
+        binary: std::os::fd::OwnedFd,
+        args: Vec<std::ffi::OsString>,
+        env: Vec<std::ffi::OsString>,
+    ) -> std::io::Error {
+        self.send(Job::Exec { binary, args, env });
+        loop {
+            match self.done.recv() {
+                Ok(Done::ExecFailed(e)) => return e,
+                Ok(other) => tracing::debug!("while executing in place: {other:?}"),
+                Err(_) => return std::io::Error::other("the spawner is gone"),
+            }
+        }
     }
 
     /// Asks the spawner to remove the cgroups and end; waits at most
@@ -264,6 +299,21 @@ impl Thread {
                 {
                     self.stale.push(c.dir().to_path_buf());
                 }
+            }
+            Job::Barrier => self.answer(Done::Barrier),
+            Job::AdoptCgroups { root, generations } => {
+                let cg = Cgroups::adopt(root);
+                for g in generations {
+                    if let Ok(c) = cg.generation(g) {
+                        self.gens.insert(g, c);
+                    }
+                }
+                self.cgroups = Some(cg);
+            }
+            Job::Exec { binary, args, env } => {
+                let err =
+                    baton_sys::reexec::exec_fd(std::os::fd::AsFd::as_fd(&binary), &args, &env);
+                self.answer(Done::ExecFailed(err));
             }
             Job::Stop => {}
         }

@@ -41,6 +41,49 @@ pub(super) struct RtGeneration {
     pub(super) spec: Option<std::sync::Arc<GenSpec>>,
 }
 
+impl RtWorker {
+    /// A worker the previous image ran (after an upgrade); registered by
+    /// the caller.
+    pub(super) fn restored(
+        pid: u32,
+        child: Option<Child>,
+        pipes: Vec<Pipe>,
+        ready: Option<OwnedFd>,
+        tail: Tail,
+    ) -> Self {
+        let none = Token(usize::MAX);
+        Self {
+            pid,
+            child: child.map(|c| (none, c)),
+            pipes: pipes.into_iter().map(|p| (none, p)).collect(),
+            ready: ready.map(|fd| (none, fd)),
+            tail,
+        }
+    }
+}
+
+impl RtGeneration {
+    /// A generation the previous image ran; registered by the caller.
+    pub(super) fn restored(
+        notify: Option<NotifySocket>,
+        chdir: Option<PathBuf>,
+        program: Option<PathBuf>,
+        error: Option<String>,
+        probe: Option<Child>,
+        spec: Option<std::sync::Arc<GenSpec>>,
+    ) -> Self {
+        let none = Token(usize::MAX);
+        Self {
+            notify: notify.map(|s| (none, s)),
+            chdir,
+            program,
+            error,
+            probe: probe.map(|c| (none, c)),
+            spec,
+        }
+    }
+}
+
 impl Runtime {
     /// Reads whatever a worker printed; with `only`, just that stream.
     pub(super) fn pump_output(&mut self, g: GenId, slot: Slot, only: Option<Stream>) {
@@ -156,6 +199,11 @@ impl Runtime {
     }
 
     pub(super) fn spawn(&mut self, g: GenId, slot: Slot) {
+        if self.deferring() {
+            // An upgrade's exec is being prepared: the new image does it.
+            self.deferred.push(super::state::Deferred::Spawn(g, slot));
+            return;
+        }
         let rg = self.generations.get(&g);
         if let Some(err) = rg.and_then(|r| r.error.clone()) {
             self.queue.push_back(Event::SpawnFailed {
@@ -213,6 +261,11 @@ impl Runtime {
                     result,
                 } => self.on_started(generation, slot, result),
                 Done::Probe { generation, result } => self.on_probe_started(generation, result),
+                // Every job before the barrier is done and its answer
+                // handled: an upgrade's exec can go.
+                Done::Barrier => self.on_barrier(),
+                // Answered to `Spawner::exec`, which waits for it itself.
+                Done::ExecFailed(e) => tracing::warn!("an exec in place failed: {e}"),
                 Done::Stopped => {}
             }
         }
