@@ -7,8 +7,8 @@
 //! drain, and `sv down` leaves nothing running.
 //!
 //! The test reloads only with `sv hup` and stops only with `sv down` and
-//! `sv exit`: `sv 1` and `sv 2` send USR1 and USR2, which are not baton's
-//! reload signals.
+//! `sv exit` (`sv 1` and `sv 2` send USR1 and USR2: log reopening for the
+//! workers, and an upgrade of baton itself, not reloads).
 //!
 //! `runsv`, `sv` and `chpst` come from Debian's runit, which `./test`
 //! installs; without them the test fails unless skips are allowed

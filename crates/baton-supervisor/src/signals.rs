@@ -13,7 +13,7 @@
 //! | `PWR` | graceful stop (what LXC sends an init to shut it down) |
 //! | `TTIN`, `TTOU` | one worker more, one fewer, per generation |
 //! | `USR1` | forwarded to the serving generation's workers (log reopening) |
-//! | `USR2` | upgrade baton in place (not built yet: logged, baton keeps serving) |
+//! | `USR2` | upgrade baton in place (see `runtime::upgrade`) |
 //! | `CHLD` | an orphan baton adopted may need reaping |
 //! | [`IGNORED`] | logged and otherwise ignored |
 //!

@@ -78,7 +78,8 @@ Signals:
   QUIT          immediate stop (SIGKILL to every worker)
   TTIN, TTOU    one worker more, one fewer, per generation
   USR1          forwarded to the serving generation's workers (most servers reopen logs)
-  USR2          reserved for upgrading baton in place (not built yet: logged, ignored)
+  USR2          upgrade baton itself in place: the same pid, every worker kept
+                (the binary it was started from; baton ctl upgrade waits for the verdict)
   ALRM, VTALRM, PROF, IO, XCPU, XFSZ, STKFLT, RTMIN..RTMAX
                 logged and ignored; WINCH and PIPE are ignored
   (no signal a person or a supervisor sends takes the service down by accident)
