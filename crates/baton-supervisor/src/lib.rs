@@ -27,6 +27,7 @@
 //!   with `unsafe` code.
 #![deny(unsafe_code)]
 
+pub mod accepting;
 pub mod cgroup;
 pub mod config;
 pub mod config_file;

@@ -55,6 +55,16 @@ pub const ROLLBACK_GRACE: Duration = Duration::from_secs(5);
 pub const READY_HINT_AFTER: Duration = Duration::from_secs(5);
 /// Pause between runs of an `exec:` readiness probe.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(200);
+/// `--ready accepting`: the first look at a starting worker, and the
+/// shortest pause between looks.
+pub const ACCEPT_CHECK_FIRST: Duration = Duration::from_millis(1);
+/// `--ready accepting`: the longest pause between looks.
+pub const ACCEPT_CHECK_MAX: Duration = Duration::from_millis(100);
+/// `--ready accepting`: the pause between looks grows with the time spent
+/// looking, as this fraction of it (1/10: a worker seen accepting at most
+/// about 10% later than it started to, and never more than
+/// [`ACCEPT_CHECK_MAX`] later).
+pub const ACCEPT_CHECK_DIVISOR: u32 = 10;
 
 /// How a generation tells it is ready.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,11 +77,62 @@ pub enum ReadyMode {
     Delay(Duration),
     /// A command (run by `sh -c`) that exits 0 when the generation is ready.
     Exec(String),
+    /// Per worker: a process of its tree waits for connections on one of
+    /// the generation's listeners, as `/proc` shows (see
+    /// [`crate::accepting`]).
+    Accepting,
+    /// `accepting+exec:CMD`: every worker accepting, and the command
+    /// exiting 0 (both checks run side by side).
+    AcceptingAndExec(String),
+    /// `notify|accepting`: per worker, `READY=1` or accepting, whichever
+    /// comes first.
+    NotifyOrAccepting,
 }
 
 impl ReadyMode {
+    /// Whether each worker must be found ready.
     fn per_worker(&self) -> bool {
-        matches!(self, ReadyMode::Notify | ReadyMode::Fd)
+        matches!(
+            self,
+            ReadyMode::Notify
+                | ReadyMode::Fd
+                | ReadyMode::Accepting
+                | ReadyMode::AcceptingAndExec(_)
+                | ReadyMode::NotifyOrAccepting
+        )
+    }
+
+    /// Whether a generation-wide check (a delay, a command) must pass.
+    fn gen_wide(&self) -> bool {
+        matches!(
+            self,
+            ReadyMode::Delay(_) | ReadyMode::Exec(_) | ReadyMode::AcceptingAndExec(_)
+        )
+    }
+
+    /// Whether workers are looked at in `/proc` (see [`crate::accepting`]).
+    pub fn accepting(&self) -> bool {
+        matches!(
+            self,
+            ReadyMode::Accepting | ReadyMode::AcceptingAndExec(_) | ReadyMode::NotifyOrAccepting
+        )
+    }
+
+    /// Whether workers get a `NOTIFY_SOCKET`.
+    pub fn uses_notify(&self) -> bool {
+        matches!(self, ReadyMode::Notify | ReadyMode::NotifyOrAccepting)
+    }
+
+    /// The `exec:` command, if the mode has one.
+    pub fn exec_command(&self) -> Option<&str> {
+        match self {
+            ReadyMode::Exec(cmd) | ReadyMode::AcceptingAndExec(cmd) => Some(cmd),
+            ReadyMode::Notify
+            | ReadyMode::Fd
+            | ReadyMode::Delay(_)
+            | ReadyMode::Accepting
+            | ReadyMode::NotifyOrAccepting => None,
+        }
     }
 }
 
@@ -102,6 +163,8 @@ pub enum TimerKey {
     ReadyHint(GenId),
     ReadyDelay(GenId),
     ProbeRetry(GenId),
+    /// `--ready accepting`: look at the generation's workers again.
+    AcceptCheck(GenId),
     Grace(GenId),
     Restart(GenId, Slot),
     /// Grace of one worker removed by scaling down.
@@ -176,6 +239,13 @@ pub enum Event {
         generation: GenId,
         slot: Slot,
     },
+    /// `--ready accepting`: what a look at a worker that is not accepting
+    /// yet found (sent when it changes), for the readiness messages.
+    NotAccepting {
+        generation: GenId,
+        slot: Slot,
+        seen: String,
+    },
     /// An `exec:` readiness probe finished.
     ProbeDone {
         generation: GenId,
@@ -214,6 +284,13 @@ pub enum Action {
     },
     /// Run the `exec:` readiness probe once; answer with [`Event::ProbeDone`].
     RunProbe {
+        generation: GenId,
+    },
+    /// `--ready accepting`: look once at the running workers of the
+    /// generation that are not ready; answer with [`Event::WorkerReady`] for
+    /// each one that accepts, and [`Event::NotAccepting`] for the others
+    /// (when what was seen changed).
+    CheckAccepting {
         generation: GenId,
     },
     /// Send a signal to one worker.
@@ -321,6 +398,8 @@ struct Worker {
     backoff: Duration,
     quick_restarts: u32,
     restarts: u32,
+    /// `--ready accepting`: what the last look found, while not ready.
+    accept_seen: Option<String>,
 }
 
 impl Worker {
@@ -331,6 +410,7 @@ impl Worker {
             backoff: BACKOFF_START,
             quick_restarts: 0,
             restarts: 0,
+            accept_seen: None,
         }
     }
 
@@ -355,6 +435,9 @@ struct Generation {
     ready_after: Option<Duration>,
     /// Generation-wide readiness (delay and exec modes).
     gen_ready: bool,
+    /// `--ready accepting`: since when its workers are being looked at
+    /// (`None`: they are not), which sets the pause between looks.
+    accept_since: Option<Instant>,
 }
 
 impl Generation {
@@ -362,18 +445,12 @@ impl Generation {
         self.workers.iter().any(Worker::alive)
     }
 
-    fn ready(&self, per_worker: bool) -> bool {
-        if per_worker {
-            self.workers
-                .iter()
-                .all(|w| matches!(w.state, WorkerState::Running { ready: true, .. }))
-        } else {
-            self.gen_ready
-                && self
-                    .workers
-                    .iter()
-                    .all(|w| matches!(w.state, WorkerState::Running { .. }))
-        }
+    fn ready(&self) -> bool {
+        let mode = &self.policy.ready;
+        self.workers.iter().all(|w| match w.state {
+            WorkerState::Running { ready, .. } => ready || !mode.per_worker(),
+            _ => false,
+        }) && (self.gen_ready || !mode.gen_wide())
     }
 }
 
@@ -655,6 +732,16 @@ impl Lifecycle {
             }
             (
                 Booting | Serving | Reloading | Retiring | Stopping(_),
+                Event::NotAccepting {
+                    generation,
+                    slot,
+                    seen,
+                },
+            ) => {
+                self.on_not_accepting(*generation, *slot, seen);
+            }
+            (
+                Booting | Serving | Reloading | Retiring | Stopping(_),
                 Event::ProbeDone {
                     generation,
                     success,
@@ -680,6 +767,7 @@ impl Lifecycle {
                 Event::Spawned { .. }
                 | Event::SpawnFailed { .. }
                 | Event::WorkerReady { .. }
+                | Event::NotAccepting { .. }
                 | Event::ProbeDone { .. }
                 | Event::WorkerExited { .. }
                 | Event::Timer(_),
@@ -759,6 +847,7 @@ impl fmt::Display for Level {
     }
 }
 
+mod accepting;
 mod generations;
 mod scale;
 mod status;

@@ -35,6 +35,7 @@ use crate::listen::Bound;
 use crate::output::Stream;
 use crate::signals::{HANDLED, Ignored, SignalPipe};
 
+mod accepting;
 mod clients;
 mod readiness;
 mod reconfig;
@@ -82,6 +83,8 @@ enum Source {
     Ready(GenId, Slot),
     Notify(GenId),
     Probe(GenId),
+    /// The `--ready accepting` watcher thread answered.
+    Accepting,
     Control,
     Client(u64),
     Watch,
@@ -143,6 +146,8 @@ pub struct Runtime {
     watch_token: Option<Token>,
     /// Where worker output is passed on.
     sinks: crate::output::Sinks,
+    /// `--ready accepting`: the thread that looks into `/proc`, once needed.
+    accept: Option<accepting::AcceptChecks>,
 }
 
 fn rundir() -> std::io::Result<tempfile::TempDir> {
@@ -247,6 +252,7 @@ impl Runtime {
             watcher: None,
             watch_token: None,
             sinks,
+            accept: None,
         };
         if !rt.settings.watch.is_empty() {
             let mut w = crate::watch::Watcher::new(
@@ -476,6 +482,7 @@ impl Runtime {
             Source::Ready(g, slot) => self.on_ready_fd(g, slot),
             Source::Notify(g) => self.on_notify(g),
             Source::Probe(g) => self.on_probe_exit(g),
+            Source::Accepting => self.on_accept_results(),
             Source::Watch => {
                 if let Some(change) = self
                     .watcher
@@ -514,6 +521,7 @@ impl Runtime {
                 Action::PrepareGeneration { generation } => self.prepare(generation),
                 Action::Spawn { generation, slot } => self.spawn(generation, slot),
                 Action::RunProbe { generation } => self.run_probe(generation),
+                Action::CheckAccepting { generation } => self.check_accepting(generation),
                 Action::Signal {
                     generation,
                     slot,

@@ -1,7 +1,7 @@
 //! Readiness: the fd, notify and exec modes.
 
 use super::{Runtime, Source};
-use crate::lifecycle::{Event, GenId, ReadyMode, Slot};
+use crate::lifecycle::{Event, GenId, Slot};
 use crate::worker::spawn_probe;
 use baton_sys::spawn::ExitStatus;
 
@@ -162,7 +162,7 @@ impl Runtime {
     }
 
     pub(super) fn run_probe(&mut self, g: GenId) {
-        let ReadyMode::Exec(cmd) = &self.settings.policy.ready else {
+        let Some(cmd) = self.settings.policy.ready.exec_command() else {
             return;
         };
         let pids: Vec<u32> = self

@@ -1,0 +1,101 @@
+//! `--ready accepting` (and its combinations): when to look at a
+//! generation's workers, and what the readiness messages say about them.
+//!
+//! The runtime does the looking ([`Action::CheckAccepting`], on a thread of
+//! its own; see [`crate::accepting`]) and answers with
+//! [`Event::WorkerReady`](super::Event::WorkerReady) for each worker it saw
+//! accepting. The machine arms the next look when it asks for one, not when
+//! the answer comes, so an answer that never comes (a scan stuck on a
+//! process in the middle of `execve`) delays nothing: the look after it is
+//! asked for on time (the runtime skips it while one is still running).
+//! The pause between looks starts at [`ACCEPT_CHECK_FIRST`] and grows with
+//! the time spent looking ([`ACCEPT_CHECK_DIVISOR`]), up to
+//! [`ACCEPT_CHECK_MAX`]; the readiness deadline bounds it all.
+
+use std::time::{Duration, Instant};
+
+use super::{
+    ACCEPT_CHECK_DIVISOR, ACCEPT_CHECK_FIRST, ACCEPT_CHECK_MAX, Action, GenId, Lifecycle, Role,
+    Slot, TimerKey, WorkerState, plural,
+};
+
+/// The pause before the next look, after looking for `looking`.
+pub(super) fn next_check(looking: Duration) -> Duration {
+    (looking / ACCEPT_CHECK_DIVISOR).clamp(ACCEPT_CHECK_FIRST, ACCEPT_CHECK_MAX)
+}
+
+impl Lifecycle {
+    /// A worker of generation `gi` started: look at it soon, unless the
+    /// generation's workers are being looked at already.
+    pub(super) fn start_accept_checks(&mut self, gi: usize, now: Instant) {
+        let g = &mut self.gens[gi];
+        if !g.policy.ready.accepting() || g.accept_since.is_some() {
+            return;
+        }
+        g.accept_since = Some(now);
+        let generation = g.id;
+        self.set_timer(TimerKey::AcceptCheck(generation), ACCEPT_CHECK_FIRST);
+    }
+
+    pub(super) fn on_accept_check(&mut self, generation: GenId, now: Instant) {
+        let Some(gi) = self.gen_index(generation) else {
+            return;
+        };
+        let g = &mut self.gens[gi];
+        let waiting = g
+            .workers
+            .iter()
+            .any(|w| matches!(w.state, WorkerState::Running { ready: false, .. }));
+        let looking = matches!(g.role, Role::Starting | Role::Serving) && waiting;
+        let Some(since) = g.accept_since.filter(|_| looking) else {
+            g.accept_since = None;
+            return;
+        };
+        self.out.push(Action::CheckAccepting { generation });
+        let after = next_check(now.saturating_duration_since(since));
+        self.set_timer(TimerKey::AcceptCheck(generation), after);
+    }
+
+    pub(super) fn on_not_accepting(&mut self, generation: GenId, slot: Slot, seen: &str) {
+        let Some(gi) = self.gen_index(generation) else {
+            return;
+        };
+        if let Some(w) = self.gens[gi].workers.get_mut(slot)
+            && matches!(w.state, WorkerState::Running { ready: false, .. })
+        {
+            w.accept_seen = Some(seen.to_owned());
+        }
+    }
+
+    /// "still waiting for workers 0, 1 to accept connections: worker 0 (pid
+    /// N) has no epoll set watching ...; worker 1 ...".
+    pub(super) fn describe_not_accepting(&self, gi: usize) -> String {
+        let g = &self.gens[gi];
+        let missing = self.not_ready(g.id);
+        let names: Vec<String> = missing.iter().map(ToString::to_string).collect();
+        let what = if g.policy.ready.uses_notify() {
+            "to send READY=1 on NOTIFY_SOCKET or accept connections"
+        } else {
+            "to accept connections"
+        };
+        let details: Vec<String> = missing
+            .iter()
+            .map(|&slot| {
+                let w = &g.workers[slot];
+                match (&w.state, &w.accept_seen) {
+                    (WorkerState::Running { .. }, Some(seen)) => seen.clone(),
+                    (WorkerState::Running { pid, .. }, None) => {
+                        format!("worker {slot} (pid {pid}) has not been looked at yet")
+                    }
+                    _ => format!("worker {slot} is not running"),
+                }
+            })
+            .collect();
+        format!(
+            "still waiting for worker{} {} {what}: {}",
+            plural(missing.len()),
+            names.join(", "),
+            details.join("; ")
+        )
+    }
+}
