@@ -2,7 +2,8 @@
 //! tiny WSGI app), uvicorn (a tiny ASGI app on `--fd 3`), a Node.js `http`
 //! server and a Go `net/http` server (standard library only), each through
 //! 20 reloads under load with no failed request. The apps are
-//! `examples/apps/`.
+//! `examples/apps/`. uvicorn, Node, Go and the demo server also run with
+//! `--ready accepting` and no readiness code at all (the end of this file).
 //!
 //! gunicorn takes baton's socket through `LISTEN_FDS` and sends `READY=1`
 //! from its arbiter. Without `--preload` that is *before* its workers have
@@ -303,5 +304,81 @@ fn go_on_fd_3_ready_fd_reloads() {
     assert_eq!(http::get_ok(port, "/").generation(), Some(1));
     baton.reload(2, WAIT);
     assert_eq!(http::get_ok(port, "/").generation(), Some(2));
+    stop_cleanly(baton);
+}
+
+// `--ready accepting`: the same servers with no readiness code at all
+// running (no BATON_READY_FD, no NOTIFY_SOCKET: each app's own readiness
+// report does nothing), seen waiting for connections on baton's socket in
+// /proc. 20 reloads under keep-alive load, none failed.
+
+/// uvicorn on fd 3 (through serve_uvicorn.py, for its drain), seen in its
+/// asyncio loop's epoll set: it watches a dup of fd 3.
+#[test]
+fn uvicorn_ready_accepting_twenty_reloads_under_keep_alive_load() {
+    let test = "uvicorn_ready_accepting_twenty_reloads_under_keep_alive_load";
+    if venv_bin_or_skip(test, "uvicorn", "uvicorn").is_none() {
+        return;
+    }
+    let python = venv_bin("python").expect("a venv with uvicorn has its python");
+    let baton = BatonCmd::new()
+        .args(["--ready", "accepting", "--grace", "15s", "--chdir"])
+        .arg(apps_dir())
+        .command([
+            python.into(),
+            OsString::from("serve_uvicorn.py"),
+            "asgi_app:app".into(),
+        ])
+        .spawn();
+    let report = twenty_reloads(
+        &baton,
+        "uvicorn (serve_uvicorn.py, fd 3, --ready accepting)",
+    );
+    assert_eq!(report.failed, 0);
+    stop_cleanly(baton);
+}
+
+/// Node.js `listen({fd: 3})`, seen in libuv's epoll set.
+#[test]
+fn node_ready_accepting_twenty_reloads_under_keep_alive_load() {
+    let test = "node_ready_accepting_twenty_reloads_under_keep_alive_load";
+    let Some(node) = which_or_skip(test, "node", "nodejs") else {
+        return;
+    };
+    let baton = BatonCmd::new()
+        .args(["--ready", "accepting", "--grace", "15s"])
+        .command([node, apps_dir().join("server.js")])
+        .spawn();
+    let report = twenty_reloads(&baton, "node (fd 3, --ready accepting)");
+    assert_eq!(report.failed, 0);
+    stop_cleanly(baton);
+}
+
+/// Go `net.FileListener(os.NewFile(3, ...))`, two workers, seen in the
+/// netpoller's epoll set (a copy of fd 3 made by FileListener).
+#[test]
+fn go_ready_accepting_twenty_reloads_under_keep_alive_load() {
+    let test = "go_ready_accepting_twenty_reloads_under_keep_alive_load";
+    let Some(go) = which_or_skip(test, "go", "golang") else {
+        return;
+    };
+    let cmd = BatonCmd::new().args(["--ready", "accepting", "--workers", "2", "--grace", "15s"]);
+    let server = build_go_server(&go, cmd.dir());
+    let baton = cmd.command([server]).spawn();
+    let report = twenty_reloads(&baton, "go (fd 3, --ready accepting)");
+    assert_eq!(report.failed, 0);
+    stop_cleanly(baton);
+}
+
+/// The demo server (tokio), two workers, seen in tokio's epoll set.
+#[test]
+fn demo_server_ready_accepting_twenty_reloads_under_keep_alive_load() {
+    let demo = baton_e2e::bin("demo-server");
+    let baton = BatonCmd::new()
+        .args(["--ready", "accepting", "--workers", "2", "--grace", "15s"])
+        .command([demo.as_os_str(), "--drain-grace".as_ref(), "200ms".as_ref()])
+        .spawn();
+    let report = twenty_reloads(&baton, "demo-server (--ready accepting)");
+    assert_eq!(report.failed, 0);
     stop_cleanly(baton);
 }
