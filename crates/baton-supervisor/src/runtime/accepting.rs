@@ -127,6 +127,12 @@ impl Runtime {
                 continue;
             }
             for w in checked.workers {
+                tracing::trace!(
+                    "looked at worker {} of generation {g} (pid {}) in {} µs",
+                    w.slot,
+                    w.pid,
+                    w.took.as_micros()
+                );
                 // The slot may have a new worker meanwhile (a restart).
                 let current = self.workers.get(&(g, w.slot)).map(|rw| rw.pid);
                 if current != Some(w.pid) {
