@@ -44,6 +44,7 @@ use std::fmt::Write as _;
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::mpsc;
+use std::time::Instant;
 
 use crate::lifecycle::{GenId, Slot};
 
@@ -497,10 +498,14 @@ fn note_unreadable(seen: &mut Seen, path: &Path, e: &std::io::Error) {
     }
 }
 
-/// A request to the watcher thread: look at these workers of a generation.
+/// A request to the watcher thread: look at these workers of a generation
+/// at `due`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {
     pub generation: GenId,
+    /// When to look. The thread sleeps until then with the precision of a
+    /// futex wait; the event loop's own timers have whole milliseconds.
+    pub due: std::time::Instant,
     /// (slot, pid) of each worker to look at.
     pub workers: Vec<(Slot, u32)>,
     pub listeners: Vec<Listener>,
@@ -525,6 +530,31 @@ pub struct WorkerSeen {
     pub took: std::time::Duration,
 }
 
+/// Carries out one check.
+fn look(check: &Check) -> Checked {
+    let workers = check
+        .workers
+        .iter()
+        .map(|&(slot, pid)| {
+            let start = Instant::now();
+            let seen = scan(pid, &check.listeners);
+            let took = start.elapsed();
+            let description = seen.describe(slot, pid, &check.listeners);
+            WorkerSeen {
+                slot,
+                pid,
+                seen,
+                description,
+                took,
+            }
+        })
+        .collect();
+    Checked {
+        generation: check.generation,
+        workers,
+    }
+}
+
 /// The thread that scans (see the module docs for why not the loop).
 /// Dropping it ends the thread once it has finished the scan at hand.
 #[derive(Debug)]
@@ -541,32 +571,33 @@ impl Watcher {
         std::thread::Builder::new()
             .name("baton-accepting".into())
             .spawn(move || {
-                for check in jobs {
-                    let workers = check
-                        .workers
-                        .iter()
-                        .map(|&(slot, pid)| {
-                            let start = std::time::Instant::now();
-                            let seen = scan(pid, &check.listeners);
-                            let took = start.elapsed();
-                            let description = seen.describe(slot, pid, &check.listeners);
-                            WorkerSeen {
-                                slot,
-                                pid,
-                                seen,
-                                description,
-                                took,
-                            }
-                        })
-                        .collect();
-                    let answer = Checked {
-                        generation: check.generation,
-                        workers,
+                let mut pending: Vec<Check> = Vec::new();
+                loop {
+                    // Sleep until the next look is due or a check arrives.
+                    let next = pending.iter().map(|c| c.due).min();
+                    let got = match next {
+                        None => jobs
+                            .recv()
+                            .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+                        Some(due) => {
+                            jobs.recv_timeout(due.saturating_duration_since(Instant::now()))
+                        }
                     };
-                    if done.send(answer).is_err() {
-                        return;
+                    match got {
+                        Ok(check) => pending.push(check),
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
                     }
-                    wake();
+                    let now = Instant::now();
+                    let (due, later): (Vec<Check>, Vec<Check>) =
+                        pending.drain(..).partition(|c| c.due <= now);
+                    pending = later;
+                    for check in due {
+                        if done.send(look(&check)).is_err() {
+                            return;
+                        }
+                        wake();
+                    }
                 }
             })?;
         Ok(Self { tx, rx })

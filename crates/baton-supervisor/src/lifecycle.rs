@@ -55,9 +55,12 @@ pub const ROLLBACK_GRACE: Duration = Duration::from_secs(5);
 pub const READY_HINT_AFTER: Duration = Duration::from_secs(5);
 /// Pause between runs of an `exec:` readiness probe.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(200);
-/// `--ready accepting`: the first look at a starting worker, and the
-/// shortest pause between looks.
-pub const ACCEPT_CHECK_FIRST: Duration = Duration::from_millis(1);
+/// `--ready accepting`: the first look at a starting worker comes this long
+/// after it started (no server listens sooner), and looks are never closer
+/// together than [`ACCEPT_CHECK_MIN`].
+pub const ACCEPT_CHECK_FIRST: Duration = Duration::from_micros(500);
+/// `--ready accepting`: the shortest pause between looks.
+pub const ACCEPT_CHECK_MIN: Duration = Duration::from_micros(250);
 /// `--ready accepting`: the longest pause between looks.
 pub const ACCEPT_CHECK_MAX: Duration = Duration::from_millis(100);
 /// `--ready accepting`: the pause between looks grows with the time spent
@@ -163,8 +166,6 @@ pub enum TimerKey {
     ReadyHint(GenId),
     ReadyDelay(GenId),
     ProbeRetry(GenId),
-    /// `--ready accepting`: look at the generation's workers again.
-    AcceptCheck(GenId),
     Grace(GenId),
     Restart(GenId, Slot),
     /// Grace of one worker removed by scaling down.
@@ -239,12 +240,13 @@ pub enum Event {
         generation: GenId,
         slot: Slot,
     },
-    /// `--ready accepting`: what a look at a worker that is not accepting
-    /// yet found (sent when it changes), for the readiness messages.
-    NotAccepting {
+    /// `--ready accepting`: a look asked for by [`Action::CheckAccepting`]
+    /// is done (the workers it saw accepting were reported before, as
+    /// [`Event::WorkerReady`]); what it saw of each of the others, for the
+    /// readiness messages.
+    AcceptLooked {
         generation: GenId,
-        slot: Slot,
-        seen: String,
+        seen: Vec<(Slot, String)>,
     },
     /// An `exec:` readiness probe finished.
     ProbeDone {
@@ -286,12 +288,14 @@ pub enum Action {
     RunProbe {
         generation: GenId,
     },
-    /// `--ready accepting`: look once at the running workers of the
-    /// generation that are not ready; answer with [`Event::WorkerReady`] for
-    /// each one that accepts, and [`Event::NotAccepting`] for the others
-    /// (when what was seen changed).
+    /// `--ready accepting`: after `after`, look once at the running workers
+    /// of the generation that are not ready; answer with
+    /// [`Event::WorkerReady`] for each one that accepts, then
+    /// [`Event::AcceptLooked`]. (The runtime times the look itself, to the
+    /// microsecond, rather than through a timer of the loop.)
     CheckAccepting {
         generation: GenId,
+        after: Duration,
     },
     /// Send a signal to one worker.
     Signal {
@@ -732,13 +736,9 @@ impl Lifecycle {
             }
             (
                 Booting | Serving | Reloading | Retiring | Stopping(_),
-                Event::NotAccepting {
-                    generation,
-                    slot,
-                    seen,
-                },
+                Event::AcceptLooked { generation, seen },
             ) => {
-                self.on_not_accepting(*generation, *slot, seen);
+                self.on_accept_looked(*generation, seen, now);
             }
             (
                 Booting | Serving | Reloading | Retiring | Stopping(_),
@@ -767,7 +767,7 @@ impl Lifecycle {
                 Event::Spawned { .. }
                 | Event::SpawnFailed { .. }
                 | Event::WorkerReady { .. }
-                | Event::NotAccepting { .. }
+                | Event::AcceptLooked { .. }
                 | Event::ProbeDone { .. }
                 | Event::WorkerExited { .. }
                 | Event::Timer(_),

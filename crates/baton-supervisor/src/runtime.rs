@@ -521,7 +521,9 @@ impl Runtime {
                 Action::PrepareGeneration { generation } => self.prepare(generation),
                 Action::Spawn { generation, slot } => self.spawn(generation, slot),
                 Action::RunProbe { generation } => self.run_probe(generation),
-                Action::CheckAccepting { generation } => self.check_accepting(generation),
+                Action::CheckAccepting { generation, after } => {
+                    self.check_accepting(generation, after);
+                }
                 Action::Signal {
                     generation,
                     slot,

@@ -329,15 +329,31 @@ fn the_watcher_thread_answers_each_check() {
         let _ = tx.send(());
     }))
     .expect("start");
-    assert!(w.send(Check {
-        generation: 3,
+    let now = Instant::now();
+    let check = |generation, after| Check {
+        generation,
+        due: now + std::time::Duration::from_millis(after),
         workers: vec![(0, std::process::id()), (1, u32::MAX - 1)],
         listeners: vec![listener(1)],
-    }));
-    rx.recv_timeout(std::time::Duration::from_secs(20))
-        .expect("woken");
-    let done = w.results();
-    assert_eq!(done.len(), 1);
+    };
+    // Sent in one order, due in the other.
+    assert!(w.send(check(3, 200)));
+    assert!(w.send(check(4, 0)));
+    let mut done = Vec::new();
+    while done.len() < 2 {
+        rx.recv_timeout(std::time::Duration::from_secs(20))
+            .expect("woken");
+        done.extend(w.results());
+    }
+    assert!(
+        now.elapsed() >= std::time::Duration::from_millis(200),
+        "not before it was due"
+    );
+    assert_eq!(
+        done[0].generation, 4,
+        "the one due first is looked at first"
+    );
+    let done = &done[1..];
     assert_eq!(done[0].generation, 3);
     assert_eq!(done[0].workers.len(), 2);
     assert!(done[0].workers[1].seen.gone);

@@ -4,29 +4,31 @@
 //! The runtime does the looking ([`Action::CheckAccepting`], on a thread of
 //! its own; see [`crate::accepting`]) and answers with
 //! [`Event::WorkerReady`](super::Event::WorkerReady) for each worker it saw
-//! accepting. The machine arms the next look when it asks for one, not when
-//! the answer comes, so an answer that never comes (a scan stuck on a
-//! process in the middle of `execve`) delays nothing: the look after it is
-//! asked for on time (the runtime skips it while one is still running).
-//! The pause between looks starts at [`ACCEPT_CHECK_FIRST`] and grows with
-//! the time spent looking ([`ACCEPT_CHECK_DIVISOR`]), up to
-//! [`ACCEPT_CHECK_MAX`]; the readiness deadline bounds it all.
+//! accepting, then [`Event::AcceptLooked`](super::Event::AcceptLooked) with
+//! what it saw of the others; only then is the next look asked for, so at
+//! most one is in flight per generation. The pause before each look starts
+//! at [`ACCEPT_CHECK_FIRST`] and grows with the time spent looking
+//! ([`ACCEPT_CHECK_DIVISOR`]), from [`ACCEPT_CHECK_MIN`] up to
+//! [`ACCEPT_CHECK_MAX`]; the readiness deadline bounds it all. Looks stop
+//! once every worker of the generation is ready, or it is no longer
+//! starting or serving.
 
 use std::time::{Duration, Instant};
 
 use super::{
-    ACCEPT_CHECK_DIVISOR, ACCEPT_CHECK_FIRST, ACCEPT_CHECK_MAX, Action, GenId, Lifecycle, Role,
-    Slot, TimerKey, WorkerState, plural,
+    ACCEPT_CHECK_DIVISOR, ACCEPT_CHECK_FIRST, ACCEPT_CHECK_MAX, ACCEPT_CHECK_MIN, Action, GenId,
+    Lifecycle, Role, Slot, WorkerState, plural,
 };
 
 /// The pause before the next look, after looking for `looking`.
 pub(super) fn next_check(looking: Duration) -> Duration {
-    (looking / ACCEPT_CHECK_DIVISOR).clamp(ACCEPT_CHECK_FIRST, ACCEPT_CHECK_MAX)
+    (looking / ACCEPT_CHECK_DIVISOR).clamp(ACCEPT_CHECK_MIN, ACCEPT_CHECK_MAX)
 }
 
 impl Lifecycle {
     /// A worker of generation `gi` started: look at it soon, unless the
-    /// generation's workers are being looked at already.
+    /// generation's workers are being looked at already (the next look
+    /// includes it).
     pub(super) fn start_accept_checks(&mut self, gi: usize, now: Instant) {
         let g = &mut self.gens[gi];
         if !g.policy.ready.accepting() || g.accept_since.is_some() {
@@ -34,14 +36,31 @@ impl Lifecycle {
         }
         g.accept_since = Some(now);
         let generation = g.id;
-        self.set_timer(TimerKey::AcceptCheck(generation), ACCEPT_CHECK_FIRST);
+        self.out.push(Action::CheckAccepting {
+            generation,
+            after: ACCEPT_CHECK_FIRST,
+        });
     }
 
-    pub(super) fn on_accept_check(&mut self, generation: GenId, now: Instant) {
+    /// A look is done: keep what it saw, and ask for the next one while a
+    /// worker is still not ready.
+    pub(super) fn on_accept_looked(
+        &mut self,
+        generation: GenId,
+        seen: &[(Slot, String)],
+        now: Instant,
+    ) {
         let Some(gi) = self.gen_index(generation) else {
             return;
         };
         let g = &mut self.gens[gi];
+        for (slot, text) in seen {
+            if let Some(w) = g.workers.get_mut(*slot)
+                && matches!(w.state, WorkerState::Running { ready: false, .. })
+            {
+                w.accept_seen = Some(text.clone());
+            }
+        }
         let waiting = g
             .workers
             .iter()
@@ -51,20 +70,10 @@ impl Lifecycle {
             g.accept_since = None;
             return;
         };
-        self.out.push(Action::CheckAccepting { generation });
-        let after = next_check(now.saturating_duration_since(since));
-        self.set_timer(TimerKey::AcceptCheck(generation), after);
-    }
-
-    pub(super) fn on_not_accepting(&mut self, generation: GenId, slot: Slot, seen: &str) {
-        let Some(gi) = self.gen_index(generation) else {
-            return;
-        };
-        if let Some(w) = self.gens[gi].workers.get_mut(slot)
-            && matches!(w.state, WorkerState::Running { ready: false, .. })
-        {
-            w.accept_seen = Some(seen.to_owned());
-        }
+        self.out.push(Action::CheckAccepting {
+            generation,
+            after: next_check(now.saturating_duration_since(since)),
+        });
     }
 
     /// "still waiting for workers 0, 1 to accept connections: worker 0 (pid

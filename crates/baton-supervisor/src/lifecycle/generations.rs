@@ -82,10 +82,10 @@ impl Lifecycle {
             TimerKey::ReadyHint(generation),
             TimerKey::ReadyDelay(generation),
             TimerKey::ProbeRetry(generation),
-            TimerKey::AcceptCheck(generation),
         ] {
             self.out.push(Action::CancelTimer { key });
         }
+        // No more looks: the answer to one in flight finds it so.
         if let Some(gi) = self.gen_index(generation) {
             self.gens[gi].accept_since = None;
         }

@@ -62,7 +62,6 @@ impl Lifecycle {
                     self.out.push(Action::RunProbe { generation });
                 }
             }
-            TimerKey::AcceptCheck(generation) => self.on_accept_check(generation, now),
             TimerKey::Grace(generation) => {
                 let Some(gi) = self.gen_index(generation) else {
                     return;

@@ -1,13 +1,16 @@
 //! `--ready accepting`: the loop's side. A look at a generation's workers
 //! ([`Action::CheckAccepting`](crate::lifecycle::Action::CheckAccepting))
-//! is sent to the watcher thread ([`crate::accepting::Watcher`], started at
-//! the first look), which answers through a pipe the loop watches; each
-//! worker seen accepting becomes an `Event::WorkerReady`, and what was seen
-//! of the others an `Event::NotAccepting` when it changed.
+//! is sent at once to the watcher thread ([`crate::accepting::Watcher`],
+//! started at the first look) with the time it is due; the thread sleeps
+//! until then, looks, and answers through a pipe the loop watches. Each
+//! worker seen accepting becomes an `Event::WorkerReady`, and the look as a
+//! whole an `Event::AcceptLooked` with what was seen of the others.
 //!
-//! At most one look per generation is in flight: a look asked for while the
-//! previous one is still running is skipped (the thread may be stuck on a
-//! process in the middle of `execve`; the loop never waits for it).
+//! The lifecycle asks for the next look only when the last one is done; a
+//! look asked for while another of the same generation is in flight (a
+//! worker restarted meanwhile) is dropped: the answer to the one in flight
+//! leads to the next, which covers it. The loop never waits for the thread
+//! (it may be stuck on a process in the middle of `execve`).
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -23,13 +26,15 @@ pub(super) struct AcceptChecks {
     wake_rx: mio::unix::pipe::Receiver,
     /// Generations with a look in flight.
     inflight: HashSet<GenId>,
-    /// The last description sent for each worker (by pid).
+    /// The last description logged for each worker (with its pid).
     said: HashMap<(GenId, Slot), (u32, String)>,
 }
 
 impl Runtime {
-    /// Looks at the running workers of generation `g` that are not ready.
-    pub(super) fn check_accepting(&mut self, g: GenId) {
+    /// Looks, `after` from now, at the running workers of generation `g`
+    /// that are not ready (those of the moment the look is asked for).
+    pub(super) fn check_accepting(&mut self, g: GenId, after: std::time::Duration) {
+        let due = std::time::Instant::now() + after;
         let not_ready = self.machine.not_ready(g);
         let workers: Vec<(Slot, u32)> = self
             .machine
@@ -37,9 +42,6 @@ impl Runtime {
             .into_iter()
             .filter(|(slot, _)| not_ready.contains(slot))
             .collect();
-        if workers.is_empty() {
-            return;
-        }
         let Some(spec) = self.generations.get(&g).and_then(|r| r.spec.clone()) else {
             return;
         };
@@ -76,6 +78,7 @@ impl Runtime {
             .collect();
         if !accept.watcher.send(Check {
             generation: g,
+            due,
             workers,
             listeners,
         }) {
@@ -126,6 +129,7 @@ impl Runtime {
             if !self.generations.contains_key(&g) {
                 continue;
             }
+            let mut others = Vec::new();
             for w in checked.workers {
                 tracing::trace!(
                     "looked at worker {} of generation {g} (pid {}) in {} µs",
@@ -161,13 +165,13 @@ impl Runtime {
                     accept
                         .said
                         .insert((g, w.slot), (w.pid, w.description.clone()));
-                    events.push(Event::NotAccepting {
-                        generation: g,
-                        slot: w.slot,
-                        seen: w.description,
-                    });
                 }
+                others.push((w.slot, w.description));
             }
+            events.push(Event::AcceptLooked {
+                generation: g,
+                seen: others,
+            });
         }
         let generations = &self.generations;
         accept.said.retain(|(g, _), _| generations.contains_key(g));
