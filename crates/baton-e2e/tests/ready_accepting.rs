@@ -270,3 +270,22 @@ fn notify_or_accepting_takes_either() {
     let accepts = waiter_cmd(&py, "notify|accepting", &["epoll"]).spawn();
     serves_and_reloads(accepts);
 }
+
+/// A Unix socket listener is matched the same way (its inode in sockfs).
+#[test]
+fn accepting_sees_a_unix_socket_listener() {
+    let Some(py) = python("accepting_sees_a_unix_socket_listener") else {
+        return;
+    };
+    let cmd = waiter_cmd(&py, "accepting", &["epoll"]);
+    let sock = cmd.dir().join("app.sock");
+    let mut spec = OsString::from("unix:");
+    spec.push(&sock);
+    let mut baton = cmd.listen(spec).spawn();
+    let line = baton.wait_for("worker 0 of generation 1 (pid", WAIT);
+    assert!(line.contains("watches unix:"), "{line}");
+    baton.wait_for("generation 1 ready", WAIT);
+    let reply = http::get_unix(&sock, "/").expect("a reply on the unix socket");
+    assert_eq!(reply.generation(), Some(1));
+    assert_eq!(baton.stop(Signal::TERM, WAIT).code(), Some(0));
+}
