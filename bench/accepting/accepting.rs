@@ -153,6 +153,58 @@ fn start(mode: &str, log: &str) -> Baton {
     baton
 }
 
+/// The slow starter: `waiter.py epoll --sleep 1` (tests/apps of the e2e
+/// crate), which waits on the socket 1 s after it starts.
+fn start_slow() -> Baton {
+    let waiter = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/apps/waiter.py");
+    let baton = BatonCmd::new()
+        .args(["--ready", "accepting"])
+        .env("BATON_LOG", "trace")
+        .command([
+            "python3".as_ref(),
+            waiter.as_os_str(),
+            "epoll".as_ref(),
+            "--sleep".as_ref(),
+            "1".as_ref(),
+        ])
+        .spawn();
+    baton.wait_for("generation 1 ready", WAIT);
+    baton
+}
+
+#[derive(Debug, Default)]
+struct Slow {
+    looks: Vec<f64>,
+    worker_ms: Vec<f64>,
+    /// The accepting thread's CPU per reload, µs.
+    thread: Vec<f64>,
+}
+
+fn slow_round(n: u32, into: &mut Slow) {
+    let mut baton = start_slow();
+    reload(&baton, 1, 1);
+    let pid = baton.baton_pid();
+    let before = accepting_cpu(pid);
+    reload(&baton, 2, n);
+    into.thread
+        .push((accepting_cpu(pid) - before) as f64 / 1000.0 / f64::from(n));
+    let lines = baton.lines();
+    for g in 3..=n + 2 {
+        let looked = format!("looked at worker 0 of generation {g} (pid ");
+        into.looks
+            .push(lines.iter().filter(|l| l.contains(&looked)).count() as f64);
+        let ready = format!("worker 0 of generation {g} is ready, ");
+        if let Some(ms) = lines
+            .iter()
+            .find_map(|l| l.contains(&ready).then(|| number_after(l, &ready, " ms"))?)
+        {
+            into.worker_ms.push(ms);
+        }
+    }
+    let status = baton.stop(Signal::TERM, WAIT);
+    assert_eq!(status.code(), Some(0), "slow starter: baton's exit");
+}
+
 /// Reloads `baton` from generation `from` `n` times, waiting for each
 /// generation to be ready and the previous one to be gone.
 fn reload(baton: &Baton, from: u32, n: u32) {
@@ -276,6 +328,10 @@ fn main() {
             cpu_round(mode, per_round, &mut cpu[i]);
         }
     }
+    let mut slow = Slow::default();
+    let slow_reloads = 10;
+    eprintln!("accepting: a slow starter, {slow_reloads} reloads");
+    slow_round(slow_reloads, &mut slow);
     let load_after = loadavg();
 
     let mut md = String::new();
@@ -360,6 +416,24 @@ fn main() {
     let _ = writeln!(
         md,
         "\naccepting − notify: {extra:+.0} µs of baton CPU per reload.",
+    );
+    let _ = writeln!(
+        md,
+        "\n## A slow starter\n\n`baton run --ready accepting -- python3 waiter.py epoll --sleep 1` (crates/baton-e2e/tests/apps): the worker waits on the socket 1 s after it starts, so baton looks for a whole second. {} reloads.\n",
+        slow.looks.len()
+    );
+    let _ = writeln!(
+        md,
+        "| looks per reload (p50, max) | worker start → seen (p50 ms) | accepting thread per reload (µs) |"
+    );
+    let _ = writeln!(md, "| --- | --- | --- |");
+    let _ = writeln!(
+        md,
+        "| {:.0}, {:.0} | {:.1} | {:.0} |",
+        percentile(&slow.looks, 50.0),
+        percentile(&slow.looks, 100.0),
+        percentile(&slow.worker_ms, 50.0),
+        mean(&slow.thread)
     );
     print!("{md}");
     if let Some(out) = &args.out {
