@@ -382,3 +382,53 @@ fn demo_server_ready_accepting_twenty_reloads_under_keep_alive_load() {
     assert_eq!(report.failed, 0);
     stop_cleanly(baton);
 }
+
+/// Plain `uvicorn --fd 3` with `--ready accepting`: asyncio watches the
+/// socket only after the app's lifespan startup succeeded, so a release
+/// whose startup fails is never seen accepting and is rolled back, with no
+/// readiness code in the app. (Not under load: uvicorn's own shutdown, see
+/// `uvicorn_on_fd_3_reloads_and_a_failed_startup_rolls_back`.)
+#[test]
+fn plain_uvicorn_ready_accepting_reloads_and_a_failed_startup_rolls_back() {
+    let test = "plain_uvicorn_ready_accepting_reloads_and_a_failed_startup_rolls_back";
+    let Some(u) = venv_bin_or_skip(test, "uvicorn", "uvicorn") else {
+        return;
+    };
+    let argv: Vec<OsString> = vec![
+        u.into(),
+        "--fd".into(),
+        "3".into(),
+        "--app-dir".into(),
+        apps_dir().into(),
+        "--lifespan".into(),
+        "on".into(),
+        "--log-level".into(),
+        "warning".into(),
+        "asgi_app:app".into(),
+    ];
+    let cmd = BatonCmd::new()
+        .args([
+            "--ready",
+            "accepting",
+            "--ready-timeout",
+            "20s",
+            "--grace",
+            "15s",
+        ])
+        .command(argv);
+    let broken = cmd.dir().join("BROKEN");
+    let baton = cmd.env("APP_FAIL_IF", &broken).spawn();
+    baton.wait_for("generation 1 ready", WAIT);
+    let port = baton.port();
+    assert_eq!(http::get_ok(port, "/").generation(), Some(1));
+    baton.reload(2, WAIT);
+    assert_eq!(http::get_ok(port, "/").generation(), Some(2));
+    std::fs::write(&broken, "").expect("break the release");
+    let mark = baton.mark();
+    baton.signal(Signal::HUP);
+    let (_, line) = baton.wait_for_after(mark, "reload failed", WAIT);
+    assert!(line.contains("generation 2 keeps serving"), "{line}");
+    assert!(line.contains("before it was ready"), "{line}");
+    assert_eq!(http::get_ok(port, "/").generation(), Some(2));
+    stop_cleanly(baton);
+}
