@@ -118,10 +118,11 @@ impl Lifecycle {
             ReadyMode::Fd => {
                 "; if the app cannot write to BATON_READY_FD, use --ready delay:DURATION or --ready exec:CMD"
             }
-            ReadyMode::Accepting
-            | ReadyMode::AcceptingAndExec(_)
-            | ReadyMode::NotifyOrAccepting => {
+            ReadyMode::Accepting | ReadyMode::AcceptingAndExec(_) => {
                 "; --ready accepting sees a server wait for connections in epoll or accept(2) on baton's listeners; one that waits in poll/select or io_uring, or listens on a socket of its own, needs --ready notify, fd or exec:CMD"
+            }
+            ReadyMode::NotifyOrAccepting => {
+                "; --ready accepting sees a server wait for connections in epoll or accept(2) on baton's listeners; one that does not (poll/select, io_uring, a socket of its own) and sends no READY=1 needs --ready fd or exec:CMD"
             }
             ReadyMode::Delay(_) | ReadyMode::Exec(_) => "",
         }
