@@ -127,9 +127,12 @@ impl Sim {
                 }
                 Action::ReloadDone { tickets, outcome } => self.verdicts.push((tickets, outcome)),
                 Action::Notify(sd) => self.sd.push(sd),
-                Action::PrepareGeneration { .. }
-                | Action::ReleaseGeneration { .. }
-                | Action::Serving { .. } => {}
+                // Like the runtime: the answer to a look at a generation
+                // that is gone is dropped.
+                Action::ReleaseGeneration { generation } => {
+                    self.looks.remove(&generation);
+                }
+                Action::PrepareGeneration { .. } | Action::Serving { .. } => {}
             }
         }
     }
