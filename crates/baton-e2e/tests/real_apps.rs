@@ -432,3 +432,38 @@ fn plain_uvicorn_ready_accepting_reloads_and_a_failed_startup_rolls_back() {
     assert_eq!(http::get_ok(port, "/").generation(), Some(2));
     stop_cleanly(baton);
 }
+
+/// gunicorn's sync workers wait in select(2), which `--ready accepting`
+/// cannot see: the generation times out saying so (it never passes
+/// wrongly); threaded workers wait in epoll and are seen, in the arbiter's
+/// children (docs/integrations/gunicorn.md).
+#[test]
+fn gunicorn_sync_workers_are_not_seen_accepting_and_gthread_workers_are() {
+    let test = "gunicorn_sync_workers_are_not_seen_accepting_and_gthread_workers_are";
+    let Some(g) = gunicorn_or_skip(test) else {
+        return;
+    };
+    let (status, lines) = gunicorn(&g, &["--worker-class", "sync"], "0")
+        .args(["--ready", "accepting", "--ready-timeout", "5s"])
+        .run_to_exit(Duration::from_secs(60));
+    let text = lines.join("\n");
+    assert_eq!(status.code(), Some(6), "{text}");
+    assert!(!text.contains("generation 1 ready"), "{text}");
+    assert!(
+        text.contains("select(), which baton cannot look into")
+            || text.contains("pselect6(), which baton cannot look into"),
+        "{text}"
+    );
+
+    let mut baton = gunicorn(&g, &["--worker-class", "gthread"], "0")
+        .args(["--ready", "accepting"])
+        .spawn();
+    let line = baton.wait_for("worker 0 of generation 1 (pid", WAIT);
+    assert!(line.contains("accepts: an epoll set of pid"), "{line}");
+    baton.wait_for("generation 1 ready", WAIT);
+    assert_eq!(http::get_ok(baton.port(), "/").generation(), Some(1));
+    baton.reload(2, WAIT);
+    assert_eq!(http::get_ok(baton.port(), "/").generation(), Some(2));
+    let status = baton.stop(Signal::TERM, WAIT);
+    assert_eq!(status.code(), Some(0));
+}
