@@ -2,7 +2,8 @@
 //! tiny WSGI app), uvicorn (a tiny ASGI app on `--fd 3`), a Node.js `http`
 //! server and a Go `net/http` server (standard library only), each through
 //! 20 reloads under load with no failed request. The apps are
-//! `examples/apps/`.
+//! `examples/apps/`. uvicorn, Node, Go and the demo server also run with
+//! `--ready accepting` and no readiness code at all (the end of this file).
 //!
 //! gunicorn takes baton's socket through `LISTEN_FDS` and sends `READY=1`
 //! from its arbiter. Without `--preload` that is *before* its workers have
@@ -304,4 +305,165 @@ fn go_on_fd_3_ready_fd_reloads() {
     baton.reload(2, WAIT);
     assert_eq!(http::get_ok(port, "/").generation(), Some(2));
     stop_cleanly(baton);
+}
+
+// `--ready accepting`: the same servers with no readiness code at all
+// running (no BATON_READY_FD, no NOTIFY_SOCKET: each app's own readiness
+// report does nothing), seen waiting for connections on baton's socket in
+// /proc. 20 reloads under keep-alive load, none failed.
+
+/// uvicorn on fd 3 (through serve_uvicorn.py, for its drain), seen in its
+/// asyncio loop's epoll set: it watches a dup of fd 3.
+#[test]
+fn uvicorn_ready_accepting_twenty_reloads_under_keep_alive_load() {
+    let test = "uvicorn_ready_accepting_twenty_reloads_under_keep_alive_load";
+    if venv_bin_or_skip(test, "uvicorn", "uvicorn").is_none() {
+        return;
+    }
+    let python = venv_bin("python").expect("a venv with uvicorn has its python");
+    let baton = BatonCmd::new()
+        .args(["--ready", "accepting", "--grace", "15s", "--chdir"])
+        .arg(apps_dir())
+        .command([
+            python.into(),
+            OsString::from("serve_uvicorn.py"),
+            "asgi_app:app".into(),
+        ])
+        .spawn();
+    let report = twenty_reloads(
+        &baton,
+        "uvicorn (serve_uvicorn.py, fd 3, --ready accepting)",
+    );
+    assert_eq!(report.failed, 0);
+    stop_cleanly(baton);
+}
+
+/// Node.js `listen({fd: 3})`, seen in libuv's epoll set.
+#[test]
+fn node_ready_accepting_twenty_reloads_under_keep_alive_load() {
+    let test = "node_ready_accepting_twenty_reloads_under_keep_alive_load";
+    let Some(node) = which_or_skip(test, "node", "nodejs") else {
+        return;
+    };
+    let baton = BatonCmd::new()
+        .args(["--ready", "accepting", "--grace", "15s"])
+        .command([node, apps_dir().join("server.js")])
+        .spawn();
+    let report = twenty_reloads(&baton, "node (fd 3, --ready accepting)");
+    assert_eq!(report.failed, 0);
+    stop_cleanly(baton);
+}
+
+/// Go `net.FileListener(os.NewFile(3, ...))`, two workers, seen in the
+/// netpoller's epoll set (a copy of fd 3 made by FileListener).
+#[test]
+fn go_ready_accepting_twenty_reloads_under_keep_alive_load() {
+    let test = "go_ready_accepting_twenty_reloads_under_keep_alive_load";
+    let Some(go) = which_or_skip(test, "go", "golang") else {
+        return;
+    };
+    let cmd = BatonCmd::new().args(["--ready", "accepting", "--workers", "2", "--grace", "15s"]);
+    let server = build_go_server(&go, cmd.dir());
+    let baton = cmd.command([server]).spawn();
+    let report = twenty_reloads(&baton, "go (fd 3, --ready accepting)");
+    assert_eq!(report.failed, 0);
+    stop_cleanly(baton);
+}
+
+/// The demo server (tokio), two workers, seen in tokio's epoll set.
+#[test]
+fn demo_server_ready_accepting_twenty_reloads_under_keep_alive_load() {
+    let demo = baton_e2e::bin("demo-server");
+    let baton = BatonCmd::new()
+        .args(["--ready", "accepting", "--workers", "2", "--grace", "15s"])
+        .command([demo.as_os_str(), "--drain-grace".as_ref(), "200ms".as_ref()])
+        .spawn();
+    let report = twenty_reloads(&baton, "demo-server (--ready accepting)");
+    assert_eq!(report.failed, 0);
+    stop_cleanly(baton);
+}
+
+/// Plain `uvicorn --fd 3` with `--ready accepting`: asyncio watches the
+/// socket only after the app's lifespan startup succeeded, so a release
+/// whose startup fails is never seen accepting and is rolled back, with no
+/// readiness code in the app. (Not under load: uvicorn's own shutdown, see
+/// `uvicorn_on_fd_3_reloads_and_a_failed_startup_rolls_back`.)
+#[test]
+fn plain_uvicorn_ready_accepting_reloads_and_a_failed_startup_rolls_back() {
+    let test = "plain_uvicorn_ready_accepting_reloads_and_a_failed_startup_rolls_back";
+    let Some(u) = venv_bin_or_skip(test, "uvicorn", "uvicorn") else {
+        return;
+    };
+    let argv: Vec<OsString> = vec![
+        u.into(),
+        "--fd".into(),
+        "3".into(),
+        "--app-dir".into(),
+        apps_dir().into(),
+        "--lifespan".into(),
+        "on".into(),
+        "--log-level".into(),
+        "warning".into(),
+        "asgi_app:app".into(),
+    ];
+    let cmd = BatonCmd::new()
+        .args([
+            "--ready",
+            "accepting",
+            "--ready-timeout",
+            "20s",
+            "--grace",
+            "15s",
+        ])
+        .command(argv);
+    let broken = cmd.dir().join("BROKEN");
+    let baton = cmd.env("APP_FAIL_IF", &broken).spawn();
+    baton.wait_for("generation 1 ready", WAIT);
+    let port = baton.port();
+    assert_eq!(http::get_ok(port, "/").generation(), Some(1));
+    baton.reload(2, WAIT);
+    assert_eq!(http::get_ok(port, "/").generation(), Some(2));
+    std::fs::write(&broken, "").expect("break the release");
+    let mark = baton.mark();
+    baton.signal(Signal::HUP);
+    let (_, line) = baton.wait_for_after(mark, "reload failed", WAIT);
+    assert!(line.contains("generation 2 keeps serving"), "{line}");
+    assert!(line.contains("before it was ready"), "{line}");
+    assert_eq!(http::get_ok(port, "/").generation(), Some(2));
+    stop_cleanly(baton);
+}
+
+/// gunicorn's sync workers wait in select(2), which `--ready accepting`
+/// cannot see: the generation times out saying so (it never passes
+/// wrongly); threaded workers wait in epoll and are seen, in the arbiter's
+/// children (docs/integrations/gunicorn.md).
+#[test]
+fn gunicorn_sync_workers_are_not_seen_accepting_and_gthread_workers_are() {
+    let test = "gunicorn_sync_workers_are_not_seen_accepting_and_gthread_workers_are";
+    let Some(g) = gunicorn_or_skip(test) else {
+        return;
+    };
+    let (status, lines) = gunicorn(&g, &["--worker-class", "sync"], "0")
+        .args(["--ready", "accepting", "--ready-timeout", "5s"])
+        .run_to_exit(Duration::from_secs(60));
+    let text = lines.join("\n");
+    assert_eq!(status.code(), Some(6), "{text}");
+    assert!(!text.contains("generation 1 ready"), "{text}");
+    assert!(
+        text.contains("select(), which baton cannot look into")
+            || text.contains("pselect6(), which baton cannot look into"),
+        "{text}"
+    );
+
+    let mut baton = gunicorn(&g, &["--worker-class", "gthread"], "0")
+        .args(["--ready", "accepting"])
+        .spawn();
+    let line = baton.wait_for("worker 0 of generation 1 (pid", WAIT);
+    assert!(line.contains("accepts: an epoll set of pid"), "{line}");
+    baton.wait_for("generation 1 ready", WAIT);
+    assert_eq!(http::get_ok(baton.port(), "/").generation(), Some(1));
+    baton.reload(2, WAIT);
+    assert_eq!(http::get_ok(baton.port(), "/").generation(), Some(2));
+    let status = baton.stop(Signal::TERM, WAIT);
+    assert_eq!(status.code(), Some(0));
 }

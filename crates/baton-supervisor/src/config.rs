@@ -70,12 +70,23 @@ pub fn parse_cgroups(s: &str) -> Result<CgroupMode, String> {
     }
 }
 
-/// Parses `--ready`: `notify`, `fd`, `delay:DURATION`, `exec:CMD`.
+/// Parses `--ready`: `notify`, `fd`, `delay:DURATION`, `exec:CMD`,
+/// `accepting`, `accepting+exec:CMD`, `notify|accepting`.
 pub fn parse_ready(s: &str) -> Result<ReadyMode, String> {
     match s {
         "notify" => Ok(ReadyMode::Notify),
         "fd" => Ok(ReadyMode::Fd),
+        "accepting" => Ok(ReadyMode::Accepting),
+        "notify|accepting" | "accepting|notify" => Ok(ReadyMode::NotifyOrAccepting),
         _ => {
+            if let Some(rest) = s.strip_prefix("accepting+") {
+                return match parse_ready(rest)? {
+                    ReadyMode::Exec(cmd) => Ok(ReadyMode::AcceptingAndExec(cmd)),
+                    _ => Err(format!(
+                        "accepting combines with exec:CMD (both must hold: accepting+exec:CMD) or with notify (either: notify|accepting), not with {rest:?}"
+                    )),
+                };
+            }
             if let Some(d) = s.strip_prefix("delay:") {
                 parse_duration(d).map(ReadyMode::Delay)
             } else if let Some(cmd) = s.strip_prefix("exec:") {
@@ -86,7 +97,7 @@ pub fn parse_ready(s: &str) -> Result<ReadyMode, String> {
                 }
             } else {
                 Err(format!(
-                    "unknown readiness mode {s:?}; use notify (sd_notify READY=1), fd (a newline on BATON_READY_FD), delay:DURATION (e.g. delay:2s) or exec:CMD"
+                    "unknown readiness mode {s:?}; use notify (sd_notify READY=1), fd (a newline on BATON_READY_FD), accepting (the app waits for connections on baton's socket, seen in /proc), delay:DURATION (e.g. delay:2s), exec:CMD, accepting+exec:CMD or notify|accepting"
                 ))
             }
         }
@@ -256,6 +267,32 @@ mod tests {
 
     #[test]
     fn ready_modes() {
+        assert_eq!(parse_ready("accepting"), Ok(ReadyMode::Accepting));
+        assert_eq!(
+            parse_ready("accepting+exec:curl -sf x"),
+            Ok(ReadyMode::AcceptingAndExec("curl -sf x".into()))
+        );
+        assert_eq!(
+            parse_ready("notify|accepting"),
+            Ok(ReadyMode::NotifyOrAccepting)
+        );
+        assert_eq!(
+            parse_ready("accepting|notify"),
+            Ok(ReadyMode::NotifyOrAccepting)
+        );
+        for bad in ["accepting+fd", "accepting+delay:1s", "accepting+accepting"] {
+            assert!(
+                parse_ready(bad)
+                    .expect_err("not a combination")
+                    .contains("accepting combines with exec:CMD"),
+                "{bad}"
+            );
+        }
+        assert!(
+            parse_ready("accepting+exec:")
+                .expect_err("no command")
+                .contains("needs a command")
+        );
         assert_eq!(parse_ready("notify"), Ok(ReadyMode::Notify));
         assert_eq!(parse_ready("fd"), Ok(ReadyMode::Fd));
         assert_eq!(

@@ -22,11 +22,15 @@
 //! * [`runtime`] is a `mio` loop on one thread that gathers events
 //!   (signals through a self-pipe, child exits through pidfds, readiness
 //!   datagrams, output pipes, timers) and carries out the actions.
+//! * [`accepting`] sees, in `/proc`, whether a worker waits for
+//!   connections on its listeners (`--ready accepting`), from a thread of
+//!   its own.
 //! * [`listen`] parses and binds listen specs; [`worker`] builds each
 //!   worker's environment and spawns it through `baton-sys`, the only crate
 //!   with `unsafe` code.
 #![deny(unsafe_code)]
 
+pub mod accepting;
 pub mod cgroup;
 pub mod config;
 pub mod config_file;

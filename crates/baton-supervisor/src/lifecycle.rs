@@ -55,6 +55,19 @@ pub const ROLLBACK_GRACE: Duration = Duration::from_secs(5);
 pub const READY_HINT_AFTER: Duration = Duration::from_secs(5);
 /// Pause between runs of an `exec:` readiness probe.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(200);
+/// `--ready accepting`: the first look at a starting worker comes this long
+/// after it started (no server listens sooner), and looks are never closer
+/// together than [`ACCEPT_CHECK_MIN`].
+pub const ACCEPT_CHECK_FIRST: Duration = Duration::from_micros(500);
+/// `--ready accepting`: the shortest pause between looks.
+pub const ACCEPT_CHECK_MIN: Duration = Duration::from_micros(250);
+/// `--ready accepting`: the longest pause between looks.
+pub const ACCEPT_CHECK_MAX: Duration = Duration::from_millis(100);
+/// `--ready accepting`: the pause between looks grows with the time spent
+/// looking, as this fraction of it (1/10: a worker seen accepting at most
+/// about 10% later than it started to, and never more than
+/// [`ACCEPT_CHECK_MAX`] later).
+pub const ACCEPT_CHECK_DIVISOR: u32 = 10;
 
 /// How a generation tells it is ready.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -67,11 +80,62 @@ pub enum ReadyMode {
     Delay(Duration),
     /// A command (run by `sh -c`) that exits 0 when the generation is ready.
     Exec(String),
+    /// Per worker: a process of its tree waits for connections on one of
+    /// the generation's listeners, as `/proc` shows (see
+    /// [`crate::accepting`]).
+    Accepting,
+    /// `accepting+exec:CMD`: every worker accepting, and the command
+    /// exiting 0 (both checks run side by side).
+    AcceptingAndExec(String),
+    /// `notify|accepting`: per worker, `READY=1` or accepting, whichever
+    /// comes first.
+    NotifyOrAccepting,
 }
 
 impl ReadyMode {
+    /// Whether each worker must be found ready.
     fn per_worker(&self) -> bool {
-        matches!(self, ReadyMode::Notify | ReadyMode::Fd)
+        matches!(
+            self,
+            ReadyMode::Notify
+                | ReadyMode::Fd
+                | ReadyMode::Accepting
+                | ReadyMode::AcceptingAndExec(_)
+                | ReadyMode::NotifyOrAccepting
+        )
+    }
+
+    /// Whether a generation-wide check (a delay, a command) must pass.
+    fn gen_wide(&self) -> bool {
+        matches!(
+            self,
+            ReadyMode::Delay(_) | ReadyMode::Exec(_) | ReadyMode::AcceptingAndExec(_)
+        )
+    }
+
+    /// Whether workers are looked at in `/proc` (see [`crate::accepting`]).
+    pub fn accepting(&self) -> bool {
+        matches!(
+            self,
+            ReadyMode::Accepting | ReadyMode::AcceptingAndExec(_) | ReadyMode::NotifyOrAccepting
+        )
+    }
+
+    /// Whether workers get a `NOTIFY_SOCKET`.
+    pub fn uses_notify(&self) -> bool {
+        matches!(self, ReadyMode::Notify | ReadyMode::NotifyOrAccepting)
+    }
+
+    /// The `exec:` command, if the mode has one.
+    pub fn exec_command(&self) -> Option<&str> {
+        match self {
+            ReadyMode::Exec(cmd) | ReadyMode::AcceptingAndExec(cmd) => Some(cmd),
+            ReadyMode::Notify
+            | ReadyMode::Fd
+            | ReadyMode::Delay(_)
+            | ReadyMode::Accepting
+            | ReadyMode::NotifyOrAccepting => None,
+        }
     }
 }
 
@@ -180,6 +244,14 @@ pub enum Event {
         generation: GenId,
         slot: Slot,
     },
+    /// `--ready accepting`: a look asked for by [`Action::CheckAccepting`]
+    /// is done (the workers it saw accepting were reported before, as
+    /// [`Event::WorkerReady`]); what it saw of each of the others, for the
+    /// readiness messages.
+    AcceptLooked {
+        generation: GenId,
+        seen: Vec<(Slot, String)>,
+    },
     /// An `exec:` readiness probe finished.
     ProbeDone {
         generation: GenId,
@@ -219,6 +291,15 @@ pub enum Action {
     /// Run the `exec:` readiness probe once; answer with [`Event::ProbeDone`].
     RunProbe {
         generation: GenId,
+    },
+    /// `--ready accepting`: after `after`, look once at the running workers
+    /// of the generation that are not ready; answer with
+    /// [`Event::WorkerReady`] for each one that accepts, then
+    /// [`Event::AcceptLooked`]. (The runtime times the look itself, to the
+    /// microsecond, rather than through a timer of the loop.)
+    CheckAccepting {
+        generation: GenId,
+        after: Duration,
     },
     /// Send a signal to one worker.
     Signal {
@@ -326,6 +407,9 @@ struct Worker {
     backoff: Duration,
     quick_restarts: u32,
     restarts: u32,
+    /// `--ready accepting`: what the last look found, while not ready.
+    #[serde(default)]
+    accept_seen: Option<String>,
 }
 
 impl Worker {
@@ -336,6 +420,7 @@ impl Worker {
             backoff: BACKOFF_START,
             quick_restarts: 0,
             restarts: 0,
+            accept_seen: None,
         }
     }
 
@@ -361,6 +446,10 @@ struct Generation {
     ready_after: Option<Duration>,
     /// Generation-wide readiness (delay and exec modes).
     gen_ready: bool,
+    /// `--ready accepting`: since when its workers are being looked at
+    /// (`None`: they are not), which sets the pause between looks.
+    #[serde(default, with = "crate::stamp::option")]
+    accept_since: Option<Instant>,
 }
 
 impl Generation {
@@ -368,18 +457,12 @@ impl Generation {
         self.workers.iter().any(Worker::alive)
     }
 
-    fn ready(&self, per_worker: bool) -> bool {
-        if per_worker {
-            self.workers
-                .iter()
-                .all(|w| matches!(w.state, WorkerState::Running { ready: true, .. }))
-        } else {
-            self.gen_ready
-                && self
-                    .workers
-                    .iter()
-                    .all(|w| matches!(w.state, WorkerState::Running { .. }))
-        }
+    fn ready(&self) -> bool {
+        let mode = &self.policy.ready;
+        self.workers.iter().all(|w| match w.state {
+            WorkerState::Running { ready, .. } => ready || !mode.per_worker(),
+            _ => false,
+        }) && (self.gen_ready || !mode.gen_wide())
     }
 }
 
@@ -663,6 +746,12 @@ impl Lifecycle {
             }
             (
                 Booting | Serving | Reloading | Retiring | Stopping(_),
+                Event::AcceptLooked { generation, seen },
+            ) => {
+                self.on_accept_looked(*generation, seen, now);
+            }
+            (
+                Booting | Serving | Reloading | Retiring | Stopping(_),
                 Event::ProbeDone {
                     generation,
                     success,
@@ -688,6 +777,7 @@ impl Lifecycle {
                 Event::Spawned { .. }
                 | Event::SpawnFailed { .. }
                 | Event::WorkerReady { .. }
+                | Event::AcceptLooked { .. }
                 | Event::ProbeDone { .. }
                 | Event::WorkerExited { .. }
                 | Event::Timer(_),
@@ -772,6 +862,7 @@ impl fmt::Display for Level {
     }
 }
 
+mod accepting;
 mod generations;
 mod scale;
 mod status;

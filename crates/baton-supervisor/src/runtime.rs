@@ -35,6 +35,7 @@ use crate::listen::Bound;
 use crate::output::Stream;
 use crate::signals::{HANDLED, Ignored, SignalPipe};
 
+mod accepting;
 mod clients;
 mod readiness;
 mod reconfig;
@@ -92,6 +93,8 @@ enum Source {
     Ready(GenId, Slot),
     Notify(GenId),
     Probe(GenId),
+    /// The `--ready accepting` watcher thread answered.
+    Accepting,
     Control,
     Client(u64),
     Watch,
@@ -170,6 +173,8 @@ pub struct Runtime {
     /// Set when this image took over from a previous one: what to tell the
     /// client that asked, once the loop runs.
     resumed: Option<resume::Resumed>,
+    /// `--ready accepting`: the thread that looks into `/proc`, once needed.
+    accept: Option<accepting::AcceptChecks>,
 }
 
 /// baton's private directory for the generations' notify sockets, removed
@@ -356,6 +361,7 @@ impl Runtime {
             argv: k.argv,
             environ: k.environ,
             resumed: None,
+            accept: None,
         })
     }
 
@@ -625,6 +631,7 @@ impl Runtime {
             Source::Ready(g, slot) => self.on_ready_fd(g, slot),
             Source::Notify(g) => self.on_notify(g),
             Source::Probe(g) => self.on_probe_exit(g),
+            Source::Accepting => self.on_accept_results(),
             Source::Watch => {
                 if let Some(change) = self
                     .watcher
@@ -663,6 +670,9 @@ impl Runtime {
                 Action::PrepareGeneration { generation } => self.prepare(generation),
                 Action::Spawn { generation, slot } => self.spawn(generation, slot),
                 Action::RunProbe { generation } => self.run_probe(generation),
+                Action::CheckAccepting { generation, after } => {
+                    self.check_accepting(generation, after);
+                }
                 Action::Signal {
                     generation,
                     slot,

@@ -116,9 +116,12 @@ struct RunArgs {
     workers: Option<usize>,
 
     /// How a generation says it is ready: notify (READY=1 on NOTIFY_SOCKET),
-    /// fd (a newline on the fd in BATON_READY_FD), delay:DURATION, or
-    /// exec:CMD (a shell command that exits 0 once the generation is ready)
-    /// [default: notify]
+    /// fd (a newline on the fd in BATON_READY_FD), accepting (each worker
+    /// waits for connections on baton's socket, in epoll or accept, as /proc
+    /// shows: no change to the app), delay:DURATION, exec:CMD (a shell
+    /// command that exits 0 once the generation is ready),
+    /// accepting+exec:CMD (both) or notify|accepting (either) [default:
+    /// notify]
     #[arg(long, value_name = "MODE", value_parser = config::parse_ready)]
     ready: Option<ReadyMode>,
 

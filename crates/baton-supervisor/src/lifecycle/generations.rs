@@ -34,6 +34,7 @@ impl Lifecycle {
             started: now,
             ready_after: None,
             gen_ready: false,
+            accept_since: None,
         });
         self.phase = if self.serving().is_some() {
             self.counters.reloads_started += 1;
@@ -61,7 +62,13 @@ impl Lifecycle {
             ReadyMode::Delay(d) => self.set_timer(TimerKey::ReadyDelay(id), *d),
             // The first exec: probe runs once every worker has started (see
             // on_spawned): it is told their pids.
-            ReadyMode::Exec(_) | ReadyMode::Notify | ReadyMode::Fd => {}
+            // So is the first look of accepting (see on_spawned).
+            ReadyMode::Exec(_)
+            | ReadyMode::Notify
+            | ReadyMode::Fd
+            | ReadyMode::Accepting
+            | ReadyMode::AcceptingAndExec(_)
+            | ReadyMode::NotifyOrAccepting => {}
         }
     }
 
@@ -78,13 +85,16 @@ impl Lifecycle {
         ] {
             self.out.push(Action::CancelTimer { key });
         }
+        // No more looks: the answer to one in flight finds it so.
+        if let Some(gi) = self.gen_index(generation) {
+            self.gens[gi].accept_since = None;
+        }
     }
 
     /// A starting generation became ready if all its workers (and the
     /// generation-wide check, if any) say so.
     pub(super) fn maybe_ready(&mut self, gi: usize, now: Instant) {
-        let per_worker = self.gens[gi].policy.ready.per_worker();
-        if !self.gens[gi].ready(per_worker) {
+        if !self.gens[gi].ready() {
             return;
         }
         let generation = self.gens[gi].id;

@@ -22,6 +22,11 @@ struct Sim {
     logs: Vec<String>,
     exit: Option<u8>,
     probes: Vec<GenId>,
+    /// Looks asked for (`CheckAccepting`) and when each is due; the Sim
+    /// answers each when due with `AcceptLooked` (nothing seen accepting).
+    looks: BTreeMap<GenId, Instant>,
+    /// Looks done, in order.
+    checks: Vec<GenId>,
     verdicts: Vec<(Vec<Ticket>, ReloadOutcome)>,
     sd: Vec<Sd>,
     /// Spawn requests the test wants to fail, by (generation, slot).
@@ -57,6 +62,8 @@ impl Sim {
             logs: Vec::new(),
             exit: None,
             probes: Vec::new(),
+            looks: BTreeMap::new(),
+            checks: Vec::new(),
             verdicts: Vec::new(),
             sd: Vec::new(),
             fail_spawn,
@@ -113,11 +120,19 @@ impl Sim {
                     self.exit = Some(code);
                 }
                 Action::RunProbe { generation } => self.probes.push(generation),
+                // Like the runtime: a look asked for while one of the same
+                // generation is in flight is dropped.
+                Action::CheckAccepting { generation, after } => {
+                    self.looks.entry(generation).or_insert(self.now + after);
+                }
                 Action::ReloadDone { tickets, outcome } => self.verdicts.push((tickets, outcome)),
                 Action::Notify(sd) => self.sd.push(sd),
-                Action::PrepareGeneration { .. }
-                | Action::ReleaseGeneration { .. }
-                | Action::Serving { .. } => {}
+                // Like the runtime: the answer to a look at a generation
+                // that is gone is dropped.
+                Action::ReleaseGeneration { generation } => {
+                    self.looks.remove(&generation);
+                }
+                Action::PrepareGeneration { .. } | Action::Serving { .. } => {}
             }
         }
     }
@@ -180,12 +195,26 @@ impl Sim {
                 .filter(|(_, at)| **at <= self.now)
                 .map(|(k, _)| *k)
                 .collect();
-            if due.is_empty() {
+            let looks: Vec<GenId> = self
+                .looks
+                .iter()
+                .filter(|(_, at)| **at <= self.now)
+                .map(|(g, _)| *g)
+                .collect();
+            if due.is_empty() && looks.is_empty() {
                 break;
             }
             for k in due {
                 self.timers.remove(&k);
                 self.ev(Event::Timer(k));
+            }
+            for generation in looks {
+                self.looks.remove(&generation);
+                self.checks.push(generation);
+                self.ev(Event::AcceptLooked {
+                    generation,
+                    seen: Vec::new(),
+                });
             }
         }
     }
@@ -850,6 +879,175 @@ fn snapshot_reports_states_and_ready_time() {
     assert_eq!(snap[0].workers[1].restarts, 1);
 }
 
+/// Runs the machine in 50 µs steps for `total`, returning when each look
+/// was done (from the start).
+fn check_times(s: &mut Sim, total: Duration) -> Vec<Duration> {
+    let start = s.now;
+    let mut times = Vec::new();
+    let mut seen = s.checks.len();
+    while s.now - start < total {
+        s.advance(Duration::from_micros(50));
+        while seen < s.checks.len() {
+            times.push(s.now - start);
+            seen += 1;
+        }
+    }
+    times
+}
+
+#[test]
+fn accepting_looks_within_milliseconds_then_less_and_less_often() {
+    let mut s = Sim::new(policy(2, ReadyMode::Accepting));
+    assert!(s.checks.is_empty(), "no look before the first pause");
+    let times = check_times(&mut s, Duration::from_secs(3));
+    assert_eq!(times[0], ACCEPT_CHECK_FIRST);
+    // Every ACCEPT_CHECK_MIN at first...
+    assert!(
+        times[..10]
+            .windows(2)
+            .all(|w| w[1].saturating_sub(w[0]) == ACCEPT_CHECK_MIN),
+        "{times:?}"
+    );
+    // ...then pauses of a tenth of the time spent looking, at most 100 ms.
+    let gaps: Vec<Duration> = times
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0]))
+        .collect();
+    assert!(
+        gaps.windows(2).all(|g| g[1] >= g[0]),
+        "pauses never shrink: {gaps:?}"
+    );
+    assert_eq!(gaps.last().copied(), Some(ACCEPT_CHECK_MAX));
+    let first_second = times
+        .iter()
+        .filter(|t| **t <= Duration::from_secs(1))
+        .count();
+    assert!(
+        (50..90).contains(&first_second),
+        "{first_second} looks in the first second"
+    );
+    assert_eq!(
+        super::accepting::next_check(Duration::from_millis(300)),
+        Duration::from_millis(30)
+    );
+}
+
+#[test]
+fn accepting_serves_once_every_worker_accepts_and_stops_looking() {
+    let mut s = Sim::new(policy(2, ReadyMode::Accepting));
+    s.advance(Duration::from_millis(5));
+    s.ready(1, [0]);
+    assert_eq!(s.m.serving(), None, "worker 1 does not accept yet");
+    assert!(s.looks.contains_key(&1), "still looking at worker 1");
+    s.ready(1, [1]);
+    assert_eq!(s.m.serving(), Some(1));
+    // The look in flight is answered; no other is asked for.
+    let n = s.checks.len();
+    s.advance(Duration::from_secs(1));
+    assert!(
+        s.checks.len() <= n + 1,
+        "no look once the generation serves"
+    );
+    assert!(s.looks.is_empty());
+    assert!(
+        s.logged("worker 1 of generation 1 is ready, 5.000 ms after it started"),
+        "{:?}",
+        s.logs
+    );
+}
+
+#[test]
+fn a_restarted_worker_of_an_accepting_generation_is_looked_at_until_it_accepts_again() {
+    let mut s = Sim::new(policy(1, ReadyMode::Accepting));
+    s.ready(1, [0]);
+    s.exited(1, 0, ExitStatus::Code(1));
+    s.advance(BACKOFF_START);
+    let n = s.checks.len();
+    s.advance(Duration::from_millis(3));
+    assert!(s.checks.len() > n, "the new worker is looked at");
+    s.ready(1, [0]);
+    assert!(s.logged("worker 0 of generation 1 is ready again"));
+    let n = s.checks.len();
+    s.advance(Duration::from_secs(1));
+    assert!(s.checks.len() <= n + 1, "and no more once it accepts");
+    assert!(s.looks.is_empty());
+}
+
+#[test]
+fn notify_mode_never_looks_into_proc() {
+    let mut s = Sim::notify(2);
+    s.advance(Duration::from_secs(2));
+    assert!(s.checks.is_empty());
+}
+
+#[test]
+fn accepting_timeout_says_what_was_seen_of_each_worker() {
+    let mut p = policy(2, ReadyMode::Accepting);
+    p.ready_timeout = Duration::from_secs(10);
+    let mut s = Sim::new(p);
+    s.ready(1, [1]);
+    s.ev(Event::AcceptLooked {
+        generation: 1,
+        seen: vec![(0, "worker 0 (pid 1001) has no epoll set watching tcp://127.0.0.1:8080 and is not in accept on it (1 process)".into())],
+    });
+    s.advance(Duration::from_secs(10));
+    let line = s
+        .logs
+        .iter()
+        .find(|l| l.contains("was not ready within 10s"))
+        .expect("timeout logged");
+    assert!(
+        line.contains("still waiting for worker 0 to accept connections: worker 0 (pid 1001) has no epoll set watching tcp://127.0.0.1:8080 and is not in accept on it (1 process)"),
+        "{line}"
+    );
+    assert!(
+        line.contains("needs --ready notify, fd or exec:CMD"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_worker_not_looked_at_yet_is_said_to_be() {
+    let mut p = policy(1, ReadyMode::NotifyOrAccepting);
+    p.ready_timeout = Duration::from_millis(1);
+    let mut s = Sim::new(p);
+    s.advance(Duration::from_millis(1));
+    assert!(
+        s.logged("still waiting for worker 0 to send READY=1 on NOTIFY_SOCKET or accept connections: worker 0 (pid 1001) has not been looked at yet"),
+        "{:?}",
+        s.logs
+    );
+}
+
+#[test]
+fn accepting_and_exec_needs_both() {
+    let mut s = Sim::new(policy(1, ReadyMode::AcceptingAndExec("true".into())));
+    assert_eq!(s.probes, vec![1], "the command runs beside the looks");
+    s.ev(Event::ProbeDone {
+        generation: 1,
+        success: true,
+    });
+    assert_eq!(s.m.serving(), None, "the worker does not accept yet");
+    s.ready(1, [0]);
+    assert_eq!(s.m.serving(), Some(1));
+
+    let mut s = Sim::new(policy(1, ReadyMode::AcceptingAndExec("false".into())));
+    s.advance(Duration::from_millis(2));
+    s.ready(1, [0]);
+    assert_eq!(s.m.serving(), None, "the command has not succeeded");
+    s.advance(Duration::from_secs(60));
+    assert!(
+        s.logged("the readiness command \"false\" has not succeeded yet"),
+        "{:?}",
+        s.logs
+    );
+    assert!(
+        !s.logged("to accept connections"),
+        "worker 0 accepted: {:?}",
+        s.logs
+    );
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;
@@ -863,6 +1061,7 @@ mod properties {
         Forward,
         Configure(u8),
         Ready(u8, u8),
+        NotAccepting(u8, u8),
         Exit(u8, u8, bool),
         Advance(u16),
     }
@@ -876,6 +1075,7 @@ mod properties {
             1 => Just(Op::Forward),
             1 => (1u8..4).prop_map(Op::Configure),
             6 => (0u8..4, 0u8..3).prop_map(|(g, w)| Op::Ready(g, w)),
+            1 => (0u8..4, 0u8..3).prop_map(|(g, w)| Op::NotAccepting(g, w)),
             3 => (0u8..4, 0u8..3, any::<bool>()).prop_map(|(g, w, ok)| Op::Exit(g, w, ok)),
             3 => (1u16..40_000).prop_map(Op::Advance),
         ]
@@ -903,7 +1103,19 @@ mod properties {
                     Op::Scale(n) => s.ev(Event::Scale(usize::from(n))),
                     Op::Stop => s.ev(Event::Stop(StopKind::Graceful)),
                     Op::Forward => s.ev(Event::Forward(USR1)),
-                    Op::Configure(n) => s.ev(Event::Configure(policy(usize::from(n), ReadyMode::Notify))),
+                    Op::Configure(n) => {
+                        let ready = match n {
+                            1 => ReadyMode::Notify,
+                            2 => ReadyMode::Accepting,
+                            _ => ReadyMode::NotifyOrAccepting,
+                        };
+                        s.ev(Event::Configure(policy(usize::from(n), ready)));
+                    }
+                    Op::NotAccepting(g, w) => {
+                        if let Some(&generation) = gens.get(g as usize % gens.len().max(1)) {
+                                                    s.ev(Event::AcceptLooked { generation, seen: vec![(w as usize % 2, "nothing".into())] });
+                        }
+                    }
                     Op::Ready(g, w) => {
                         if let Some(&generation) = gens.get(g as usize % gens.len().max(1)) {
                             s.ev(Event::WorkerReady { generation, slot: w as usize % 2 });

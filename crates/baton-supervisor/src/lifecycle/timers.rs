@@ -118,6 +118,12 @@ impl Lifecycle {
             ReadyMode::Fd => {
                 "; if the app cannot write to BATON_READY_FD, use --ready delay:DURATION or --ready exec:CMD"
             }
+            ReadyMode::Accepting | ReadyMode::AcceptingAndExec(_) => {
+                "; --ready accepting sees a server wait for connections in epoll or accept(2) on baton's listeners; one that waits in poll/select or io_uring, or listens on a socket of its own, needs --ready notify, fd or exec:CMD"
+            }
+            ReadyMode::NotifyOrAccepting => {
+                "; --ready accepting sees a server wait for connections in epoll or accept(2) on baton's listeners; one that does not (poll/select, io_uring, a socket of its own) and sends no READY=1 needs --ready fd or exec:CMD"
+            }
             ReadyMode::Delay(_) | ReadyMode::Exec(_) => "",
         }
     }
@@ -146,6 +152,19 @@ impl Lifecycle {
                 format!("waiting out the {} delay", humantime::format_duration(*d))
             }
             ReadyMode::Exec(cmd) => format!("the readiness command {cmd:?} has not succeeded yet"),
+            ReadyMode::Accepting | ReadyMode::NotifyOrAccepting => self.describe_not_accepting(gi),
+            ReadyMode::AcceptingAndExec(cmd) => {
+                let mut parts = Vec::new();
+                if !self.not_ready(g.id).is_empty() {
+                    parts.push(self.describe_not_accepting(gi));
+                }
+                if !g.gen_ready {
+                    parts.push(format!(
+                        "the readiness command {cmd:?} has not succeeded yet"
+                    ));
+                }
+                parts.join("; and ")
+            }
         }
     }
 }

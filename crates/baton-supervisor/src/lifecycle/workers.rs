@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use super::{
     Action, BACKOFF_MAX, BACKOFF_START, CRASH_LOOP_AFTER, Event, ExitStatus, GenId, Impossible,
-    Level, Lifecycle, PROBE_INTERVAL, ReadyMode, Role, STABLE_AFTER, Slot, TimerKey, Worker,
-    WorkerState, exit, ms,
+    Level, Lifecycle, PROBE_INTERVAL, Role, STABLE_AFTER, Slot, TimerKey, Worker, WorkerState,
+    exit, ms,
 };
 
 impl Lifecycle {
@@ -29,6 +29,7 @@ impl Lifecycle {
         }
         w.state = WorkerState::Running { pid, ready: false };
         w.started = Some(now);
+        w.accept_seen = None;
         let role = g.role;
         self.log(
             Level::Info,
@@ -52,11 +53,13 @@ impl Lifecycle {
                     .workers
                     .iter()
                     .all(|w| matches!(w.state, WorkerState::Running { .. }));
-                if matches!(self.gens[gi].policy.ready, ReadyMode::Exec(_)) && all_started {
+                if self.gens[gi].policy.ready.exec_command().is_some() && all_started {
                     self.out.push(Action::RunProbe { generation });
                 }
+                self.start_accept_checks(gi, now);
             }
-            Role::Serving => {}
+            // A restarted worker: "ready again" once it accepts.
+            Role::Serving => self.start_accept_checks(gi, now),
         }
         Ok(())
     }
@@ -114,11 +117,20 @@ impl Lifecycle {
         } else {
             return;
         }
+        let after = g.workers[slot]
+            .started
+            .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+        g.workers[slot].accept_seen = None;
         match role {
             Role::Starting => {
+                // With microseconds: bench/accepting compares readiness
+                // modes by this line.
                 self.log(
                     Level::Debug,
-                    format!("worker {slot} of generation {generation} is ready"),
+                    format!(
+                        "worker {slot} of generation {generation} is ready, {:.3} ms after it started",
+                        after.as_secs_f64() * 1000.0
+                    ),
                 );
                 self.maybe_ready(gi, now);
             }

@@ -2,7 +2,7 @@
 
 use super::spawner::{Job, ProbeSpec};
 use super::{Runtime, Source};
-use crate::lifecycle::{Event, GenId, ReadyMode, Slot};
+use crate::lifecycle::{Event, GenId, Slot};
 use baton_sys::spawn::Child;
 use baton_sys::spawn::ExitStatus;
 
@@ -170,7 +170,7 @@ impl Runtime {
         let Some(spec) = self.generations.get(&g).and_then(|r| r.spec.clone()) else {
             return;
         };
-        let ReadyMode::Exec(cmd) = &spec.ready else {
+        let Some(cmd) = spec.ready.exec_command() else {
             return;
         };
         let pids: Vec<u32> = self
@@ -183,7 +183,7 @@ impl Runtime {
         // dies with the thread that forked it).
         self.spawner.send(Job::Probe(Box::new(ProbeSpec {
             generation: g,
-            cmd: cmd.clone(),
+            cmd: cmd.to_owned(),
             env: std::sync::Arc::clone(&spec.env),
             pids,
             chdir: self.generations.get(&g).and_then(|r| r.chdir.clone()),

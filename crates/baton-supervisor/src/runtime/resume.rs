@@ -348,5 +348,7 @@ impl Runtime {
         // (A worker that exited during the exec reports through its
         // pidfd; clients mid-request went on with their deadlines.)
         self.run_deferred();
+        let looks = self.machine.resume_accept_checks();
+        self.execute(looks);
     }
 }

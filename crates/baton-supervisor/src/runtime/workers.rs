@@ -12,7 +12,7 @@ use super::reconfig::GenSpec;
 use super::spawner::{Done, Job};
 use super::{Runtime, Source};
 use crate::guard::Guard;
-use crate::lifecycle::{Event, GenId, ReadyMode, Slot};
+use crate::lifecycle::{Event, GenId, Slot};
 use crate::notify::NotifySocket;
 use crate::output::{Pipe, Stream, Tail};
 use crate::worker::{SpawnFailure, Started, WorkerSpec};
@@ -182,7 +182,7 @@ impl Runtime {
                 None => rg.error = Some(crate::config::CommandError::Missing.to_string()),
             }
         }
-        if self.settings.policy.ready == ReadyMode::Notify {
+        if rg.spec.as_ref().is_some_and(|s| s.ready.uses_notify()) {
             let path = self.rundir.path().join(format!("notify-{g}.sock"));
             match NotifySocket::bind(&path) {
                 Ok(sock) => match self.register_fd(&sock.sock, Source::Notify(g)) {
