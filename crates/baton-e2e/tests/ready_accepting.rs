@@ -289,3 +289,32 @@ fn accepting_sees_a_unix_socket_listener() {
     assert_eq!(reply.generation(), Some(1));
     assert_eq!(baton.stop(Signal::TERM, WAIT).code(), Some(0));
 }
+
+/// baton upgrades itself in place while a generation is being looked at:
+/// the look in flight is lost with the old image's thread, and the new
+/// image starts looking again, so the worker is seen when it listens
+/// rather than timed out (`--ready-timeout 8s` against a 2 s start).
+#[test]
+fn accepting_goes_on_looking_across_an_in_place_upgrade() {
+    let Some(py) = python("accepting_goes_on_looking_across_an_in_place_upgrade") else {
+        return;
+    };
+    let baton = waiter_cmd(&py, "accepting", &["epoll", "--sleep", "2"])
+        .args(["--ready-timeout", "8s"])
+        .spawn();
+    baton.wait_for("generation 1 ready", WAIT);
+    let mark = baton.mark();
+    baton.signal(Signal::HUP);
+    baton.wait_for_after(mark, "worker 0 of generation 2 started", WAIT);
+    let mut ctl = Command::new(baton_e2e::bin("baton"));
+    ctl.arg("ctl")
+        .arg("--control")
+        .arg(baton.dir().join("baton/baton.sock"))
+        .arg("upgrade");
+    let out = run_bounded(ctl, WAIT);
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+    baton.wait_for_after(mark, "upgraded in place", WAIT);
+    baton.wait_for_after(mark, "generation 2 ready", WAIT);
+    assert_eq!(baton.count("was not ready within"), 0, "no timeout");
+    assert_eq!(http::get_ok(baton.port(), "/").generation(), Some(2));
+}
