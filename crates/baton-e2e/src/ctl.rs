@@ -25,3 +25,17 @@ pub fn ctl(baton: &Baton, args: &[&str]) -> Output {
         .args(args);
     run_bounded(cmd, Duration::from_secs(90))
 }
+
+/// Like [`ctl`], giving its exit code and its stdout and stderr as one
+/// text (for asserting on a message wherever baton wrote it).
+pub fn ctl_text(baton: &Baton, args: &[&str]) -> (Option<i32>, String) {
+    let out = ctl(baton, args);
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use baton_e2e::ctl::ctl_text as ctl;
 use baton_e2e::tools::run_bounded;
 use baton_e2e::{Baton, BatonCmd, Signal, WAIT, bin, http, inspect};
 use baton_load::{Config, Target};
@@ -28,23 +29,6 @@ fn probe_command(script: &Path, extra: &str) -> String {
         "command = [\"{}\", \"--script\", \"{}\", \"--drain-ms\", \"100\"{extra}]\n",
         bin("baton-probe").display(),
         script.display()
-    )
-}
-
-fn ctl(baton: &Baton, args: &[&str]) -> (Option<i32>, String) {
-    let mut cmd = Command::new(bin("baton"));
-    cmd.arg("ctl")
-        .arg("--control")
-        .arg(baton.dir().join("baton/baton.sock"))
-        .args(args);
-    let out = run_bounded(cmd, WAIT);
-    (
-        out.status.code(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
     )
 }
 
@@ -151,14 +135,15 @@ fn a_bad_file_refuses_the_reload_and_changes_nothing() {
 /// load on the unchanged one, no request fails.
 #[test]
 fn an_added_listener_is_served_by_the_new_generation_only() {
-    let (baton, file) = start(
+    let (mut baton, file) = start(
         // Generation 1 ignores SIGTERM, so it is still there to be looked
-        // at after the reload (killed at the grace).
+        // at after the reload (it is killed at the grace: long enough that a
+        // slow machine still finds it there).
         |script| {
             std::fs::write(script, "--ignore-term").expect("write the probe script");
             format!("{}{}", probe_command(script, ""), web_listener())
         },
-        &["--workers", "2", "--grace", "3s"],
+        &["--workers", "2", "--grace", "60s"],
     );
     std::fs::remove_file(baton.script_path()).expect("generation 2 behaves");
     let web = baton.port_of("web");
@@ -219,11 +204,16 @@ fn an_added_listener_is_served_by_the_new_generation_only() {
             w.pid
         );
     }
-    // (Stopped before generation 1, which ignores SIGTERM, is killed at the
-    // grace: its keep-alive connections would be reset then.)
+    // (Stopped before generation 1, which ignores SIGTERM, is killed: its
+    // keep-alive connections are reset then.)
     let report = load.stop();
     assert_eq!(report.failed, 0, "{report}");
-    baton.wait_for("generation 1 exited", WAIT);
+    assert!(
+        baton.count("generation 1 exited") == 0,
+        "generation 1 was still draining"
+    );
+    // It would drain for the whole grace: an immediate stop ends it.
+    assert_eq!(baton.stop(Signal::QUIT, WAIT).code(), Some(7));
 }
 
 /// A removed listener: a connection generation 1 accepted on it completes;

@@ -9,26 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use baton_e2e::ctl::ctl_text as ctl;
 use baton_e2e::tools::run_bounded;
 use baton_e2e::{Baton, BatonCmd, Proc, Signal, WAIT, bin, http, inspect};
 use baton_load::{Config, Target};
-
-fn ctl(baton: &Baton, args: &[&str]) -> (Option<i32>, String) {
-    let mut cmd = Command::new(bin("baton"));
-    cmd.arg("ctl")
-        .arg("--control")
-        .arg(baton.dir().join("baton/baton.sock"))
-        .args(args);
-    let out = run_bounded(cmd, WAIT);
-    (
-        out.status.code(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
 
 fn start(workers: &str) -> Baton {
     let baton = BatonCmd::new()
