@@ -726,6 +726,10 @@ address = "tcp://127.0.0.1:8080"
 [[listen]]
 address = "unix:/tmp/x.sock?mode=0660"
 
+[[listen]]
+name = "dns"
+address = "udp://127.0.0.1:5353"
+
 [env]
 RUST_LOG = "info"
 "#,
@@ -738,10 +742,64 @@ RUST_LOG = "info"
         assert!(matches!(f.control, Some(ControlSetting::Off)));
         assert_eq!(f.cgroups, Some(CgroupMode::Off));
         let listen = f.listen.expect("listeners");
-        assert_eq!(listen.len(), 2);
+        assert_eq!(listen.len(), 3);
+        assert!(listen[2].addr.is_datagram());
         assert_eq!(listen[0].name.as_deref(), Some("web"));
         assert_eq!(listen[1].name, None);
         assert_eq!(f.env, vec![("RUST_LOG".to_owned(), "info".to_owned())]);
+    }
+
+    #[test]
+    fn users_and_environments_parse_and_layer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a.env"), "A=file\nB=file\nC=file\n").expect("write");
+        let file = dir.path().join("baton.toml");
+        std::fs::write(
+            &file,
+            "command = [\"sh\", \"-c\", \"exec sleep 100\"]\nenv_file = \"a.env\"\nclear_env = true\nkeep_env = [\"LC_*\"]\nuser = \"root\"\nno_new_privs = false\n[env]\nB = \"table\"\nC = \"table\"\n",
+        )
+        .expect("write");
+        let over = Overrides {
+            env: vec![("C".into(), "flag".into())],
+            ..Overrides::default()
+        };
+        let s = load(Some(&file), &over).expect("load");
+        // Relative to the config file's directory.
+        assert_eq!(s.env_files, vec![dir.path().join("a.env")]);
+        assert_eq!(
+            s.env,
+            vec![
+                ("A".to_owned(), "file".to_owned()),
+                ("B".to_owned(), "table".to_owned()),
+                ("C".to_owned(), "flag".to_owned()),
+            ]
+        );
+        assert!(s.clear_env);
+        assert_eq!(s.keep_env, vec!["LC_*".to_owned()]);
+        assert_eq!(s.run_as.as_ref().map(|r| r.uid), Some(0));
+        assert_eq!(s.no_new_privs, Some(false));
+        assert!(!s.no_new_privs());
+        let plain = load(
+            None,
+            &Overrides {
+                command: vec!["sh".into()],
+                ..Overrides::default()
+            },
+        )
+        .expect("load");
+        assert_ne!(fingerprint(&s), fingerprint(&plain));
+        // A missing env file, a bad keep_env, a group alone.
+        for (text, want) in [
+            ("env_file = [\"nope.env\"]\n", "cannot read the env file"),
+            ("keep_env = [\"A-B\"]\nclear_env = true\n", "keep_env:"),
+            ("group = \"root\"\n", "needs --user"),
+            ("user = \"no-such-user-baton\"\n", "no such user"),
+            ("no_new_privs = \"yes\"\n", "invalid type"),
+        ] {
+            std::fs::write(&file, format!("command = [\"sh\"]\n{text}")).expect("write");
+            let e = load(Some(&file), &Overrides::default()).expect_err(text);
+            assert!(e.message.contains(want), "{text:?}: {}", e.message);
+        }
     }
 
     #[test]

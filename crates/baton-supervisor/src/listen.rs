@@ -142,6 +142,17 @@ impl std::str::FromStr for ListenSpec {
         if rest.is_empty() {
             return Err(err(text, offset, "missing address"));
         }
+        for scheme in ["udp", "tcp"] {
+            if let Some(after) = rest.strip_prefix(scheme).and_then(|r| r.strip_prefix(':'))
+                && !after.starts_with("//")
+            {
+                return Err(err(
+                    text,
+                    offset,
+                    format!("write {scheme}://{after} (with two slashes)"),
+                ));
+            }
+        }
         let addr = if let Some(path) = rest.strip_prefix("unix:") {
             parse_unix(text, offset + 5, path)?
         } else if let Some(body) = rest.strip_prefix("udp://") {
@@ -877,6 +888,12 @@ mod tests {
                 .expect_err("v6")
                 .problem
                 .contains("brackets")
+        );
+        assert!(
+            parse("dns=udp:127.0.0.1:53")
+                .expect_err("one slash short")
+                .problem
+                .contains("write udp://127.0.0.1:53")
         );
         assert!(
             parse("unix:")

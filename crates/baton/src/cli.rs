@@ -332,7 +332,32 @@ pub fn execute(args: Args, sinks: baton_supervisor::output::Sinks) -> Result<u8,
     }
 }
 
+/// `--no-new-privs false` (a space where `=` belongs) makes `false` the
+/// command; the value must follow an `=`. Caught on the raw arguments,
+/// where the space is still visible.
+fn check_no_new_privs_value() -> Result<(), Failure> {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let before_command = args.iter().take_while(|a| *a != "--");
+    for (flag, next) in before_command.clone().zip(before_command.skip(1)) {
+        if flag == "--no-new-privs"
+            && next
+                .to_str()
+                .is_some_and(|v| baton_supervisor::privileges::parse_bool(v).is_ok())
+        {
+            let v = next.to_string_lossy();
+            return Err(Failure::new(
+                exit::USAGE,
+                format!(
+                    "--no-new-privs {v}: its value goes after an '=' (--no-new-privs={v}); as written, {v:?} would be the command"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn validate(run: &RunArgs) -> Result<Settings, Failure> {
+    check_no_new_privs_value()?;
     let mut settings = config_file::load(run.config.as_deref(), &run.overrides()).map_err(|e| {
         let code = match e.kind {
             LoadErrorKind::Usage => exit::USAGE,
