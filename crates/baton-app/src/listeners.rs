@@ -296,10 +296,21 @@ impl Inherited {
     /// Takes the UDP socket named `name` (UDP sockets do not listen, so only
     /// the type and family are checked).
     pub fn take_udp(&mut self, name: &str) -> Result<Option<std::net::UdpSocket>, InheritError> {
-        let Some(index) = self.index_of(name) else {
+        match self.index_of(name) {
+            Some(i) => self.take_udp_at(i),
+            None => Ok(None),
+        }
+    }
+
+    /// Takes the UDP socket at position `index` (fd `3 + index`); a socket
+    /// of another kind stays to be taken as what it is.
+    pub fn take_udp_at(
+        &mut self,
+        index: usize,
+    ) -> Result<Option<std::net::UdpSocket>, InheritError> {
+        let Some(slot) = self.slots.get_mut(index) else {
             return Ok(None);
         };
-        let slot = &mut self.slots[index];
         let Some(fd) = slot.fd.take() else {
             return Ok(None);
         };

@@ -594,6 +594,8 @@ impl Upgrader {
             nofile_soft_limit: None,
             cgroup: None,
             program_fd: None,
+            credentials: None,
+            no_new_privs: false,
         })
         .map_err(|source| UpgradeError::Spawn {
             program: inner.program.display().to_string(),

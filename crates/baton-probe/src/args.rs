@@ -38,7 +38,12 @@ One-shot client modes (no server):
   --send-notify PATH MSG  send MSG as one datagram to the Unix socket PATH;
                         exit 0 when sent, 3 when permission was denied, 1 else
   --get-unix PATH URL   GET URL over the Unix socket PATH; exit 0 on a 200
-Endpoints: GET /  /env (with PID= and CWD=)  /slow?ms=N
+UDP: every inherited UDP socket answers a datagram with `gen=G worker=W pid=P: `
+  and the datagram, while serving.
+Endpoints: GET /  /env (with PID= and CWD=)  /env?all=1 (every variable)  /slow?ms=N
+  /identity      Uid, Gid, Groups, Cap* and NoNewPrivs of /proc/self/status
+  /try?kill=PID  /try?connect=PATH  /try?bind=ADDR
+                 attempt it (kill: signal 0), answer `ok` or `error: ...`
   /fds           open descriptors now, without the probe's own (its pipes,
                  its connections)
   /fds?at=start  open descriptors as inherited, listed before anything else

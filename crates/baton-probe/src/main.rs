@@ -20,7 +20,9 @@
 mod args;
 mod client;
 mod http;
+mod privs;
 mod serve;
+mod udp;
 
 use std::fmt::Write as _;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -96,9 +98,12 @@ fn main() {
         std::process::abort();
     }
 
-    let (listeners, sockets) = match opts.rebind_reuseport {
+    let (listeners, datagrams, sockets) = match opts.rebind_reuseport {
         None => take_listeners(),
-        Some(addr) => rebind_reuseport(addr),
+        Some(addr) => {
+            let (l, s) = rebind_reuseport(addr);
+            (l, Vec::new(), s)
+        }
     };
     say(&format!(
         "sockets: {}",
@@ -227,6 +232,20 @@ fn main() {
     shared.set_serving();
     say("serving");
     let mut acceptors = Vec::new();
+    let mut echoes = Vec::new();
+    for sock in datagrams {
+        let shared = Arc::clone(&shared);
+        match std::thread::Builder::new()
+            .name("udp".into())
+            .spawn(move || udp::echo_loop(&sock, &shared))
+        {
+            Ok(handle) => echoes.push(handle),
+            Err(e) => {
+                eprintln!("probe: cannot start a UDP thread: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     for listener in listeners {
         let shared = Arc::clone(&shared);
         let spawned = std::thread::Builder::new()
@@ -261,6 +280,9 @@ fn main() {
             kept.push(listener);
         }
     }
+    for h in echoes {
+        let _ = h.join();
+    }
     if let Some(h) = health_thread {
         let _ = h.join();
     }
@@ -272,10 +294,10 @@ fn main() {
     say("exiting");
 }
 
-/// Takes every inherited listener, in order; exits loudly when there are
-/// none or one cannot be taken. Also returns them as `FD NAME ADDRESS`
-/// lines (for `/sockets` and the start line).
-fn take_listeners() -> (Vec<AnyListener>, String) {
+/// Takes every inherited listener (and UDP socket), in order; exits
+/// loudly when there are none or one cannot be taken. Also returns them as
+/// `FD NAME ADDRESS` lines (for `/sockets` and the start line).
+fn take_listeners() -> (Vec<AnyListener>, Vec<std::net::UdpSocket>, String) {
     let mut inherited = match Inherited::from_env() {
         Ok(i) => i,
         Err(e) => {
@@ -293,9 +315,18 @@ fn take_listeners() -> (Vec<AnyListener>, String) {
     }
     let names: Vec<String> = inherited.names().map(str::to_owned).collect();
     let mut out = Vec::new();
+    let mut datagrams = Vec::new();
     let mut listing = String::new();
     for i in 0..inherited.len() {
         let name = names.get(i).map_or("-", String::as_str);
+        if let Ok(Some(sock)) = inherited.take_udp_at(i) {
+            let addr = sock
+                .local_addr()
+                .map_or_else(|_| "udp://?".to_owned(), |a| format!("udp://{a}"));
+            let _ = writeln!(listing, "{} {name} {addr}", sock.as_raw_fd());
+            datagrams.push(sock);
+            continue;
+        }
         let listener = match inherited.take_at(i) {
             Ok(Some(Listener::Tcp(l))) => AnyListener::Tcp(l),
             Ok(Some(Listener::Unix(l))) => AnyListener::Unix(l),
@@ -313,7 +344,7 @@ fn take_listeners() -> (Vec<AnyListener>, String) {
         );
         out.push(listener);
     }
-    (out, listing)
+    (out, datagrams, listing)
 }
 
 /// `--rebind-reuseport`: what a tool that rebinds the port in every

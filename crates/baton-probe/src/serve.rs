@@ -498,7 +498,17 @@ fn respond(req: &Request, shared: &Shared, conn_fd: RawFd) -> Response {
             skip.extend(shared.conn_fds().keys());
             Response::new(200, list_fds(&skip))
         }
+        "/env" if req.query_param("all").is_some() => Response::new(200, env_all(id.pid)),
         "/env" => Response::new(200, env_report(id.pid)),
+        "/identity" => Response::new(200, crate::privs::identity()),
+        "/try" => Response::new(
+            200,
+            crate::privs::attempt(
+                req.query_param("kill"),
+                req.query_param("connect").map(percent_decode).as_deref(),
+                req.query_param("bind"),
+            ),
+        ),
         "/sockets" => Response::new(200, shared.sockets.clone()),
         "/argv" => Response::new(200, argv_report()),
         "/health" if shared.serving.load(Ordering::SeqCst) => Response::new(200, "serving\n"),
@@ -619,6 +629,25 @@ fn env_report(pid: u32) -> String {
     if let Ok(cwd) = std::env::current_dir() {
         let _ = writeln!(out, "CWD={}", cwd.display());
     }
+    out
+}
+
+/// Every variable, `KEY=VALUE` sorted by key, then `PID=`.
+fn env_all(pid: u32) -> String {
+    let mut vars: Vec<(String, String)> = std::env::vars_os()
+        .map(|(k, v)| {
+            (
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            )
+        })
+        .collect();
+    vars.sort();
+    let mut out = String::new();
+    for (k, v) in vars {
+        let _ = writeln!(out, "{k}={v}");
+    }
+    let _ = writeln!(out, "PID={pid}");
     out
 }
 

@@ -35,12 +35,46 @@ pub struct Settings {
     pub guard: Option<(PathBuf, Vec<std::ffi::OsString>)>,
     /// Whether each generation gets a cgroup of its own.
     pub cgroups: CgroupMode,
-    /// Variables set for the workers (`[env]`, `--env`), over baton's own.
+    /// Variables set for the workers, over baton's own: the `--env-file`
+    /// files' in order, then `[env]`, then `--env` (a later one replaces an
+    /// earlier one of the same name). See [`crate::environment`].
     pub env: Vec<(String, String)>,
+    /// `--env-file`: the files `env` was read from (read again on reload).
+    #[serde(default)]
+    pub env_files: Vec<PathBuf>,
+    /// `--clear-env`: workers get only `PATH`, `HOME`, `LANG`, `TZ` and the
+    /// `keep_env` names of baton's own environment.
+    #[serde(default)]
+    pub clear_env: bool,
+    /// `--keep-env`: more of baton's variables kept by `clear_env` (a name,
+    /// or a prefix ending in `*`).
+    #[serde(default)]
+    pub keep_env: Vec<String>,
+    /// `--user`/`--group`, resolved: whom the workers run as (`None`:
+    /// baton's own user).
+    #[serde(default)]
+    pub run_as: Option<crate::privileges::RunAs>,
+    /// `--no-new-privs` as given (`None`: on with `--user`, off without);
+    /// see [`Settings::no_new_privs`].
+    #[serde(default)]
+    pub no_new_privs: Option<bool>,
     /// The config file these settings were read from (read again on every
     /// reload), and the flags that override it.
     pub config_file: Option<PathBuf>,
     pub overrides: crate::config_file::Overrides,
+}
+
+impl Settings {
+    /// Whether workers get `PR_SET_NO_NEW_PRIVS`: as `--no-new-privs` says,
+    /// else whenever they run as another user (`--user`).
+    pub fn no_new_privs(&self) -> bool {
+        self.no_new_privs.unwrap_or(self.run_as.is_some())
+    }
+
+    /// Whether the workers switch to another user than baton's.
+    pub fn drops_privileges(&self) -> Option<&crate::privileges::RunAs> {
+        self.run_as.as_ref().filter(|r| !r.is_baton_itself())
+    }
 }
 
 /// `--cgroups`: whether baton gives each generation a cgroup of its own.

@@ -28,6 +28,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::fmt::Write as _;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -75,6 +76,24 @@ pub struct Overrides {
     pub env: Vec<(String, String)>,
     /// The command after `--` (empty: the file's `command`).
     pub command: Vec<OsString>,
+    /// `--env-file` (replaces the file's `env_file`).
+    #[serde(default)]
+    pub env_files: Vec<PathBuf>,
+    /// `--clear-env` (given: on, whatever the file says).
+    #[serde(default)]
+    pub clear_env: bool,
+    /// `--keep-env` (replaces the file's `keep_env`).
+    #[serde(default)]
+    pub keep_env: Vec<String>,
+    /// `--user USER[:GROUP]`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// `--group GROUP`.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// `--no-new-privs[=BOOL]`.
+    #[serde(default)]
+    pub no_new_privs: Option<bool>,
 }
 
 /// Why the settings cannot be used, with the exit code `baton run` gives
@@ -112,6 +131,14 @@ enum RawDuration {
     Text(String),
 }
 
+/// `env_file = "path"` or `env_file = ["a", "b"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(PathBuf),
+    Many(Vec<PathBuf>),
+}
+
 /// `control = "/path"` or `control = false`.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -145,6 +172,12 @@ struct RawFile {
     watch_debounce: Option<Spanned<RawDuration>>,
     cgroups: Option<Spanned<String>>,
     env: Option<BTreeMap<String, Spanned<String>>>,
+    env_file: Option<Spanned<OneOrMany>>,
+    clear_env: Option<bool>,
+    keep_env: Option<Vec<Spanned<String>>>,
+    user: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
+    no_new_privs: Option<bool>,
 }
 
 /// The file's `control` key.
@@ -172,6 +205,13 @@ struct FileSettings {
     watch_debounce: Option<Duration>,
     cgroups: Option<CgroupMode>,
     env: Vec<(String, String)>,
+    /// Relative paths made relative to the config file's directory.
+    env_files: Option<Vec<PathBuf>>,
+    clear_env: Option<bool>,
+    keep_env: Option<Vec<String>>,
+    user: Option<String>,
+    group: Option<String>,
+    no_new_privs: Option<bool>,
 }
 
 /// `line:column` (1-based) of byte `offset` in `text`.
@@ -330,14 +370,112 @@ fn parse_file(path: &Path, text: &str) -> Result<FileSettings, LoadError> {
             out.env.push((k, v.into_inner()));
         }
     }
+    if let Some(files) = raw.env_file {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let list = match files.into_inner() {
+            OneOrMany::One(p) => vec![p],
+            OneOrMany::Many(v) => v,
+        };
+        // Relative to the config file, wherever baton was started from.
+        out.env_files = Some(
+            list.into_iter()
+                .map(|p| if p.is_relative() { dir.join(p) } else { p })
+                .collect(),
+        );
+    }
+    out.clear_env = raw.clear_env;
+    if let Some(keep) = raw.keep_env {
+        let mut names = Vec::new();
+        for k in keep {
+            crate::environment::check_keep_pattern(k.get_ref())
+                .map_err(|e| src.error(k.span(), format!("keep_env: {e}")))?;
+            names.push(k.into_inner());
+        }
+        out.keep_env = Some(names);
+    }
+    out.user = raw.user.map(Spanned::into_inner);
+    out.group = raw.group.map(Spanned::into_inner);
+    out.no_new_privs = raw.no_new_privs;
     Ok(out)
+}
+
+/// The workers' variables from the env files, then `[env]`, then `--env`;
+/// and the run-as user, resolved: the parts of [`load`] for `--env-file`,
+/// `--clear-env` and `--user`.
+struct WorkerIdentity {
+    env: Vec<(String, String)>,
+    env_files: Vec<PathBuf>,
+    clear_env: bool,
+    keep_env: Vec<String>,
+    run_as: Option<crate::privileges::RunAs>,
+    no_new_privs: Option<bool>,
+}
+
+fn worker_identity(
+    f: &mut FileSettings,
+    over: &Overrides,
+    from_file: &dyn Fn(&str) -> String,
+) -> Result<WorkerIdentity, LoadError> {
+    let env_files = if over.env_files.is_empty() {
+        f.env_files.take().unwrap_or_default()
+    } else {
+        over.env_files.clone()
+    };
+    let mut env: Vec<(String, String)> = Vec::new();
+    for file in &env_files {
+        for (k, v) in crate::environment::read_file(file).map_err(LoadError::usage)? {
+            crate::environment::set(&mut env, &k, &v);
+        }
+    }
+    for (k, v) in std::mem::take(&mut f.env).iter().chain(&over.env) {
+        crate::environment::set(&mut env, k, v);
+    }
+    let clear_env = over.clear_env || f.clear_env.unwrap_or(false);
+    let keep_env = if over.keep_env.is_empty() {
+        f.keep_env.take().unwrap_or_default()
+    } else {
+        over.keep_env.clone()
+    };
+    if !keep_env.is_empty() && !clear_env {
+        return Err(LoadError::usage(from_file(&format!(
+            "--keep-env {} does nothing without --clear-env (baton's whole environment is passed on already); add --clear-env, or leave --keep-env out",
+            keep_env.join(",")
+        ))));
+    }
+    let user = over.user.clone().or_else(|| f.user.take());
+    let group = over.group.clone().or_else(|| f.group.take());
+    let run_as = match (&user, &group) {
+        (Some(u), g) => {
+            let r = crate::privileges::RunAs::resolve(u, g.as_deref())
+                .map_err(|e| LoadError::usage(from_file(&e)))?;
+            r.check_allowed().map_err(|e| LoadError {
+                kind: LoadErrorKind::Command,
+                message: from_file(&e),
+            })?;
+            Some(r)
+        }
+        (None, Some(g)) => {
+            return Err(LoadError::usage(from_file(&format!(
+                "--group {g} needs --user: give the user the workers run as, e.g. --user www-data --group {g}"
+            ))));
+        }
+        (None, None) => None,
+    };
+    Ok(WorkerIdentity {
+        env,
+        env_files,
+        clear_env,
+        keep_env,
+        run_as,
+        no_new_privs: over.no_new_privs.or(f.no_new_privs),
+    })
 }
 
 /// The settings of `baton run`: the file (if any), the flags over it, the
 /// defaults under both; checked (the command can be run, the watched paths
 /// exist).
 pub fn load(file: Option<&Path>, over: &Overrides) -> Result<Settings, LoadError> {
-    let f = match file {
+    let mut f = match file {
         Some(p) => read_file(p)?,
         None => FileSettings::default(),
     };
@@ -345,6 +483,7 @@ pub fn load(file: Option<&Path>, over: &Overrides) -> Result<Settings, LoadError
         Some(p) => format!("{what} (from {})", p.display()),
         None => what.to_owned(),
     };
+    let identity = worker_identity(&mut f, over, &from_file)?;
     let args: Vec<OsString> = if over.command.is_empty() {
         f.command.clone().unwrap_or_default()
     } else {
@@ -391,6 +530,13 @@ pub fn load(file: Option<&Path>, over: &Overrides) -> Result<Settings, LoadError
             names.push(n);
         }
     }
+    let ready = over.ready.clone().or(f.ready).unwrap_or(ReadyMode::Notify);
+    if ready.accepting() && !listeners.is_empty() && listeners.iter().all(|l| l.addr.is_datagram())
+    {
+        return Err(LoadError::usage(from_file(
+            "--ready accepting watches for a worker waiting for connections, and a UDP socket has none to accept: with only udp:// listeners use notify, fd, exec:CMD or delay:DURATION",
+        )));
+    }
     let watch = if over.watch.is_empty() {
         f.watch.unwrap_or_default()
     } else {
@@ -419,18 +565,13 @@ pub fn load(file: Option<&Path>, over: &Overrides) -> Result<Settings, LoadError
             None => Some(crate::control::default_path(&name)),
         }
     };
-    let mut env = f.env;
-    for (k, v) in &over.env {
-        env.retain(|(ek, _)| ek != k);
-        env.push((k.clone(), v.clone()));
-    }
     let settings = Settings {
         listeners,
         program,
         args,
         policy: Policy {
             workers: over.workers.or(f.workers).unwrap_or(defaults::WORKERS),
-            ready: over.ready.clone().or(f.ready).unwrap_or(ReadyMode::Notify),
+            ready,
             ready_timeout: over
                 .ready_timeout
                 .or(f.ready_timeout)
@@ -451,7 +592,12 @@ pub fn load(file: Option<&Path>, over: &Overrides) -> Result<Settings, LoadError
             .unwrap_or(defaults::WATCH_DEBOUNCE),
         guard: None,
         cgroups: over.cgroups.or(f.cgroups).unwrap_or(CgroupMode::Auto),
-        env,
+        env: identity.env,
+        env_files: identity.env_files,
+        clear_env: identity.clear_env,
+        keep_env: identity.keep_env,
+        run_as: identity.run_as,
+        no_new_privs: identity.no_new_privs,
         config_file: file.map(Path::to_path_buf),
         overrides: over.clone(),
     };
@@ -484,6 +630,29 @@ pub fn check(path: &Path) -> Result<String, LoadError> {
     if let Some(w) = f.workers {
         lines.push(format!("workers: {w}"));
     }
+    for e in f.env_files.iter().flatten() {
+        let vars = crate::environment::read_file(e).map_err(LoadError::usage)?;
+        lines.push(format!(
+            "env_file: {} ({} variables)",
+            e.display(),
+            vars.len()
+        ));
+    }
+    if f.clear_env == Some(true) {
+        lines.push(format!("clear_env: keeps {}", {
+            let mut kept: Vec<String> = crate::environment::ALWAYS_KEPT
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect();
+            kept.extend(f.keep_env.iter().flatten().cloned());
+            kept.join(", ")
+        }));
+    }
+    if let Some(u) = &f.user {
+        let r = crate::privileges::RunAs::resolve(u, f.group.as_deref())
+            .map_err(|e| LoadError::usage(format!("{}: {e}", path.display())))?;
+        lines.push(format!("user: {}", r.describe()));
+    }
     Ok(lines.join("\n"))
 }
 
@@ -508,6 +677,18 @@ pub fn fingerprint(s: &Settings) -> String {
             &s.policy.stop_signal,
         )
     );
+    // Later settings are added only when not at their default, so the
+    // fingerprint of settings that do not use them stays what it was.
+    let mut canonical = canonical;
+    if let Some(r) = &s.run_as {
+        let _ = write!(canonical, "{:?}", (r.uid, r.gid, &r.groups));
+    }
+    if s.no_new_privs.is_some() {
+        let _ = write!(canonical, "nnp={}", s.no_new_privs());
+    }
+    if s.clear_env {
+        let _ = write!(canonical, "clear={:?}", s.keep_env);
+    }
     let hash = blake3::hash(canonical.as_bytes());
     hash.to_hex()[..12].to_owned()
 }
@@ -545,6 +726,10 @@ address = "tcp://127.0.0.1:8080"
 [[listen]]
 address = "unix:/tmp/x.sock?mode=0660"
 
+[[listen]]
+name = "dns"
+address = "udp://127.0.0.1:5353"
+
 [env]
 RUST_LOG = "info"
 "#,
@@ -557,10 +742,64 @@ RUST_LOG = "info"
         assert!(matches!(f.control, Some(ControlSetting::Off)));
         assert_eq!(f.cgroups, Some(CgroupMode::Off));
         let listen = f.listen.expect("listeners");
-        assert_eq!(listen.len(), 2);
+        assert_eq!(listen.len(), 3);
+        assert!(listen[2].addr.is_datagram());
         assert_eq!(listen[0].name.as_deref(), Some("web"));
         assert_eq!(listen[1].name, None);
         assert_eq!(f.env, vec![("RUST_LOG".to_owned(), "info".to_owned())]);
+    }
+
+    #[test]
+    fn users_and_environments_parse_and_layer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a.env"), "A=file\nB=file\nC=file\n").expect("write");
+        let file = dir.path().join("baton.toml");
+        std::fs::write(
+            &file,
+            "command = [\"sh\", \"-c\", \"exec sleep 100\"]\nenv_file = \"a.env\"\nclear_env = true\nkeep_env = [\"LC_*\"]\nuser = \"root\"\nno_new_privs = false\n[env]\nB = \"table\"\nC = \"table\"\n",
+        )
+        .expect("write");
+        let over = Overrides {
+            env: vec![("C".into(), "flag".into())],
+            ..Overrides::default()
+        };
+        let s = load(Some(&file), &over).expect("load");
+        // Relative to the config file's directory.
+        assert_eq!(s.env_files, vec![dir.path().join("a.env")]);
+        assert_eq!(
+            s.env,
+            vec![
+                ("A".to_owned(), "file".to_owned()),
+                ("B".to_owned(), "table".to_owned()),
+                ("C".to_owned(), "flag".to_owned()),
+            ]
+        );
+        assert!(s.clear_env);
+        assert_eq!(s.keep_env, vec!["LC_*".to_owned()]);
+        assert_eq!(s.run_as.as_ref().map(|r| r.uid), Some(0));
+        assert_eq!(s.no_new_privs, Some(false));
+        assert!(!s.no_new_privs());
+        let plain = load(
+            None,
+            &Overrides {
+                command: vec!["sh".into()],
+                ..Overrides::default()
+            },
+        )
+        .expect("load");
+        assert_ne!(fingerprint(&s), fingerprint(&plain));
+        // A missing env file, a bad keep_env, a group alone.
+        for (text, want) in [
+            ("env_file = [\"nope.env\"]\n", "cannot read the env file"),
+            ("keep_env = [\"A-B\"]\nclear_env = true\n", "keep_env:"),
+            ("group = \"root\"\n", "needs --user"),
+            ("user = \"no-such-user-baton\"\n", "no such user"),
+            ("no_new_privs = \"yes\"\n", "invalid type"),
+        ] {
+            std::fs::write(&file, format!("command = [\"sh\"]\n{text}")).expect("write");
+            let e = load(Some(&file), &Overrides::default()).expect_err(text);
+            assert!(e.message.contains(want), "{text:?}: {}", e.message);
+        }
     }
 
     #[test]

@@ -160,6 +160,8 @@ impl Guard {
             nofile_soft_limit: None,
             cgroup: None,
             program_fd: None,
+            credentials: None,
+            no_new_privs: false,
         })
         .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
         drop(rx);

@@ -27,7 +27,8 @@
 //!   its own.
 //! * [`listen`] parses and binds listen specs; [`worker`] builds each
 //!   worker's environment and spawns it through `baton-sys`, the only crate
-//!   with `unsafe` code.
+//!   with `unsafe` code; [`environment`] (`--env-file`, `--clear-env`) and
+//!   [`privileges`] (`--user`) say what it gets and whom it runs as.
 #![deny(unsafe_code)]
 
 pub mod accepting;
@@ -35,11 +36,13 @@ pub mod cgroup;
 pub mod config;
 pub mod config_file;
 pub mod control;
+pub mod environment;
 pub mod guard;
 pub mod lifecycle;
 pub mod listen;
 pub mod notify;
 pub mod output;
+pub mod privileges;
 pub mod runtime;
 pub mod signals;
 pub mod stamp;

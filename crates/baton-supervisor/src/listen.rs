@@ -5,6 +5,12 @@
 //! queue: a connection waiting in it survives every reload. baton never uses
 //! `SO_REUSEPORT` to split a port between generations, because closing such
 //! a socket drops the connections queued on it (nginx ticket #1300).
+//!
+//! A `udp://HOST:PORT` listener is a bound datagram socket, passed like the
+//! others (`LISTEN_FDS`, `LISTEN_FDNAMES`). All generations read from the
+//! one socket, so its receive queue carries over a reload as an accept
+//! queue does: a datagram is read by whichever worker reads first, old or
+//! new.
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -17,7 +23,7 @@ use rustix::net::{AddressFamily, SocketType};
 /// The listen backlog. The kernel caps it at `net.core.somaxconn`.
 pub const BACKLOG: i32 = 4096;
 
-const VALID_FORMS: &str = "valid forms: tcp://HOST:PORT, HOST:PORT, :PORT, [::1]:PORT, unix:PATH, unix:PATH?mode=0660, each optionally prefixed by NAME= (e.g. web=tcp://0.0.0.0:8080)";
+const VALID_FORMS: &str = "valid forms: tcp://HOST:PORT, HOST:PORT, :PORT, [::1]:PORT, udp://HOST:PORT, unix:PATH, unix:PATH?mode=0660, each optionally prefixed by NAME= (e.g. web=tcp://0.0.0.0:8080)";
 
 /// What to listen on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +32,8 @@ pub enum ListenAddr {
     Tcp { host: String, port: u16 },
     /// A Unix stream socket at a path, with an optional file mode.
     Unix { path: PathBuf, mode: Option<u32> },
+    /// A UDP host and port (`udp://`), resolved at bind time.
+    Udp { host: String, port: u16 },
 }
 
 impl ListenAddr {
@@ -33,10 +41,16 @@ impl ListenAddr {
     /// aside: the file stays the same).
     pub fn same_socket(&self, other: &Self) -> bool {
         match (self, other) {
-            (Self::Tcp { host: a, port: p }, Self::Tcp { host: b, port: q }) => a == b && p == q,
+            (Self::Tcp { host: a, port: p }, Self::Tcp { host: b, port: q })
+            | (Self::Udp { host: a, port: p }, Self::Udp { host: b, port: q }) => a == b && p == q,
             (Self::Unix { path: a, .. }, Self::Unix { path: b, .. }) => a == b,
             _ => false,
         }
+    }
+
+    /// Whether this is a datagram socket (`udp://`): nothing to accept.
+    pub fn is_datagram(&self) -> bool {
+        matches!(self, Self::Udp { .. })
     }
 }
 
@@ -128,8 +142,24 @@ impl std::str::FromStr for ListenSpec {
         if rest.is_empty() {
             return Err(err(text, offset, "missing address"));
         }
+        for scheme in ["udp", "tcp"] {
+            if let Some(after) = rest.strip_prefix(scheme).and_then(|r| r.strip_prefix(':'))
+                && !after.starts_with("//")
+            {
+                return Err(err(
+                    text,
+                    offset,
+                    format!("write {scheme}://{after} (with two slashes)"),
+                ));
+            }
+        }
         let addr = if let Some(path) = rest.strip_prefix("unix:") {
             parse_unix(text, offset + 5, path)?
+        } else if let Some(body) = rest.strip_prefix("udp://") {
+            match parse_tcp(text, offset + 6, body)? {
+                ListenAddr::Tcp { host, port } => ListenAddr::Udp { host, port },
+                other => other,
+            }
         } else {
             let (body, body_at) = match rest.strip_prefix("tcp://") {
                 Some(b) => (b, offset + 6),
@@ -225,7 +255,7 @@ fn parse_tcp(text: &str, at: usize, body: &str) -> Result<ListenAddr, SpecError>
             err(
                 text,
                 at + body.len(),
-                "missing ':PORT' (a TCP address needs a port; for a Unix socket write unix:PATH)",
+                "missing ':PORT' (a TCP or UDP address needs a port; for a Unix socket write unix:PATH)",
             )
         })?;
         let host = &body[..colon];
@@ -344,6 +374,26 @@ impl Bound {
                     unix_file: None,
                 })
             }
+            ListenAddr::Udp { host, port } => {
+                let addr = resolve(spec, host, *port)?;
+                let fd = bind_udp(addr).map_err(|e| BindError::Bind {
+                    spec: spec.text.clone(),
+                    addr: format!("udp://{addr}"),
+                    problem: explain(e, &format!("udp://{addr}"), Some(*port)),
+                })?;
+                let local = rustix::net::getsockname(&fd)
+                    .ok()
+                    .and_then(|a| SocketAddr::try_from(a).ok())
+                    .unwrap_or(addr);
+                Ok(Self {
+                    spec: Some(spec.clone()),
+                    adopted: false,
+                    name,
+                    fd,
+                    display: format!("udp://{local}"),
+                    unix_file: None,
+                })
+            }
             ListenAddr::Unix { path, mode } => {
                 let fd = bind_unix(spec, path, *mode)?;
                 let meta = std::fs::symlink_metadata(path).map_err(|e| BindError::Path {
@@ -376,6 +426,12 @@ impl Bound {
             display,
             unix_file: None,
         }
+    }
+
+    /// Whether this is a datagram (UDP) socket, bound or adopted: nothing
+    /// accepts on it, so `--ready accepting` does not look for it.
+    pub fn is_datagram(&self) -> bool {
+        rustix::net::sockopt::socket_type(&self.fd).is_ok_and(|t| t == SocketType::DGRAM)
     }
 
     /// Removes the socket file, if this is a Unix listener and the file at
@@ -441,6 +497,28 @@ fn bind_tcp(addr: SocketAddr) -> Result<OwnedFd, rustix::io::Errno> {
     }
     rustix::net::bind(&fd, &addr)?;
     rustix::net::listen(&fd, BACKLOG)?;
+    Ok(fd)
+}
+
+fn bind_udp(addr: SocketAddr) -> Result<OwnedFd, rustix::io::Errno> {
+    let family = if addr.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let fd = rustix::net::socket_with(
+        family,
+        SocketType::DGRAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )?;
+    // No SO_REUSEADDR here, unlike TCP: UDP has no TIME_WAIT to wait out,
+    // and on a UDP socket it would let another process that sets it too
+    // bind the same port and take the datagrams meant for the workers.
+    if addr.is_ipv6() {
+        rustix::net::sockopt::set_ipv6_v6only(&fd, true)?;
+    }
+    rustix::net::bind(&fd, &addr)?;
     Ok(fd)
 }
 
@@ -582,8 +660,14 @@ pub fn open_all(
     if specs.is_empty() {
         for i in 0..inherited.len() {
             let name = inherited.names().nth(i).unwrap_or("unknown").to_owned();
-            match inherited.take_at(i) {
-                Ok(Some(l)) => out.push(Bound::adopt(None, name, listener_fd(l))),
+            // A UDP socket (systemd's ListenDatagram=) is not a listener
+            // to `take_at`: take it as what it is.
+            let taken = match inherited.take_udp_at(i) {
+                Ok(Some(u)) => Ok(Some(OwnedFd::from(u))),
+                _ => inherited.take_at(i).map(|o| o.map(listener_fd)),
+            };
+            match taken {
+                Ok(Some(fd)) => out.push(Bound::adopt(None, name, fd)),
                 Ok(None) => {}
                 Err(e) => {
                     return Err(fail(
@@ -600,22 +684,37 @@ pub fn open_all(
     }
     for (i, spec) in specs.iter().enumerate() {
         let adopted = match spec.name.as_deref() {
-            Some(name) => inherited.take(name).map_err(|e| {
-                fail(
-                    &out,
-                    BindError::Adopt {
-                        name: name.to_owned(),
-                        problem: e.to_string(),
-                    },
-                )
-            })?,
+            Some(name) if spec.addr.is_datagram() => inherited
+                .take_udp(name)
+                .map(|o| o.map(OwnedFd::from))
+                .map_err(|e| {
+                    fail(
+                        &out,
+                        BindError::Adopt {
+                            name: name.to_owned(),
+                            problem: e.to_string(),
+                        },
+                    )
+                })?,
+            Some(name) => inherited
+                .take(name)
+                .map(|o| o.map(listener_fd))
+                .map_err(|e| {
+                    fail(
+                        &out,
+                        BindError::Adopt {
+                            name: name.to_owned(),
+                            problem: e.to_string(),
+                        },
+                    )
+                })?,
             None => None,
         };
         let b = match adopted {
-            Some(l) => Bound::adopt(
+            Some(fd) => Bound::adopt(
                 Some(spec),
                 spec.name.clone().unwrap_or_else(|| format!("listen{i}")),
-                listener_fd(l),
+                fd,
             ),
             None => Bound::bind(spec, i).map_err(|e| fail(&out, e))?,
         };
@@ -649,6 +748,11 @@ fn listener_fd(l: baton_app::Listener) -> OwnedFd {
 pub fn describe_fd(fd: &OwnedFd) -> String {
     match rustix::net::getsockname(fd.as_fd()) {
         Ok(addr) => match SocketAddr::try_from(addr.clone()) {
+            Ok(sa)
+                if rustix::net::sockopt::socket_type(fd).is_ok_and(|t| t == SocketType::DGRAM) =>
+            {
+                format!("udp://{sa}")
+            }
             Ok(sa) => format!("tcp://{sa}"),
             Err(_) => match rustix::net::SocketAddrUnix::try_from(addr) {
                 Ok(u) => u.path().map_or_else(
@@ -702,6 +806,24 @@ mod tests {
                 mode: None
             }
         );
+        let s = parse("dns=udp://127.0.0.1:5353").expect("ok");
+        assert_eq!(s.name.as_deref(), Some("dns"));
+        assert_eq!(
+            s.addr,
+            ListenAddr::Udp {
+                host: "127.0.0.1".into(),
+                port: 5353
+            }
+        );
+        assert!(s.addr.is_datagram());
+        assert_eq!(
+            parse("udp://[::1]:0").expect("ok").addr,
+            ListenAddr::Udp {
+                host: "::1".into(),
+                port: 0
+            }
+        );
+        assert!(!s.addr.same_socket(&tcp("127.0.0.1", 5353)));
         let s = parse("admin=unix:rel/a.sock?mode=0660").expect("ok");
         assert_eq!(s.name.as_deref(), Some("admin"));
         assert_eq!(
@@ -750,10 +872,28 @@ mod tests {
                 .contains("not an IPv6")
         );
         assert!(
-            parse("udp://1.2.3.4:5")
+            parse("sctp://1.2.3.4:5")
                 .expect_err("scheme")
                 .problem
                 .contains("unknown scheme")
+        );
+        assert!(
+            parse("udp://1.2.3.4")
+                .expect_err("no port")
+                .problem
+                .contains("missing ':PORT'")
+        );
+        assert!(
+            parse("udp://::1:53")
+                .expect_err("v6")
+                .problem
+                .contains("brackets")
+        );
+        assert!(
+            parse("dns=udp:127.0.0.1:53")
+                .expect_err("one slash short")
+                .problem
+                .contains("write udp://127.0.0.1:53")
         );
         assert!(
             parse("unix:")
@@ -812,6 +952,35 @@ mod tests {
         assert!(b.display.starts_with("tcp://127.0.0.1:"));
         assert!(!b.display.ends_with(":0"));
         assert_eq!(b.name, "listen0");
+    }
+
+    #[test]
+    fn binds_ephemeral_udp_that_answers_and_is_told_apart() {
+        let b = Bound::bind(&parse("dns=udp://127.0.0.1:0").expect("ok"), 0).expect("bind");
+        assert!(b.display.starts_with("udp://127.0.0.1:"), "{}", b.display);
+        assert!(!b.display.ends_with(":0"));
+        assert!(b.is_datagram());
+        assert_eq!(b.name, "dns");
+        assert_eq!(describe_fd(&b.fd), b.display);
+        let port: u16 = b
+            .display
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        // Taken: a second bind of the same port is refused by name.
+        let e = Bound::bind(&parse(&format!("udp://127.0.0.1:{port}")).expect("ok"), 0)
+            .expect_err("in use");
+        assert!(e.to_string().contains("already in use"), "{e}");
+        let tcp = Bound::bind(&parse("127.0.0.1:0").expect("ok"), 0).expect("bind");
+        assert!(!tcp.is_datagram());
+        // Datagrams reach the socket.
+        let sock = std::net::UdpSocket::from(b.fd.try_clone().expect("dup"));
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("client");
+        client.send_to(b"ping", ("127.0.0.1", port)).expect("send");
+        let mut buf = [0u8; 16];
+        let (n, _) = sock.recv_from(&mut buf).expect("recv");
+        assert_eq!(&buf[..n], b"ping");
     }
 
     #[test]

@@ -37,6 +37,7 @@ use crate::signals::{HANDLED, Ignored, SignalPipe};
 
 mod accepting;
 mod clients;
+mod privileges;
 mod readiness;
 mod reconfig;
 mod resume;
@@ -183,6 +184,9 @@ pub struct Runtime {
 #[derive(Debug)]
 pub(crate) struct RunDir {
     path: PathBuf,
+    /// The directory for the notify sockets of generations that run as
+    /// another user, once one did (see `crate::privileges`).
+    pub(crate) shared: Option<PathBuf>,
 }
 
 impl RunDir {
@@ -204,12 +208,15 @@ impl RunDir {
             .permissions(std::fs::Permissions::from_mode(0o700))
             .tempdir_in(base)?;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
-        Ok(Self { path: dir.keep() })
+        Ok(Self {
+            path: dir.keep(),
+            shared: None,
+        })
     }
 
-    /// The directory a previous image of this baton made.
-    pub(crate) fn adopt(path: PathBuf) -> Self {
-        Self { path }
+    /// The directories a previous image of this baton made.
+    pub(crate) fn adopt(path: PathBuf, shared: Option<PathBuf>) -> Self {
+        Self { path, shared }
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -220,6 +227,9 @@ impl RunDir {
 impl Drop for RunDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.path);
+        if let Some(shared) = &self.shared {
+            let _ = std::fs::remove_dir_all(shared);
+        }
     }
 }
 

@@ -79,6 +79,10 @@ pub struct WorkerSpec {
     pub listeners: Arc<Vec<Arc<Bound>>>,
     /// The worker's stdin (`/dev/null`).
     pub stdin: Arc<OwnedFd>,
+    /// Whom it runs as (`--user`; `None`: as baton).
+    pub run_as: Option<Arc<crate::privileges::RunAs>>,
+    /// `PR_SET_NO_NEW_PRIVS` for it.
+    pub no_new_privs: bool,
 }
 
 fn nonblocking_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -133,8 +137,17 @@ pub fn spawn_worker(
             step: baton_sys::spawn::Step::Cgroup,
             source,
         } => SpawnFailure::Cgroup(source.to_string()),
-        e => SpawnFailure::Other(explain_spawn_error(&e, spec)),
+        e => SpawnFailure::Other(explain_spawn_error(
+            &e,
+            &spec.program,
+            spec.chdir.as_deref(),
+            spec.run_as.as_deref(),
+        )),
     };
+    let credentials = spec
+        .run_as
+        .as_ref()
+        .map(|r| crate::privileges::RunAs::credentials(r));
     let forked = baton_sys::spawn::fork_exec(&Command {
         program: &spec.program,
         args: &spec.args,
@@ -152,6 +165,8 @@ pub fn spawn_worker(
         nofile_soft_limit: spec.nofile_soft_limit,
         cgroup,
         program_fd: None,
+        credentials: credentials.as_ref(),
+        no_new_privs: spec.no_new_privs,
     })
     .map_err(explain)?;
     on_forked(forked.pid());
@@ -165,28 +180,68 @@ pub fn spawn_worker(
     })
 }
 
-fn explain_spawn_error(e: &baton_sys::spawn::SpawnError, spec: &WorkerSpec) -> String {
+fn explain_spawn_error(
+    e: &baton_sys::spawn::SpawnError,
+    program: &Path,
+    chdir: Option<&Path>,
+    run_as: Option<&crate::privileges::RunAs>,
+) -> String {
     use baton_sys::spawn::{SpawnError, Step};
+    // As another user, a file or directory root could use may be closed.
+    let as_user = |source: &std::io::Error| match (run_as, source.raw_os_error()) {
+        (Some(r), Some(libc::EACCES | libc::EPERM)) => format!(
+            " (as {}: check that this user may read and execute it, and search every directory above it)",
+            r.describe()
+        ),
+        _ => String::new(),
+    };
     match e {
         SpawnError::Child {
             step: Step::Exec,
             source,
-        } => format!("cannot execute {}: {source}", spec.program.display()),
+        } => format!(
+            "cannot execute {}: {source}{}",
+            program.display(),
+            as_user(source)
+        ),
         SpawnError::Child {
             step: Step::Chdir,
             source,
         } => format!(
-            "cannot change directory to {}: {source}",
-            spec.chdir
-                .as_deref()
-                .map_or_else(String::new, |p| p.display().to_string())
+            "cannot change directory to {}: {source}{}",
+            chdir.map_or_else(String::new, |p| p.display().to_string()),
+            as_user(source)
         ),
+        SpawnError::Child {
+            step: step @ (Step::Credentials | Step::Capabilities | Step::NoNewPrivileges),
+            source,
+        } => {
+            let who = run_as.map_or_else(
+                || "baton's user".to_owned(),
+                crate::privileges::RunAs::describe,
+            );
+            let hint = match (step, source.raw_os_error()) {
+                (Step::Credentials, Some(libc::EPERM)) => {
+                    ": only root (or a baton holding CAP_SETUID and CAP_SETGID) can start processes as another user"
+                }
+                (Step::Capabilities, _) => {
+                    ": the worker still held capabilities after the switch (securebits inherited by baton may keep them); baton refuses to start it so"
+                }
+                _ => "",
+            };
+            format!("cannot start it as {who} while {step}: {source}{hint}")
+        }
         other => other.to_string(),
     }
 }
 
 /// Starts the `exec:` readiness probe for a generation: `sh -c CMD` with
-/// `BATON_GENERATION` and `BATON_WORKER_PIDS` set.
+/// `BATON_GENERATION` and `BATON_WORKER_PIDS` set, as the generation's
+/// user (`--user`), like its workers.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each is a separate part of the probe's start, named by its one caller"
+)]
 pub fn spawn_probe(
     cmd: &str,
     base_env: &[OsString],
@@ -194,8 +249,17 @@ pub fn spawn_probe(
     pids: &[u32],
     chdir: Option<&Path>,
     nofile_soft_limit: Option<u64>,
+    run_as: Option<&crate::privileges::RunAs>,
+    no_new_privs: bool,
     on_forked: impl FnOnce(u32),
 ) -> Result<Child, String> {
+    let credentials = run_as.map(crate::privileges::RunAs::credentials);
+    let explain = |e: baton_sys::spawn::SpawnError| {
+        format!(
+            "cannot run the readiness command: {}",
+            explain_spawn_error(&e, Path::new("/bin/sh"), chdir, run_as)
+        )
+    };
     let args: Vec<OsString> = vec!["sh".into(), "-c".into(), cmd.into()];
     let mut env = base_env.to_vec();
     env.push(var("BATON_GENERATION", generation.to_string()));
@@ -214,12 +278,12 @@ pub fn spawn_probe(
         nofile_soft_limit,
         cgroup: None,
         program_fd: None,
+        credentials: credentials.as_ref(),
+        no_new_privs,
     })
-    .map_err(|e| format!("cannot run the readiness command: {e}"))?;
+    .map_err(explain)?;
     on_forked(forked.pid());
-    forked
-        .wait_exec()
-        .map_err(|e| format!("cannot run the readiness command: {e}"))
+    forked.wait_exec().map_err(explain)
 }
 
 /// Whether `bytes` read from a readiness fd contain the ready newline.

@@ -9,7 +9,9 @@
 //!   sockets at fixed numbers (3, 4, ...) and `LISTEN_PID` equal to its *own*
 //!   pid, which `std::process::Command` cannot express (it installs the
 //!   environment after `pre_exec` closures run, and `setenv` allocates, which
-//!   is not allowed between fork and exec).
+//!   is not allowed between fork and exec); it also drops a worker's
+//!   privileges (`--user`) between the two;
+//! * [`user`]: looking users and groups up by name or number.
 //!
 //! Each `unsafe` block carries a `// SAFETY:` comment saying why it is sound.
 #![allow(unsafe_code)]
@@ -17,3 +19,4 @@
 pub mod fd;
 pub mod reexec;
 pub mod spawn;
+pub mod user;

@@ -24,6 +24,15 @@
 //! * **PID reuse.** The parent opens a pidfd right after `fork`: the child
 //!   cannot be reaped before the parent waits for it, so the pid is still
 //!   ours.
+//! * **Dropping privileges** ([`Credentials`]): the user, its groups and
+//!   ids are looked up by the parent (see [`crate::user`]); the child only
+//!   empties the capability bounding and ambient sets, calls `setgroups`,
+//!   `setresgid`, `setresuid` (after which the kernel clears the permitted
+//!   and effective capabilities of a process that leaves uid 0), clears the
+//!   inheritable set, checks with `capget` that nothing is left, and sets
+//!   `PR_SET_NO_NEW_PRIVS`. The parent-death signal is set only *after*
+//!   the ids changed: the kernel clears it whenever a process's
+//!   credentials change (`commit_creds`), so set before, it would be lost.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::fmt;
@@ -115,6 +124,12 @@ pub enum Step {
     Limits,
     Cgroup,
     Exec,
+    /// `setgroups`, `setresgid`, `setresuid`.
+    Credentials,
+    /// Emptying the capability sets, or finding one not empty after.
+    Capabilities,
+    /// `PR_SET_NO_NEW_PRIVS`.
+    NoNewPrivileges,
 }
 
 impl fmt::Display for Step {
@@ -127,6 +142,9 @@ impl fmt::Display for Step {
             Step::Limits => "restoring the open-files limit",
             Step::Cgroup => "joining its cgroup",
             Step::Exec => "executing the command",
+            Step::Credentials => "switching to its user and groups",
+            Step::Capabilities => "dropping its capabilities",
+            Step::NoNewPrivileges => "setting no_new_privs",
         })
     }
 }
@@ -146,6 +164,16 @@ pub enum SpawnError {
     },
     #[error("cannot set up the spawn: {0}")]
     Setup(#[source] io::Error),
+}
+
+/// Who a child runs as, resolved by the parent before `fork` (see
+/// [`crate::user`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub uid: u32,
+    pub gid: u32,
+    /// The supplementary groups, exactly (empty: none).
+    pub groups: Vec<u32>,
 }
 
 /// Everything a spawn needs.
@@ -180,6 +208,12 @@ pub struct Command<'a> {
     /// (`clone3` with `CLONE_INTO_CGROUP`), so nothing it starts is ever
     /// outside.
     pub cgroup: Option<BorrowedFd<'a>>,
+    /// Run as this user and these groups, with no capability left
+    /// (`None`: as this process).
+    pub credentials: Option<&'a Credentials>,
+    /// Set `PR_SET_NO_NEW_PRIVS`: nothing the child executes (a set-user-ID
+    /// program, file capabilities) can gain privileges.
+    pub no_new_privs: bool,
 }
 
 #[expect(
@@ -327,6 +361,12 @@ pub fn fork_exec(cmd: &Command<'_>) -> Result<Forked, SpawnError> {
         }
     });
 
+    let groups: Vec<libc::gid_t> = cmd
+        .credentials
+        .map(|c| c.groups.clone())
+        .unwrap_or_default();
+    let last_cap = last_capability();
+
     let (err_read, err_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| SpawnError::Setup(e.into()))?;
     let err_write_raw = err_write.as_raw_fd();
@@ -370,6 +410,10 @@ pub fn fork_exec(cmd: &Command<'_>) -> Result<Forked, SpawnError> {
                 nofile: nofile.as_ref().map_or(std::ptr::null(), std::ptr::from_ref),
                 program_fd: cmd.program_fd.map_or(-1, |f| f.as_raw_fd()),
                 err_fd: err_write_raw,
+                ids: cmd.credentials.map(|c| (c.uid, c.gid)),
+                groups: &groups,
+                last_cap,
+                no_new_privs: cmd.no_new_privs,
             })
         }
     }
@@ -442,6 +486,9 @@ fn wait_exec(pid: libc::pid_t, err_read: &OwnedFd) -> Result<Child, SpawnError> 
             2 => Step::Descriptors,
             3 => Step::Chdir,
             5 => Step::Limits,
+            6 => Step::Credentials,
+            7 => Step::Capabilities,
+            8 => Step::NoNewPrivileges,
             _ => Step::Exec,
         };
         let errno = i32::from_ne_bytes([report[4], report[5], report[6], report[7]]);
@@ -537,6 +584,120 @@ struct ChildPlan<'a> {
     /// The program as a descriptor (execveat), or -1.
     program_fd: RawFd,
     err_fd: RawFd,
+    /// The user and group to switch to.
+    ids: Option<(u32, u32)>,
+    /// The supplementary groups to set with `ids`.
+    groups: &'a [libc::gid_t],
+    /// The highest capability number the kernel knows.
+    last_cap: i32,
+    no_new_privs: bool,
+}
+
+/// The highest capability number this kernel knows
+/// (`/proc/sys/kernel/cap_last_cap`; 40 on Linux 5.9 and later).
+fn last_capability() -> i32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(63)
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3` (linux/capability.h): two 32-bit words
+/// per set.
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// The child's switch to `ids` and `groups`, with every capability gone.
+/// Returns the failing step's code, with `errno` set.
+///
+/// # Safety
+/// Only in the child of a fork (async-signal-safe calls only), with
+/// `groups` allocated before the fork.
+unsafe fn drop_privileges(
+    ids: (u32, u32),
+    groups: &[libc::gid_t],
+    last_cap: i32,
+) -> Result<(), u8> {
+    // SAFETY (whole body): prctl, setgroups, setresgid, setresuid and the
+    // raw capget/capset system calls are async-signal-safe; the headers and
+    // data live on this stack frame.
+    unsafe {
+        // The bounding set limits what any later exec could ever gain (a
+        // set-user-ID-root program with no_new_privs off). Emptying it
+        // needs CAP_SETPCAP, which root has; without it the set stays, and
+        // no_new_privs (on by default) still stops every gain. So a refusal
+        // here is not fatal; what the child holds is checked below.
+        for cap in 0..=last_cap {
+            libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0);
+        }
+        // Ambient capabilities would survive the exec of an ordinary
+        // program (EINVAL before Linux 4.3, when there were none).
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        // Groups first: they need CAP_SETGID, which the uid change takes.
+        if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
+            return Err(6);
+        }
+        if libc::setresgid(ids.1, ids.1, ids.1) != 0 {
+            return Err(6);
+        }
+        // From uid 0 to another in all three ids (and no SECBIT_KEEP_CAPS),
+        // the kernel clears the permitted, effective and ambient sets.
+        if libc::setresuid(ids.0, ids.0, ids.0) != 0 {
+            return Err(6);
+        }
+        // The inheritable set is not cleared by the switch; a program with
+        // inheritable file capabilities could pick them up. Lowering is
+        // always allowed.
+        let mut header = CapHeader {
+            version: CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let none = [CapData {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        }; 2];
+        if ids.0 != 0 && libc::syscall(libc::SYS_capset, &raw mut header, none.as_ptr()) != 0 {
+            return Err(7);
+        }
+        // Whatever baton inherited (securebits that keep capabilities
+        // across a uid change, say), a worker that is not root must hold
+        // none.
+        if ids.0 != 0 {
+            let mut held = none;
+            header.version = CAPABILITY_VERSION_3;
+            if libc::syscall(libc::SYS_capget, &raw mut header, held.as_mut_ptr()) != 0 {
+                return Err(7);
+            }
+            if held
+                .iter()
+                .any(|d| d.effective != 0 || d.permitted != 0 || d.inheritable != 0)
+            {
+                *libc::__errno_location() = libc::EPERM;
+                return Err(7);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Reports `step`/`errno` to the parent and exits. Async-signal-safe.
@@ -559,11 +720,26 @@ unsafe fn fail(err_fd: RawFd, step: u8) -> ! {
 /// allocated before the fork. Performs only async-signal-safe calls.
 unsafe fn child_after_fork(p: &ChildPlan<'_>) -> ! {
     // SAFETY (whole body): every call below is async-signal-safe per
-    // signal-safety(7) (prctl, getppid, getpid, setpgid, fcntl, dup2,
+    // signal-safety(7) (prctl, getppid, getpid, setpgid, setgroups,
+    // setresgid, setresuid, capget/capset, fcntl, dup2,
     // close_range via syscall, chdir, sigaction, sigprocmask, execve, write,
     // _exit); every pointer refers to memory allocated before the fork,
     // which this process has its own copy of.
     unsafe {
+        // A process group of its own (needs no privilege).
+        if p.new_process_group && libc::setpgid(0, 0) != 0 {
+            fail(p.err_fd, 1);
+        }
+        if let Some(ids) = p.ids
+            && let Err(step) = drop_privileges(ids, p.groups, p.last_cap)
+        {
+            fail(p.err_fd, step);
+        }
+        if p.no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            fail(p.err_fd, 8);
+        }
+        // After the credentials: changing them clears the parent-death
+        // signal.
         if p.parent_death_signal != 0 {
             if libc::prctl(
                 libc::PR_SET_PDEATHSIG,
@@ -576,9 +752,6 @@ unsafe fn child_after_fork(p: &ChildPlan<'_>) -> ! {
             if libc::getppid() != p.parent_pid {
                 libc::_exit(127);
             }
-        }
-        if p.new_process_group && libc::setpgid(0, 0) != 0 {
-            fail(p.err_fd, 1);
         }
         if !p.listen_pid.is_null() {
             write_pid_digits(p.listen_pid.add(LISTEN_PID_PREFIX.len()), libc::getpid());
@@ -931,6 +1104,8 @@ mod tests {
             nofile_soft_limit: None,
             cgroup: None,
             program_fd: None,
+            credentials: None,
+            no_new_privs: false,
         }
     }
 
@@ -960,6 +1135,8 @@ mod tests {
             nofile_soft_limit: None,
             cgroup: None,
             program_fd: None,
+            credentials: None,
+            no_new_privs: false,
         })
         .expect("spawn");
         drop(w);

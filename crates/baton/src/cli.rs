@@ -88,6 +88,11 @@ Workers get the sockets at fds 3.. with LISTEN_FDS, LISTEN_PID and LISTEN_FDNAME
 (systemd socket activation), plus BATON_GENERATION and BATON_WORKER. Each worker runs
 in a process group of its own, each generation in a cgroup of its own where baton can
 make one; if baton is killed, a guard process ends what the workers started.
+Their environment: baton's (with --clear-env only PATH, HOME, LANG, TZ and --keep-env),
+then USER, LOGNAME and HOME of --user, then each --env-file, the config's [env], --env.
+
+Example, as root: bind port 80, run the workers as www-data with no capability:
+  baton run -l :80 --user www-data --env-file /etc/app.env --clear-env -- ./server
 
 Example:
   baton run -l 0.0.0.0:8080 --workers 4 -- ./server --config prod.toml
@@ -106,8 +111,8 @@ struct RunArgs {
     config: Option<PathBuf>,
 
     /// Socket to listen on, repeatable: tcp://HOST:PORT, HOST:PORT, :PORT,
-    /// [::1]:PORT, unix:PATH, unix:PATH?mode=0660; prefix NAME= to name it
-    /// in LISTEN_FDNAMES (default listen0, listen1, ...)
+    /// [::1]:PORT, udp://HOST:PORT, unix:PATH, unix:PATH?mode=0660; prefix
+    /// NAME= to name it in LISTEN_FDNAMES (default listen0, listen1, ...)
     #[arg(short, long = "listen", value_name = "SPEC", value_parser = parse_spec)]
     listen: Vec<ListenSpec>,
 
@@ -143,9 +148,51 @@ struct RunArgs {
     #[arg(long, value_name = "DIR")]
     chdir: Option<PathBuf>,
 
-    /// Set an environment variable for the workers, repeatable: K=V
+    /// Set an environment variable for the workers, repeatable: K=V (wins
+    /// over --env-file and the config file's [env])
     #[arg(short, long = "env", value_name = "K=V", value_parser = parse_env)]
     env: Vec<(String, String)>,
+
+    /// Read variables for the workers from FILE, repeatable: KEY=VALUE
+    /// lines, # comments, "double" or 'single' quotes, `export` allowed.
+    /// Read again on every reload; a later file wins over an earlier one
+    #[arg(long = "env-file", value_name = "FILE")]
+    env_file: Vec<PathBuf>,
+
+    /// Give the workers none of baton's own environment but PATH, HOME,
+    /// LANG, TZ and the --keep-env names (--env and --env-file still apply)
+    #[arg(long)]
+    clear_env: bool,
+
+    /// With --clear-env: keep this variable of baton's too, repeatable; a
+    /// trailing * keeps every name with that prefix (LC_*)
+    #[arg(long = "keep-env", value_name = "NAME", value_parser = parse_keep)]
+    keep_env: Vec<String>,
+
+    /// Run the workers (and the --ready exec: command) as this user, a name
+    /// or a uid, optionally with a group: baton binds the sockets first
+    /// (ports below 1024 too, as root), then each worker takes the user's
+    /// groups, its gid and uid, and no capability. Needs root
+    #[arg(long, value_name = "USER[:GROUP]")]
+    user: Option<String>,
+
+    /// With --user: the workers' group, a name or a gid, instead of the
+    /// user's own
+    #[arg(long, value_name = "GROUP")]
+    group: Option<String>,
+
+    /// Set no_new_privs on the workers: nothing they execute (set-user-ID
+    /// programs, file capabilities) gains privileges. --no-new-privs=false
+    /// turns it off [default: on with --user, off without]
+    #[arg(
+        long,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = baton_supervisor::privileges::parse_bool
+    )]
+    no_new_privs: Option<bool>,
 
     /// Name of this supervisor: its control socket is
     /// $XDG_RUNTIME_DIR/baton/NAME.sock (or /run/baton/NAME.sock as root)
@@ -209,6 +256,12 @@ impl RunArgs {
             cgroups: self.cgroups,
             env: self.env.clone(),
             command: self.command.clone(),
+            env_files: self.env_file.clone(),
+            clear_env: self.clear_env,
+            keep_env: self.keep_env.clone(),
+            user: self.user.clone(),
+            group: self.group.clone(),
+            no_new_privs: self.no_new_privs,
         }
     }
 }
@@ -218,6 +271,10 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => Err(format!("{s:?} is not K=V; write e.g. --env RUST_LOG=info")),
     }
+}
+
+fn parse_keep(s: &str) -> Result<String, String> {
+    baton_supervisor::environment::check_keep_pattern(s).map(|()| s.to_owned())
 }
 
 fn parse_spec(s: &str) -> Result<ListenSpec, String> {
@@ -275,7 +332,32 @@ pub fn execute(args: Args, sinks: baton_supervisor::output::Sinks) -> Result<u8,
     }
 }
 
+/// `--no-new-privs false` (a space where `=` belongs) makes `false` the
+/// command; the value must follow an `=`. Caught on the raw arguments,
+/// where the space is still visible.
+fn check_no_new_privs_value() -> Result<(), Failure> {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let before_command = args.iter().take_while(|a| *a != "--");
+    for (flag, next) in before_command.clone().zip(before_command.skip(1)) {
+        if flag == "--no-new-privs"
+            && next
+                .to_str()
+                .is_some_and(|v| baton_supervisor::privileges::parse_bool(v).is_ok())
+        {
+            let v = next.to_string_lossy();
+            return Err(Failure::new(
+                exit::USAGE,
+                format!(
+                    "--no-new-privs {v}: its value goes after an '=' (--no-new-privs={v}); as written, {v:?} would be the command"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn validate(run: &RunArgs) -> Result<Settings, Failure> {
+    check_no_new_privs_value()?;
     let mut settings = config_file::load(run.config.as_deref(), &run.overrides()).map_err(|e| {
         let code = match e.kind {
             LoadErrorKind::Usage => exit::USAGE,

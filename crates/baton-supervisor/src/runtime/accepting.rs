@@ -62,9 +62,12 @@ impl Runtime {
         if !accept.inflight.insert(g) {
             return;
         }
+        // A UDP socket has no connections to wait for: only the stream
+        // listeners tell whether a worker accepts.
         let listeners = spec
             .listeners
             .iter()
+            .filter(|b| !b.is_datagram())
             .filter_map(|b| match SocketId::of(&b.fd) {
                 Ok(id) => Some(Listener {
                     id,

@@ -188,6 +188,8 @@ impl Runtime {
             pids,
             chdir: self.generations.get(&g).and_then(|r| r.chdir.clone()),
             nofile_soft_limit: self.child_nofile,
+            run_as: spec.run_as.clone(),
+            no_new_privs: spec.no_new_privs,
         })));
     }
 

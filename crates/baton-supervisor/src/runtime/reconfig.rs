@@ -31,6 +31,10 @@ pub(super) struct GenSpec {
     /// How it says it is ready (the `exec:` command runs from here).
     pub(super) ready: ReadyMode,
     pub(super) fingerprint: String,
+    /// Whom its workers (and its `exec:` probe) run as, when not baton's
+    /// own user (`--user`).
+    pub(super) run_as: Option<Arc<crate::privileges::RunAs>>,
+    pub(super) no_new_privs: bool,
 }
 
 /// `base` (baton's environment, `KEY=VALUE`) with `set` applied: each of
@@ -57,19 +61,37 @@ impl Runtime {
     pub(super) fn gen_spec(&self) -> GenSpec {
         GenSpec {
             args: Arc::new(self.settings.args.clone()),
-            env: Arc::new(merged_env(&self.base_env, &self.settings.env)),
+            env: Arc::new(self.worker_env()),
             listeners: Arc::new(self.listeners.clone()),
             ready_fd: self.settings.policy.ready == ReadyMode::Fd,
             ready: self.settings.policy.ready.clone(),
             fingerprint: crate::config_file::fingerprint(&self.settings),
+            run_as: self.settings.drops_privileges().cloned().map(Arc::new),
+            no_new_privs: self.settings.no_new_privs(),
         }
+    }
+
+    /// The next generation's environment (before the variables baton sets
+    /// per worker): see `crate::environment` for the layers.
+    fn worker_env(&self) -> Vec<OsString> {
+        let s = &self.settings;
+        let base = crate::environment::base_for(&self.base_env, s.clear_env, &s.keep_env);
+        let mut set: Vec<(String, String)> = s
+            .run_as
+            .as_ref()
+            .map(crate::privileges::RunAs::identity_env)
+            .unwrap_or_default();
+        for (k, v) in &s.env {
+            crate::environment::set(&mut set, k, v);
+        }
+        merged_env(&base, &set)
     }
 
     /// A reload was asked for (`SIGHUP`, `--watch`, `ctl reload` by client
     /// `client`): with a config file, read it again first; a file that
     /// cannot be used refuses the reload and changes nothing.
     pub(super) fn request_reload(&mut self, client: Option<u64>) {
-        if self.settings.config_file.is_some()
+        if (self.settings.config_file.is_some() || !self.settings.env_files.is_empty())
             && let Err(message) = self.reread_config()
         {
             let message = format!("reload refused: {message}; nothing changed");
@@ -85,13 +107,13 @@ impl Runtime {
         });
     }
 
-    /// Reads the config file again and makes it the settings in force for
-    /// the next generation. On error, nothing changes.
+    /// Reads the config file (and the env files) again and makes it the
+    /// settings in force for the next generation. On error, nothing
+    /// changes.
     fn reread_config(&mut self) -> Result<(), String> {
-        let Some(path) = self.settings.config_file.clone() else {
-            return Ok(());
-        };
-        let mut new = crate::config_file::load(Some(&path), &self.settings.overrides)
+        let file = self.settings.config_file.clone();
+        let path = file.clone().unwrap_or_else(|| "--env-file".into());
+        let mut new = crate::config_file::load(file.as_deref(), &self.settings.overrides)
             .map_err(|e| e.message)?;
         new.guard.clone_from(&self.settings.guard);
         // What baton set up once, for its whole life.

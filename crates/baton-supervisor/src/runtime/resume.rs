@@ -192,7 +192,7 @@ impl Runtime {
             listeners: r.listeners,
             base_env: r.base_env,
             stdin: r.stdin,
-            rundir: RunDir::adopt(r.rundir),
+            rundir: RunDir::adopt(r.rundir, r.rundir_shared),
             sinks,
             // Made by the previous image: adopted below, not set up again.
             cgroups: crate::config::CgroupMode::Off,

@@ -40,6 +40,9 @@ pub(super) struct ProbeSpec {
     pub(super) pids: Vec<u32>,
     pub(super) chdir: Option<PathBuf>,
     pub(super) nofile_soft_limit: Option<u64>,
+    /// The generation's user (`--user`), as its workers run.
+    pub(super) run_as: Option<Arc<crate::privileges::RunAs>>,
+    pub(super) no_new_privs: bool,
 }
 
 /// What the loop asks of the thread.
@@ -285,6 +288,8 @@ impl Thread {
                         &p.pids,
                         p.chdir.as_deref(),
                         p.nofile_soft_limit,
+                        p.run_as.as_deref(),
+                        p.no_new_privs,
                         on_forked,
                     )
                 });

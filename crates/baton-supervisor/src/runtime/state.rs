@@ -56,6 +56,11 @@ pub(super) struct GenSpecState {
     ready_fd: bool,
     ready: ReadyMode,
     fingerprint: String,
+    /// `--user`, resolved when the generation started.
+    #[serde(default)]
+    run_as: Option<crate::privileges::RunAs>,
+    #[serde(default)]
+    no_new_privs: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -154,6 +159,9 @@ pub(super) struct State {
     guard: Option<GuardState>,
     cgroup_root: Option<PathBuf>,
     rundir: PathBuf,
+    /// The notify directory of generations that run as another user.
+    #[serde(default)]
+    rundir_shared: Option<PathBuf>,
     child_nofile: Option<u64>,
     stdin: RawFd,
     pub(super) deferred: Vec<Deferred>,
@@ -213,6 +221,8 @@ impl Runtime {
                     ready_fd: s.ready_fd,
                     ready: s.ready.clone(),
                     fingerprint: s.fingerprint.clone(),
+                    run_as: s.run_as.as_deref().cloned(),
+                    no_new_privs: s.no_new_privs,
                 }),
             });
         }
@@ -294,6 +304,7 @@ impl Runtime {
             guard,
             cgroup_root: self.cgroup_root.clone(),
             rundir: self.rundir.path().to_path_buf(),
+            rundir_shared: self.rundir.shared.clone(),
             child_nofile: self.child_nofile,
             stdin,
             deferred: self.deferred.clone(),
@@ -367,6 +378,7 @@ pub(super) struct Restored {
     pub(super) guard: Option<crate::guard::Guard>,
     pub(super) cgroup_root: Option<PathBuf>,
     pub(super) rundir: PathBuf,
+    pub(super) rundir_shared: Option<PathBuf>,
     pub(super) child_nofile: Option<u64>,
     pub(super) stdin: OwnedFd,
     pub(super) started: std::time::Instant,
@@ -448,6 +460,8 @@ pub(super) fn restore(bytes: &[u8]) -> Result<Restored, String> {
                 ready_fd: sp.ready_fd,
                 ready: sp.ready,
                 fingerprint: sp.fingerprint,
+                run_as: sp.run_as.map(Arc::new),
+                no_new_privs: sp.no_new_privs,
             })),
             None => None,
         };
@@ -539,6 +553,7 @@ pub(super) fn restore(bytes: &[u8]) -> Result<Restored, String> {
         guard,
         cgroup_root: s.cgroup_root,
         rundir: s.rundir,
+        rundir_shared: s.rundir_shared,
         child_nofile: s.child_nofile,
         stdin: claim(s.stdin, "the workers' stdin")?,
         started: now

@@ -191,6 +191,8 @@ impl Runtime {
             nofile_soft_limit: self.child_nofile,
             cgroup: None,
             program_fd: Some(binary.as_fd()),
+            credentials: None,
+            no_new_privs: false,
         })
         .map_err(|e| match e {
             baton_sys::spawn::SpawnError::Child { source, .. } => explain_exec(path, &source),

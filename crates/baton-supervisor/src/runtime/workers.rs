@@ -183,13 +183,25 @@ impl Runtime {
             }
         }
         if rg.spec.as_ref().is_some_and(|s| s.ready.uses_notify()) {
-            let path = self.rundir.path().join(format!("notify-{g}.sock"));
-            match NotifySocket::bind(&path) {
-                Ok(sock) => match self.register_fd(&sock.sock, Source::Notify(g)) {
-                    Ok(token) => rg.notify = Some((token, sock)),
-                    Err(e) => tracing::error!("cannot watch {}: {e}", path.display()),
+            let run_as = rg.spec.as_ref().and_then(|s| s.run_as.clone());
+            match self.notify_path(g, run_as.as_deref()) {
+                Ok(path) => match NotifySocket::bind(&path) {
+                    Ok(sock) => {
+                        if let Err(e) = super::privileges::hand_over(&path, run_as.as_deref()) {
+                            rg.error.get_or_insert(e);
+                        }
+                        match self.register_fd(&sock.sock, Source::Notify(g)) {
+                            Ok(token) => rg.notify = Some((token, sock)),
+                            Err(e) => tracing::error!("cannot watch {}: {e}", path.display()),
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!("cannot create notify socket {}: {e}", path.display());
+                    }
                 },
-                Err(e) => tracing::error!("cannot create notify socket {}: {e}", path.display()),
+                Err(e) => {
+                    rg.error.get_or_insert(e);
+                }
             }
         }
         if self.settings.cgroups != crate::config::CgroupMode::Off {
@@ -242,6 +254,8 @@ impl Runtime {
             nofile_soft_limit: self.child_nofile,
             listeners: std::sync::Arc::clone(&spec.listeners),
             stdin: std::sync::Arc::clone(&self.stdin),
+            run_as: spec.run_as.clone(),
+            no_new_privs: spec.no_new_privs,
         })));
     }
 
