@@ -36,8 +36,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::config::{
-    CgroupMode, CommandError, Settings, parse_cgroups, parse_duration, parse_ready, parse_signal,
-    resolve_program,
+    CgroupMode, CommandError, Settings, parse_cgroups, parse_duration, parse_metrics, parse_ready,
+    parse_signal, resolve_program,
 };
 use crate::lifecycle::{Policy, ReadyMode};
 use crate::listen::ListenSpec;
@@ -75,6 +75,9 @@ pub struct Overrides {
     pub env: Vec<(String, String)>,
     /// The command after `--` (empty: the file's `command`).
     pub command: Vec<OsString>,
+    /// `--metrics ADDR`.
+    #[serde(default)]
+    pub metrics: Option<ListenSpec>,
 }
 
 /// Why the settings cannot be used, with the exit code `baton run` gives
@@ -145,6 +148,7 @@ struct RawFile {
     watch_debounce: Option<Spanned<RawDuration>>,
     cgroups: Option<Spanned<String>>,
     env: Option<BTreeMap<String, Spanned<String>>>,
+    metrics: Option<Spanned<String>>,
 }
 
 /// The file's `control` key.
@@ -172,6 +176,7 @@ struct FileSettings {
     watch_debounce: Option<Duration>,
     cgroups: Option<CgroupMode>,
     env: Vec<(String, String)>,
+    metrics: Option<ListenSpec>,
 }
 
 /// `line:column` (1-based) of byte `offset` in `text`.
@@ -322,6 +327,11 @@ fn parse_file(path: &Path, text: &str) -> Result<FileSettings, LoadError> {
             parse_cgroups(c.get_ref()).map_err(|e| src.error(c.span(), format!("cgroups: {e}")))?,
         );
     }
+    if let Some(m) = raw.metrics {
+        out.metrics = Some(
+            parse_metrics(m.get_ref()).map_err(|e| src.error(m.span(), format!("metrics: {e}")))?,
+        );
+    }
     if let Some(env) = raw.env {
         for (k, v) in env {
             if k.is_empty() || k.contains('=') {
@@ -454,6 +464,7 @@ pub fn load(file: Option<&Path>, over: &Overrides) -> Result<Settings, LoadError
         env,
         config_file: file.map(Path::to_path_buf),
         overrides: over.clone(),
+        metrics: over.metrics.clone().or(f.metrics),
     };
     Ok(settings)
 }
@@ -537,6 +548,7 @@ watch = ["/srv/app/current/bin"]
 watch_ignore = ["*.pyc"]
 watch_debounce = "100ms"
 cgroups = "off"
+metrics = "127.0.0.1:9100"
 
 [[listen]]
 name = "web"
@@ -556,6 +568,7 @@ RUST_LOG = "info"
         assert_eq!(f.stop_signal, Some(libc::SIGINT));
         assert!(matches!(f.control, Some(ControlSetting::Off)));
         assert_eq!(f.cgroups, Some(CgroupMode::Off));
+        assert_eq!(f.metrics.map(|m| m.text), Some("127.0.0.1:9100".to_owned()));
         let listen = f.listen.expect("listeners");
         assert_eq!(listen.len(), 2);
         assert_eq!(listen[0].name.as_deref(), Some("web"));
@@ -596,6 +609,11 @@ RUST_LOG = "info"
                 "unknown signal",
             ),
             ("workers = 2\n[broken\n", "baton.toml:2:", ""),
+            (
+                "metrics = \"unix:/tmp/m.sock\"\n",
+                "baton.toml:1:11:",
+                "needs a TCP address",
+            ),
         ];
         for (text, at, what) in cases {
             let e = parse(text).expect_err(text);
