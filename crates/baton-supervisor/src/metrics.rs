@@ -122,6 +122,11 @@ pub struct Metrics {
     pub events: u64,
     /// `ctl events` readers dropped for falling behind.
     pub event_readers_dropped: u64,
+    /// When baton started, in microseconds since the epoch (0: unknown, a
+    /// state written before this field). Kept as a wall-clock time because
+    /// an `Instant` crosses an upgrade as an age, which would move the
+    /// start by the time the exec took.
+    pub started_unix_us: u64,
 }
 
 impl Default for Metrics {
@@ -137,6 +142,7 @@ impl Default for Metrics {
             upgrades_rolled_back: 0,
             events: 0,
             event_readers_dropped: 0,
+            started_unix_us: 0,
         }
     }
 }

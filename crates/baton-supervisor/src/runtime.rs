@@ -375,7 +375,12 @@ impl Runtime {
             resumed: None,
             accept: None,
             endpoint: None,
-            metrics: crate::metrics::Metrics::default(),
+            metrics: crate::metrics::Metrics {
+                started_unix_us: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+                ..crate::metrics::Metrics::default()
+            },
         })
     }
 

@@ -389,7 +389,10 @@ impl Runtime {
         };
         crate::metrics::Scrape {
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            started: at(self.started),
+            started: match self.metrics.started_unix_us {
+                0 => at(self.started),
+                us => SystemTime::UNIX_EPOCH + Duration::from_micros(us),
+            },
             ready: self.ready_now(),
             serving: self.machine.serving(),
             workers_per_generation: self.machine.workers(),
