@@ -195,8 +195,12 @@ fn ready_is_503_before_the_first_generation_and_while_stopping() {
     let r = http::get(port, "/ready").expect("GET /ready");
     assert_eq!(r.status, 200, "generation 1 serves: {r:?}");
 
-    // The probe ignores SIGTERM, so baton stays in its stop for the 60 s
+    // The probe ignores SIGTERM (from before it says "serving"; the exec
+    // check can pass before that), so baton stays in its stop for the 60 s
     // grace: the endpoint answers meanwhile.
+    baton.wait_until_after(0, "the probe serving", WAIT, |l| {
+        l.contains("probe gen=1 worker=0") && l.ends_with(" serving")
+    });
     let mark = baton.mark();
     baton.signal(Signal::TERM);
     baton.wait_for_after(mark, "stopping", WAIT);
