@@ -78,9 +78,21 @@ pub fn parse_cgroups(s: &str) -> Result<CgroupMode, String> {
 /// `:PORT`, `[::1]:PORT`, `tcp://HOST:PORT`), without a name.
 pub fn parse_metrics(s: &str) -> Result<ListenSpec, String> {
     let spec: ListenSpec = s.parse().map_err(|e: crate::listen::SpecError| {
-        e.to_string().replace(
-            "invalid listen spec",
-            "invalid metrics address (a TCP address, e.g. 127.0.0.1:9100 or :9100)",
+        let text = e
+            .to_string()
+            .replace(
+                "invalid listen spec",
+                "invalid metrics address (a TCP address, e.g. 127.0.0.1:9100 or :9100)",
+            )
+            .replace("; for a Unix socket write unix:PATH", "");
+        // The listen forms it ends with include names and Unix sockets,
+        // which the endpoint does not take: give its own.
+        let text = match text.find("valid forms:") {
+            Some(i) => text[..i].trim_end().to_owned(),
+            None => text,
+        };
+        format!(
+            "{text}\nvalid forms: HOST:PORT, :PORT (every interface), [::1]:PORT, tcp://HOST:PORT"
         )
     })?;
     if spec.name.is_some() {
@@ -361,6 +373,12 @@ mod tests {
         let e = parse_metrics("127.0.0.1:91OO").expect_err("port");
         assert!(e.contains("invalid metrics address"), "{e}");
         assert!(e.contains("not a port number"), "{e}");
+        let e = parse_metrics("localhost").expect_err("no port");
+        assert!(e.contains("valid forms: HOST:PORT"), "{e}");
+        assert!(
+            !e.contains("unix:"),
+            "the endpoint takes no Unix socket: {e}"
+        );
     }
 
     #[test]
