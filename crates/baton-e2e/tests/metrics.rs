@@ -484,3 +484,72 @@ fn a_reader_that_falls_behind_is_dropped_and_counted() {
     assert_eq!(get(&s, "baton_event_readers_dropped_total", &[]), 1.0);
     assert_eq!(get(&s, "baton_ready", &[]), 1.0);
 }
+
+/// The config file's `metrics` key, read again at each reload: a new
+/// address is bound (and the old one closed) with the counters kept; an
+/// address in use refuses the reload and the old endpoint goes on
+/// answering.
+#[test]
+fn a_reload_moves_the_metrics_endpoint_and_keeps_the_counts() {
+    let cmd = BatonCmd::new().listeners_from_config();
+    let file = cmd.dir().join("baton.toml");
+    let script = cmd.script_path();
+    let config = |metrics: &str| {
+        format!(
+            "command = [\"{}\", \"--script\", \"{}\", \"--drain-ms\", \"50\"]\n\
+             metrics = \"{metrics}\"\n\
+             [[listen]]\naddress = \"127.0.0.1:0\"\n",
+            bin("baton-probe").display(),
+            script.display()
+        )
+    };
+    let write = |text: String| {
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, text).expect("write the config");
+        std::fs::rename(&tmp, &file).expect("install the config");
+    };
+    write(config("127.0.0.1:0"));
+    let baton = cmd.arg("--config").arg(&file).spawn();
+    let old = metrics::port(&baton);
+    baton.wait_for("generation 1 ready", WAIT);
+
+    // A port that is free now (the kernel picks it; closed again at once).
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    write(config(&format!("127.0.0.1:{free}")));
+    let mark = baton.mark();
+    baton.reload(2, WAIT);
+    assert_eq!(port_after(&baton, mark), free);
+    assert!(baton.seen_after(
+        mark,
+        &format!("metrics endpoint http://127.0.0.1:{old} closed")
+    ));
+    let r = http::get(free, "/metrics").expect("the new endpoint");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.body
+            .contains("baton_reloads_total{outcome=\"succeeded\"} 1"),
+        "the count goes on at the new address: {}",
+        r.body
+    );
+    assert!(
+        http::get(old, "/live").is_err(),
+        "the old address is closed"
+    );
+
+    // An address in use: the reload is refused, the endpoint stays.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy = taken.local_addr().expect("addr");
+    write(config(&busy.to_string()));
+    let out = ctl(&baton, &["reload"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(12), "{err}");
+    assert!(
+        err.contains(&busy.to_string()),
+        "the message names the address: {err}"
+    );
+    let r = http::get(free, "/ready").expect("the endpoint still answers");
+    assert_eq!(r.status, 200, "{r:?}");
+}
