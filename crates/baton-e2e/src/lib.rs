@@ -20,6 +20,7 @@ pub mod bins;
 pub mod ctl;
 pub mod http;
 pub mod inspect;
+pub mod metrics;
 pub mod netns;
 pub mod procs;
 pub mod tools;

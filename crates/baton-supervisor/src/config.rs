@@ -62,6 +62,10 @@ pub struct Settings {
     /// reload), and the flags that override it.
     pub config_file: Option<PathBuf>,
     pub overrides: crate::config_file::Overrides,
+    /// `--metrics`: where to serve `/metrics`, `/ready` and `/live`
+    /// (baton's own socket, never a worker's).
+    #[serde(default)]
+    pub metrics: Option<ListenSpec>,
 }
 
 impl Settings {
@@ -100,6 +104,43 @@ pub fn parse_cgroups(s: &str) -> Result<CgroupMode, String> {
         "off" => Ok(CgroupMode::Off),
         _ => Err(format!(
             "unknown cgroup mode {s:?}; use auto (where the cgroup is delegated to baton, or is the root), on or off"
+        )),
+    }
+}
+
+/// Parses `--metrics`: a TCP address in any `--listen` form (`HOST:PORT`,
+/// `:PORT`, `[::1]:PORT`, `tcp://HOST:PORT`), without a name.
+pub fn parse_metrics(s: &str) -> Result<ListenSpec, String> {
+    let spec: ListenSpec = s.parse().map_err(|e: crate::listen::SpecError| {
+        let text = e
+            .to_string()
+            .replace(
+                "invalid listen spec",
+                "invalid metrics address (a TCP address, e.g. 127.0.0.1:9100 or :9100)",
+            )
+            .replace("; for a Unix socket write unix:PATH", "");
+        // The listen forms it ends with include names and Unix sockets,
+        // which the endpoint does not take: give its own.
+        let text = match text.find("valid forms:") {
+            Some(i) => text[..i].trim_end().to_owned(),
+            None => text,
+        };
+        format!(
+            "{text}\nvalid forms: HOST:PORT, :PORT (every interface), [::1]:PORT, tcp://HOST:PORT"
+        )
+    })?;
+    if spec.name.is_some() {
+        return Err(format!(
+            "{s:?}: the metrics endpoint has no name; write just the address, e.g. 127.0.0.1:9100"
+        ));
+    }
+    match spec.addr {
+        crate::listen::ListenAddr::Tcp { .. } => Ok(spec),
+        crate::listen::ListenAddr::Unix { .. } => Err(format!(
+            "{s:?}: the metrics endpoint needs a TCP address (Prometheus and Kubernetes probes speak TCP), e.g. 127.0.0.1:9100 or :9100"
+        )),
+        crate::listen::ListenAddr::Udp { .. } => Err(format!(
+            "{s:?}: the metrics endpoint speaks HTTP over TCP, not UDP; write a TCP address, e.g. 127.0.0.1:9100"
         )),
     }
 }
@@ -351,6 +392,29 @@ mod tests {
             parse_ready("systemd")
                 .expect_err("bad")
                 .contains("unknown readiness mode")
+        );
+    }
+
+    #[test]
+    fn metrics_addresses_are_tcp_and_unnamed() {
+        assert_eq!(
+            parse_metrics("127.0.0.1:9100").map(|s| s.text),
+            Ok("127.0.0.1:9100".into())
+        );
+        assert!(parse_metrics(":9100").is_ok());
+        assert!(parse_metrics("[::1]:0").is_ok());
+        let e = parse_metrics("unix:/tmp/m.sock").expect_err("unix");
+        assert!(e.contains("needs a TCP address"), "{e}");
+        let e = parse_metrics("m=127.0.0.1:9100").expect_err("named");
+        assert!(e.contains("has no name"), "{e}");
+        let e = parse_metrics("127.0.0.1:91OO").expect_err("port");
+        assert!(e.contains("invalid metrics address"), "{e}");
+        assert!(e.contains("not a port number"), "{e}");
+        let e = parse_metrics("localhost").expect_err("no port");
+        assert!(e.contains("valid forms: HOST:PORT"), "{e}");
+        assert!(
+            !e.contains("unix:"),
+            "the endpoint takes no Unix socket: {e}"
         );
     }
 

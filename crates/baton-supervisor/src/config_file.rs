@@ -37,8 +37,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::config::{
-    CgroupMode, CommandError, Settings, parse_cgroups, parse_duration, parse_ready, parse_signal,
-    resolve_program,
+    CgroupMode, CommandError, Settings, parse_cgroups, parse_duration, parse_metrics, parse_ready,
+    parse_signal, resolve_program,
 };
 use crate::lifecycle::{Policy, ReadyMode};
 use crate::listen::ListenSpec;
@@ -94,6 +94,9 @@ pub struct Overrides {
     /// `--no-new-privs[=BOOL]`.
     #[serde(default)]
     pub no_new_privs: Option<bool>,
+    /// `--metrics ADDR`.
+    #[serde(default)]
+    pub metrics: Option<ListenSpec>,
 }
 
 /// Why the settings cannot be used, with the exit code `baton run` gives
@@ -178,6 +181,7 @@ struct RawFile {
     user: Option<Spanned<String>>,
     group: Option<Spanned<String>>,
     no_new_privs: Option<bool>,
+    metrics: Option<Spanned<String>>,
 }
 
 /// The file's `control` key.
@@ -212,6 +216,7 @@ struct FileSettings {
     user: Option<String>,
     group: Option<String>,
     no_new_privs: Option<bool>,
+    metrics: Option<ListenSpec>,
 }
 
 /// `line:column` (1-based) of byte `offset` in `text`.
@@ -360,6 +365,11 @@ fn parse_file(path: &Path, text: &str) -> Result<FileSettings, LoadError> {
     if let Some(c) = raw.cgroups {
         out.cgroups = Some(
             parse_cgroups(c.get_ref()).map_err(|e| src.error(c.span(), format!("cgroups: {e}")))?,
+        );
+    }
+    if let Some(m) = raw.metrics {
+        out.metrics = Some(
+            parse_metrics(m.get_ref()).map_err(|e| src.error(m.span(), format!("metrics: {e}")))?,
         );
     }
     if let Some(env) = raw.env {
@@ -600,6 +610,7 @@ pub fn load(file: Option<&Path>, over: &Overrides) -> Result<Settings, LoadError
         no_new_privs: identity.no_new_privs,
         config_file: file.map(Path::to_path_buf),
         overrides: over.clone(),
+        metrics: over.metrics.clone().or(f.metrics),
     };
     Ok(settings)
 }
@@ -718,6 +729,7 @@ watch = ["/srv/app/current/bin"]
 watch_ignore = ["*.pyc"]
 watch_debounce = "100ms"
 cgroups = "off"
+metrics = "127.0.0.1:9100"
 
 [[listen]]
 name = "web"
@@ -741,6 +753,7 @@ RUST_LOG = "info"
         assert_eq!(f.stop_signal, Some(libc::SIGINT));
         assert!(matches!(f.control, Some(ControlSetting::Off)));
         assert_eq!(f.cgroups, Some(CgroupMode::Off));
+        assert_eq!(f.metrics.map(|m| m.text), Some("127.0.0.1:9100".to_owned()));
         let listen = f.listen.expect("listeners");
         assert_eq!(listen.len(), 3);
         assert!(listen[2].addr.is_datagram());
@@ -835,6 +848,11 @@ RUST_LOG = "info"
                 "unknown signal",
             ),
             ("workers = 2\n[broken\n", "baton.toml:2:", ""),
+            (
+                "metrics = \"unix:/tmp/m.sock\"\n",
+                "baton.toml:1:11:",
+                "needs a TCP address",
+            ),
         ];
         for (text, at, what) in cases {
             let e = parse(text).expect_err(text);

@@ -13,6 +13,7 @@
 //! | `{"v":1,"cmd":"stop","fast":false}` | one `ok`; then `stopped` with baton's exit code, and the connection closes as baton exits |
 //! | `{"v":1,"cmd":"scale","workers":4}` | one `ok` or `error` |
 //! | `{"v":1,"cmd":"upgrade","binary":"/usr/bin/baton"}` | `progress` lines, then `upgraded` (from the new image) or `upgrade_failed` (with `rolled_back`) |
+//! | `{"v":1,"cmd":"events"}` | `subscribed`, then one `event` line per event ([`crate::events`]) for as long as the client reads: across upgrades, until `stopped`; a reader that falls [`EVENTS_BUFFER`] behind gets `dropped` and is closed |
 //!
 //! # Safety of the socket
 //!
@@ -59,6 +60,14 @@ pub fn max_clients(nofile: Option<u64>) -> usize {
 /// A client that does not read its replies is dropped past this much
 /// unsent output.
 pub const MAX_PENDING_OUTPUT: usize = 1024 * 1024;
+/// How far a `ctl events` reader may fall behind (event lines waiting in
+/// baton for it, beyond what its socket buffer holds) before it is dropped;
+/// a reader may ask for less (`buffer`).
+pub const EVENTS_BUFFER: usize = 256 * 1024;
+/// The most `ctl events` readers at once (they count as control clients
+/// too): past it, a new one is refused, so readers can never take the
+/// places of `ctl reload` and `ctl stop`.
+pub const MAX_EVENT_READERS: usize = 64;
 
 /// A command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +90,14 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         failpoint: Option<String>,
     },
+    /// Stream events (`baton ctl events`). `buffer`: how many bytes of
+    /// event lines may wait for this reader before it is dropped (at most,
+    /// and by default, [`EVENTS_BUFFER`]; it also bounds the socket's own
+    /// send buffer).
+    Events {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        buffer: Option<usize>,
+    },
 }
 
 /// A request line.
@@ -102,6 +119,9 @@ pub struct WorkerStatus {
     /// Restarts of this slot over baton's whole life.
     #[serde(default)]
     pub lifetime_restarts: u64,
+    /// Milliseconds since its process started (`None` while it has none).
+    #[serde(default)]
+    pub uptime_ms: Option<u64>,
 }
 
 /// One generation in a status report.
@@ -134,6 +154,9 @@ pub struct LastReload {
     pub ok: bool,
     pub generation: u64,
     pub detail: String,
+    /// Milliseconds since the verdict.
+    #[serde(default)]
+    pub age_ms: Option<u64>,
 }
 
 /// `baton ctl status`.
@@ -163,6 +186,26 @@ pub struct Status {
     pub last_reload: Option<LastReload>,
     pub listeners: Vec<ListenerStatus>,
     pub generations: Vec<GenerationStatus>,
+    /// Whether a generation serves and baton is not stopping (what the
+    /// metrics endpoint's `/ready` says).
+    #[serde(default)]
+    pub ready: bool,
+    /// Reloads refused before anything started (a config file with a
+    /// mistake, or baton stopping).
+    #[serde(default)]
+    pub reloads_refused: u64,
+    /// The metrics endpoint, `http://HOST:PORT`, if there is one.
+    #[serde(default)]
+    pub metrics: Option<String>,
+    /// The number of the last event (`ctl events`).
+    #[serde(default)]
+    pub events: u64,
+    /// `ctl events` readers connected now, and dropped (they fell behind)
+    /// over baton's life.
+    #[serde(default)]
+    pub event_readers: usize,
+    #[serde(default)]
+    pub event_readers_dropped: u64,
 }
 
 /// A reply line.
@@ -202,6 +245,22 @@ pub enum Reply {
     UpgradeFailed {
         reason: String,
         rolled_back: bool,
+    },
+    /// `ctl events`: the stream is open; `seq` is the number of the last
+    /// event before it (the first line the reader gets is `seq + 1`).
+    Subscribed {
+        pid: u32,
+        version: String,
+        serving: Option<u64>,
+        seq: u64,
+    },
+    /// One event of a `ctl events` stream.
+    Event(crate::events::EventLine),
+    /// The last line to a `ctl events` reader that fell behind: it is
+    /// closed, and missed the events from `missed_from` on.
+    Dropped {
+        reason: String,
+        missed_from: u64,
     },
     /// baton has stopped (the last line to a `stop` client): its exit code,
     /// from the table of `baton run`'s exit codes.
@@ -458,6 +517,10 @@ mod tests {
             parse_request(br#"{"v":1,"cmd":"scale","workers":3}"#).map(|r| r.cmd),
             Ok(Command::Scale { workers: 3 })
         );
+        assert_eq!(
+            parse_request(br#"{"v":1,"cmd":"events"}"#).map(|r| r.cmd),
+            Ok(Command::Events { buffer: None })
+        );
         let e = parse_request(br#"{"v":2,"cmd":"dance"}"#).expect_err("version");
         assert!(e.contains("protocol version 2 is not supported"), "{e}");
         assert!(
@@ -490,6 +553,28 @@ mod tests {
         assert!(!line[..line.len() - 1].contains(&b'\n'));
         let back: Reply = serde_json::from_slice(&line).expect("parse");
         assert!(matches!(back, Reply::ReloadFailed { generation: 3, .. }));
+        let event = Reply::Event(crate::events::EventLine::now(
+            5,
+            crate::events::Notice::WorkerStarted {
+                generation: 2,
+                worker: 1,
+                pid: 77,
+            },
+        ));
+        let line = event.to_line();
+        let text = String::from_utf8_lossy(&line);
+        assert!(
+            text.starts_with(r#"{"type":"event","seq":5,"time":""#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""event":"worker_started","generation":2,"worker":1,"pid":77}"#),
+            "{text}"
+        );
+        assert_eq!(
+            serde_json::from_slice::<Reply>(&line).expect("parse"),
+            event
+        );
     }
 
     #[test]

@@ -25,6 +25,9 @@
 //! * [`accepting`] sees, in `/proc`, whether a worker waits for
 //!   connections on its listeners (`--ready accepting`), from a thread of
 //!   its own.
+//! * [`events`] is what happened, as `baton ctl events` streams it, and
+//!   [`metrics`] what the `--metrics` endpoint serves (OpenMetrics text,
+//!   `/ready`, `/live`), answered by the loop itself.
 //! * [`listen`] parses and binds listen specs; [`worker`] builds each
 //!   worker's environment and spawns it through `baton-sys`, the only crate
 //!   with `unsafe` code; [`environment`] (`--env-file`, `--clear-env`) and
@@ -37,9 +40,11 @@ pub mod config;
 pub mod config_file;
 pub mod control;
 pub mod environment;
+pub mod events;
 pub mod guard;
 pub mod lifecycle;
 pub mod listen;
+pub mod metrics;
 pub mod notify;
 pub mod output;
 pub mod privileges;

@@ -340,6 +340,8 @@ pub enum Action {
     },
     /// Tell baton's own service manager (systemd) about a state change.
     Notify(Sd),
+    /// Something happened, for `baton ctl events` and the metrics.
+    Notice(crate::events::Notice),
     /// Write a log line; with `tail`, append that worker's last output lines.
     Log {
         level: Level,
@@ -450,6 +452,12 @@ struct Generation {
     /// (`None`: they are not), which sets the pause between looks.
     #[serde(default, with = "crate::stamp::option")]
     accept_since: Option<Instant>,
+    /// When it was told to drain or stop (for the drain's duration).
+    #[serde(default, with = "crate::stamp::option")]
+    retired_at: Option<Instant>,
+    /// Some worker of it had to be sent `SIGKILL`.
+    #[serde(default)]
+    killed: bool,
 }
 
 impl Generation {
@@ -501,6 +509,8 @@ pub struct WorkerInfo {
     pub restarts: u32,
     /// Restarts of this slot over baton's whole life, in every generation.
     pub lifetime_restarts: u64,
+    /// When its process started (`None` while there is none).
+    pub started: Option<Instant>,
 }
 
 /// Where the supervisor as a whole is.
@@ -556,9 +566,16 @@ pub struct Lifecycle {
     /// Clients waiting for the reload in progress.
     inflight_tickets: Vec<Ticket>,
     last_reload: Option<ReloadOutcome>,
+    /// When the last reload got its verdict.
+    #[serde(default, with = "crate::stamp::option")]
+    last_reload_at: Option<Instant>,
     /// Actions of the step in progress (always empty between steps).
     #[serde(skip)]
     out: Vec<Action>,
+    /// The time of the step in progress, for the handlers that are not
+    /// given it.
+    #[serde(skip)]
+    now: Option<Instant>,
 }
 
 fn ms(d: Duration) -> u128 {
@@ -586,12 +603,15 @@ impl Lifecycle {
             queued_tickets: Vec::new(),
             inflight_tickets: Vec::new(),
             last_reload: None,
+            last_reload_at: None,
             out: Vec::new(),
+            now: None,
         }
     }
 
     /// Starts the first generation.
     pub fn start(&mut self, now: Instant) -> Vec<Action> {
+        self.now = Some(now);
         self.start_generation(now);
         std::mem::take(&mut self.out)
     }
@@ -650,6 +670,7 @@ impl Lifecycle {
 
     /// Feeds one event; returns the actions to carry out, in order.
     pub fn handle(&mut self, event: Event, now: Instant) -> Vec<Action> {
+        self.now = Some(now);
         if let Err(e) = self.step(&event, now) {
             self.log(Level::Error, e.to_string());
         }
@@ -793,6 +814,15 @@ impl Lifecycle {
             phase: self.phase.name(),
             event: format!("{event:?}"),
         }
+    }
+
+    fn notice(&mut self, notice: crate::events::Notice) {
+        self.out.push(Action::Notice(notice));
+    }
+
+    /// The time of the step in progress.
+    fn clock(&self) -> Instant {
+        self.now.unwrap_or_else(Instant::now)
     }
 
     fn log(&mut self, level: Level, message: String) {

@@ -329,7 +329,7 @@ pub enum BindError {
     },
 }
 
-fn explain(errno: rustix::io::Errno, addr: &str, port: Option<u16>) -> String {
+pub(crate) fn explain(errno: rustix::io::Errno, addr: &str, port: Option<u16>) -> String {
     use rustix::io::Errno;
     match errno {
         Errno::ADDRINUSE => format!(
@@ -476,7 +476,7 @@ fn resolve(spec: &ListenSpec, host: &str, port: u16) -> Result<SocketAddr, BindE
     Ok(first)
 }
 
-fn bind_tcp(addr: SocketAddr) -> Result<OwnedFd, rustix::io::Errno> {
+pub(crate) fn bind_tcp(addr: SocketAddr) -> Result<OwnedFd, rustix::io::Errno> {
     let family = if addr.is_ipv4() {
         AddressFamily::INET
     } else {

@@ -37,6 +37,8 @@ use crate::signals::{HANDLED, Ignored, SignalPipe};
 
 mod accepting;
 mod clients;
+mod events;
+mod metrics;
 mod privileges;
 mod readiness;
 mod reconfig;
@@ -79,6 +81,8 @@ pub enum RuntimeError {
     Watch(crate::watch::WatchError),
     #[error("cannot take over from the previous image: {0}")]
     Resume(String),
+    #[error("{0}")]
+    Metrics(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +103,9 @@ enum Source {
     Control,
     Client(u64),
     Watch,
+    /// The `--metrics` endpoint's listener, and its clients.
+    Metrics,
+    MetricsClient(u64),
 }
 
 /// The supervisor's I/O side. Build it with [`Runtime::new`], then
@@ -176,6 +183,10 @@ pub struct Runtime {
     resumed: Option<resume::Resumed>,
     /// `--ready accepting`: the thread that looks into `/proc`, once needed.
     accept: Option<accepting::AcceptChecks>,
+    /// The `--metrics` endpoint, if any.
+    endpoint: Option<metrics::Endpoint>,
+    /// What is counted over baton's life (carried across upgrades).
+    metrics: crate::metrics::Metrics,
 }
 
 /// baton's private directory for the generations' notify sockets, removed
@@ -303,6 +314,7 @@ impl Runtime {
         if let Some(sock) = control {
             rt.adopt_control(sock)?;
         }
+        rt.open_metrics()?;
         rt.install_sources()?;
         rt.start_guard();
         Ok(rt)
@@ -372,6 +384,13 @@ impl Runtime {
             environ: k.environ,
             resumed: None,
             accept: None,
+            endpoint: None,
+            metrics: crate::metrics::Metrics {
+                started_unix_us: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+                ..crate::metrics::Metrics::default()
+            },
         })
     }
 
@@ -506,6 +525,7 @@ impl Runtime {
                 .chain(self.accept_paused_until)
                 .chain(self.orphan_retry_at)
                 .chain(self.preflight_deadline())
+                .chain(self.metrics_deadline())
                 .min()
                 .map(|at| at.saturating_duration_since(Instant::now()));
             match self.poll.poll(&mut events, timeout) {
@@ -524,8 +544,10 @@ impl Runtime {
         }
         self.end_guard_and_cgroups();
         // Last words to clients (a `ctl stop` waits for this connection to
-        // close); then the control socket goes.
+        // close, a `ctl events` reader for `stopped`); then the control
+        // socket goes.
         let code = self.exit.unwrap_or(1);
+        self.publish(crate::events::Notice::Stopped { exit_code: code });
         let ids: Vec<u64> = self.clients.keys().copied().collect();
         for id in ids {
             if self
@@ -551,6 +573,7 @@ impl Runtime {
         loop {
             let now = Instant::now();
             self.expire_clients(now);
+            self.expire_metrics_clients(now);
             self.resume_accepting(now);
             self.expire_preflight(now);
             if self.orphan_retry_at.is_some_and(|at| at <= now) {
@@ -671,6 +694,8 @@ impl Runtime {
             }
             Source::Control => self.accept_clients(),
             Source::Client(id) => self.on_client(id),
+            Source::Metrics => self.accept_metrics_clients(),
+            Source::MetricsClient(id) => self.on_metrics_client(id),
         }
     }
 
@@ -728,6 +753,7 @@ impl Runtime {
                 Action::Exit(code) => self.exit = Some(code),
                 Action::ReloadDone { tickets, outcome } => self.reload_done(&tickets, &outcome),
                 Action::Notify(sd) => self.notify_service_manager(&sd),
+                Action::Notice(notice) => self.publish(notice),
             }
         }
     }

@@ -267,6 +267,12 @@ fn status_reply_is_one_line() {
         last_reload: None,
         listeners: Vec::new(),
         generations: Vec::new(),
+        ready: true,
+        reloads_refused: 0,
+        metrics: Some("http://127.0.0.1:9100".into()),
+        events: 9,
+        event_readers: 1,
+        event_readers_dropped: 0,
     };
     let line = Reply::Status(Box::new(status)).to_line();
     assert_eq!(line.last(), Some(&b'\n'));

@@ -24,8 +24,8 @@ Exit codes:
   0  stopped cleanly: every worker exited on its own
   1  internal error
   2  usage: a bad flag or value (listen spec, duration, signal, --workers 0)
-  3  a listener or the control socket cannot be set up (address in use, permission
-     denied, unsafe path, another baton with the same --name)
+  3  a listener, the control socket or the metrics endpoint cannot be set up (address
+     in use, permission denied, unsafe path, another baton with the same --name)
   4  the command cannot be run (not found, not executable, bad --chdir)
   5  the first generation failed: a worker exited or crashed before it was ready
   6  the first generation was not ready within --ready-timeout
@@ -231,6 +231,14 @@ struct RunArgs {
     #[arg(long, value_name = "MODE", value_parser = config::parse_cgroups)]
     cgroups: Option<config::CgroupMode>,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (OpenMetrics text),
+    /// with /ready (200 while a generation serves) and /live (200 while
+    /// baton's loop turns) for readiness and liveness probes: HOST:PORT,
+    /// :PORT (every interface), [::1]:PORT. baton's own socket, never a
+    /// worker's
+    #[arg(long, value_name = "ADDR", value_parser = config::parse_metrics)]
+    metrics: Option<ListenSpec>,
+
     /// The server command and its arguments (after --)
     #[arg(trailing_var_arg = true, value_name = "COMMAND")]
     command: Vec<OsString>,
@@ -262,6 +270,7 @@ impl RunArgs {
             user: self.user.clone(),
             group: self.group.clone(),
             no_new_privs: self.no_new_privs,
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -426,6 +435,7 @@ fn run_command(run: RunArgs, sinks: baton_supervisor::output::Sinks) -> Result<u
         baton_supervisor::runtime::RuntimeError::Watch(w) => {
             Failure::new(exit::USAGE, w.to_string())
         }
+        baton_supervisor::runtime::RuntimeError::Metrics(m) => Failure::new(exit::LISTEN, m),
         other => Failure::new(exit::INTERNAL, other.to_string()),
     })?;
     runtime

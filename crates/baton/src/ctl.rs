@@ -4,6 +4,7 @@
 //! machines) and exits with a code from [`exit`], so `systemctl reload`,
 //! Ansible or CI can trust `baton ctl reload`.
 
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ pub mod exit {
     pub const TIMEOUT: u8 = 11;
     pub const REFUSED: u8 = 12;
     pub const UPGRADE_FAILED: u8 = 13;
+    pub const EVENTS_DROPPED: u8 = 14;
 }
 
 pub const CTL_HELP: &str = "\
@@ -36,6 +38,9 @@ Exit codes of baton ctl:
       mistake: the message gives the line and column) or answered an error
   13  upgrade refused (the new binary failed its check) or rolled back (it could not
       take over); the old baton keeps running, every worker kept
+  14  events: this reader fell behind and baton dropped it (its last line says so)
+events exits 0 once baton has stopped (its last line is {\"event\":\"stopped\",...}) or
+--timeout has passed, 8 if the stream ends otherwise (baton was killed).
 stop exits with baton's own exit code once it has stopped: 0 when every worker
 exited on its own, 7 when some had to be killed (see baton run --help)";
 
@@ -49,7 +54,8 @@ pub struct CtlArgs {
     #[arg(long, value_name = "PATH")]
     control: Option<PathBuf>,
 
-    /// How long to wait for the verdict of reload and stop (default: no limit)
+    /// How long to wait for the verdict of reload and stop, or to stream
+    /// events (default: no limit)
     #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
     timeout: Option<Duration>,
 
@@ -64,9 +70,18 @@ enum CtlCommand {
     Reload,
     /// Show generations, workers, listeners and the last reload
     Status {
-        /// Print the status as JSON
+        /// Print the status as JSON (fields in docs/contract.md)
         #[arg(long)]
         json: bool,
+    },
+    /// Stream lifecycle events as JSON lines, one per event (reloads and
+    /// their verdicts, generations, workers, scaling, upgrades, the stop),
+    /// until baton stops; across an upgrade of baton the stream goes on
+    Events {
+        /// How many bytes of events baton may hold for this reader before
+        /// it drops it (at most, and by default, 256 KiB)
+        #[arg(long, value_name = "BYTES", hide = true)]
+        buffer: Option<usize>,
     },
     /// Stop the supervisor and wait until it has exited
     Stop {
@@ -132,6 +147,7 @@ pub fn run(args: &CtlArgs) -> u8 {
     let cmd = match &args.command {
         CtlCommand::Reload => Command::Reload,
         CtlCommand::Status { .. } => Command::Status,
+        CtlCommand::Events { buffer } => Command::Events { buffer: *buffer },
         CtlCommand::Stop { fast } => Command::Stop { fast: *fast },
         CtlCommand::Scale { workers } => {
             if *workers == 0 {
@@ -175,8 +191,107 @@ pub fn run(args: &CtlArgs) -> u8 {
         return fail(exit::UNREACHABLE, format!("cannot send the request: {e}"));
     }
     let deadline = args.timeout.map(|t| Instant::now() + t);
+    if matches!(args.command, CtlCommand::Events { .. }) {
+        return stream_events(stream, deadline);
+    }
     let json = matches!(args.command, CtlCommand::Status { json: true });
     read_replies(stream, deadline, json, &args.command)
+}
+
+/// `ctl events`: prints each event as one JSON line on stdout, flushed at
+/// once, until baton stops (exit 0), drops this reader (14), `--timeout`
+/// passes (0) or the connection is lost (8).
+fn stream_events(stream: UnixStream, deadline: Option<Instant>) -> u8 {
+    let mut reader = BufReader::new(stream);
+    let mut out = std::io::stdout().lock();
+    let mut stopped = false;
+    loop {
+        if let Some(d) = deadline {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return exit::OK;
+            }
+            let _ = reader.get_ref().set_read_timeout(Some(left));
+        }
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(e) if stopped => {
+                let _ = e;
+                break;
+            }
+            Err(e) => return fail(exit::UNREACHABLE, format!("connection lost: {e}")),
+        }
+        let reply: Reply = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(e) => return fail(exit::REFUSED, format!("unreadable reply ({e}): {line}")),
+        };
+        let printed = match &reply {
+            Reply::Event(ev) => {
+                stopped |= matches!(ev.notice, baton_supervisor::events::Notice::Stopped { .. });
+                serde_json::to_string(ev)
+            }
+            Reply::Subscribed {
+                pid,
+                version,
+                serving,
+                seq,
+            } => serde_json::to_string(&serde_json::json!({
+                "event": "subscribed",
+                "pid": pid,
+                "version": version,
+                "serving": serving,
+                "seq": seq,
+            })),
+            Reply::Dropped {
+                reason,
+                missed_from,
+            } => {
+                let line = serde_json::json!({
+                    "event": "dropped",
+                    "reason": reason,
+                    "missed_from": missed_from,
+                });
+                let _ = writeln!(out, "{line}");
+                let _ = out.flush();
+                return fail(
+                    exit::EVENTS_DROPPED,
+                    format!(
+                        "baton dropped this reader: {reason} (events from {missed_from} on were missed)"
+                    ),
+                );
+            }
+            other => {
+                drop(out);
+                return show(other, false);
+            }
+        };
+        let Ok(text) = printed else {
+            continue;
+        };
+        // A reader that went away (`| head -n 3`) ends the stream; that is
+        // what it asked for.
+        if writeln!(out, "{text}").and_then(|()| out.flush()).is_err() {
+            return exit::OK;
+        }
+    }
+    if stopped {
+        exit::OK
+    } else {
+        fail(
+            exit::UNREACHABLE,
+            "the event stream ended without a last line: the connection to baton was lost (was it killed?)",
+        )
+    }
 }
 
 /// Reads reply lines until the server closes the connection; returns the
@@ -314,6 +429,10 @@ fn show(reply: &Reply, json: bool) -> u8 {
             }
             *exit_code
         }
+        Reply::Subscribed { .. } | Reply::Event(_) | Reply::Dropped { .. } => fail(
+            exit::REFUSED,
+            "the supervisor answered with an event stream, which this command did not ask for",
+        ),
         Reply::Error { message } => {
             if message.starts_with("permission denied") {
                 fail(exit::DENIED, message.clone())
@@ -336,78 +455,164 @@ fn run_exit_meaning(code: u8) -> &'static str {
     }
 }
 
-fn ago(ms: u64) -> String {
-    humantime::format_duration(Duration::from_secs(ms / 1000)).to_string()
+/// A short human duration: `850ms`, `12s`, `3m 12s`, `3h 12m`, `2d 3h`.
+fn short(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0 => format!("{ms}ms"),
+        1..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h {}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d {}h", s / 86_400, (s % 86_400) / 3600),
+    }
 }
 
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// Rows of cells, printed in columns as wide as their widest cell.
+fn print_table(rows: &[Vec<String>]) {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 < row.len() {
+                let _ = write!(line, "{cell:<w$}  ", w = widths[i]);
+            } else {
+                line.push_str(cell);
+            }
+        }
+        println!("{}", line.trim_end());
+    }
+}
+
+/// `ctl status` for people: a summary, then one row per worker.
 fn print_status(s: &Status) {
+    let state = if s.ready {
+        "ready".to_owned()
+    } else if s.serving.is_some() {
+        "stopping".to_owned()
+    } else {
+        "not ready".to_owned()
+    };
     let serving = s.serving.map_or_else(
         || "nothing serving".to_owned(),
         |g| format!("serving generation {g}"),
     );
     println!(
-        "baton pid {}, up {}, {serving}, {} worker{} per generation",
+        "baton {}, pid {}, up {}: {state}, {serving}, {} per generation",
+        s.version,
         s.pid,
-        ago(s.uptime_ms),
-        s.workers_per_generation,
-        if s.workers_per_generation == 1 {
-            ""
-        } else {
-            "s"
-        },
+        short(s.uptime_ms),
+        plural(s.workers_per_generation as u64, "worker", "workers"),
     );
     let in_flight = s
         .reloads_attempted
         .saturating_sub(s.reloads + s.reloads_failed);
     let in_flight = if in_flight > 0 {
-        format!(", {in_flight} in progress or cut short by a stop")
+        format!(" ({in_flight} in progress or cut short by a stop)")
     } else {
         String::new()
     };
     println!(
-        "reloads: {} attempted, {} succeeded, {} failed{in_flight}; worker restarts: {}",
-        s.reloads_attempted, s.reloads, s.reloads_failed, s.restarts
+        "reloads: {} attempted, {} succeeded, {} failed{in_flight}; worker restarts: {}; reloads refused: {}; upgrades in place: {}",
+        s.reloads_attempted, s.reloads, s.reloads_failed, s.restarts, s.reloads_refused, s.upgrades
     );
-    if s.upgrades > 0 {
-        println!(
-            "baton {}, upgraded in place {} time{}",
-            s.version,
-            s.upgrades,
-            if s.upgrades == 1 { "" } else { "s" }
-        );
-    }
-    if let Some(last) = &s.last_reload {
-        let verdict = if last.ok { "ok" } else { "FAILED" };
-        println!(
-            "last reload: {verdict}, generation {}: {}",
-            last.generation, last.detail
-        );
-    }
-    println!("listeners:");
-    for l in &s.listeners {
-        println!("  {:<12} {}", l.name, l.address);
-    }
-    println!("generations:");
-    for g in &s.generations {
-        let ready = g
-            .ready_after_ms
-            .map_or_else(String::new, |ms| format!(", ready after {ms} ms"));
-        let config = g
-            .config
-            .as_ref()
-            .map_or_else(String::new, |c| format!(", config {c}"));
-        println!(
-            "  {:<4} {:<9} started {} ago{ready}{config}",
-            g.id,
-            g.state,
-            ago(g.age_ms)
-        );
-        for w in &g.workers {
-            let pid = w.pid.map_or_else(|| "-".to_owned(), |p| p.to_string());
+    match &s.last_reload {
+        Some(last) => {
+            let verdict = if last.ok { "ok" } else { "FAILED" };
+            let when = last
+                .age_ms
+                .map_or_else(String::new, |ms| format!(" {} ago", short(ms)));
             println!(
-                "       worker {:<3} pid {:<8} {:<10} restarts {} (lifetime {})",
-                w.slot, pid, w.state, w.restarts, w.lifetime_restarts
+                "last reload: {verdict}{when}, generation {}: {}",
+                last.generation, last.detail
             );
         }
+        None => println!("last reload: none yet"),
+    }
+    let listeners: Vec<String> = s
+        .listeners
+        .iter()
+        .map(|l| format!("{} {}", l.name, l.address))
+        .collect();
+    if listeners.is_empty() {
+        println!("listeners: none");
+    } else {
+        println!("listeners: {}", listeners.join(", "));
+    }
+    if let Some(m) = &s.metrics {
+        println!("metrics: {m}/metrics (/ready, /live)");
+    }
+    if s.event_readers > 0 || s.event_readers_dropped > 0 {
+        println!(
+            "event readers: {} connected, {} dropped for falling behind",
+            s.event_readers, s.event_readers_dropped
+        );
+    }
+    println!();
+    let mut rows = vec![
+        [
+            "GEN",
+            "STATE",
+            "AGE",
+            "READY IN",
+            "CONFIG",
+            "WORKER",
+            "PID",
+            "WORKER STATE",
+            "UPTIME",
+            "RESTARTS",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
+    for g in &s.generations {
+        let first = [
+            g.id.to_string(),
+            g.state.clone(),
+            short(g.age_ms),
+            g.ready_after_ms
+                .map_or_else(|| "-".to_owned(), |ms| format!("{ms} ms")),
+            g.config.clone().unwrap_or_else(|| "-".to_owned()),
+        ];
+        if g.workers.is_empty() {
+            rows.push(first.to_vec());
+        }
+        for (i, w) in g.workers.iter().enumerate() {
+            let mut row: Vec<String> = if i == 0 {
+                first.to_vec()
+            } else {
+                vec![String::new(); first.len()]
+            };
+            let restarts = if w.lifetime_restarts > u64::from(w.restarts) {
+                format!("{} (lifetime {})", w.restarts, w.lifetime_restarts)
+            } else {
+                w.restarts.to_string()
+            };
+            row.extend([
+                w.slot.to_string(),
+                w.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                w.state.clone(),
+                w.uptime_ms.map_or_else(|| "-".to_owned(), short),
+                restarts,
+            ]);
+            rows.push(row);
+        }
+    }
+    if s.generations.is_empty() {
+        println!("no generation runs");
+    } else {
+        print_table(&rows);
     }
 }

@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::events::Notice;
+
 use super::{
     Action, GenId, Generation, Level, Lifecycle, Phase, READY_HINT_AFTER, ROLLBACK_GRACE,
     ReadyMode, ReloadOutcome, Role, Sd, Slot, StopKind, TimerKey, Worker, WorkerState, exit, ms,
@@ -20,6 +22,7 @@ impl Lifecycle {
             self.reload_pending = true;
             self.log(Level::Info, format!("reload queued ({why})"));
         }
+        self.notice(Notice::ReloadQueued { reason: why.into() });
     }
 
     pub(super) fn start_generation(&mut self, now: Instant) {
@@ -35,8 +38,14 @@ impl Lifecycle {
             ready_after: None,
             gen_ready: false,
             accept_since: None,
+            retired_at: None,
+            killed: false,
         });
-        self.phase = if self.serving().is_some() {
+        self.phase = if let Some(serving) = self.serving() {
+            self.notice(Notice::ReloadStarted {
+                generation: id,
+                serving,
+            });
             self.counters.reloads_started += 1;
             self.inflight_tickets = std::mem::take(&mut self.queued_tickets);
             self.out
@@ -49,6 +58,10 @@ impl Lifecycle {
             Level::Info,
             format!("generation {id} starting ({n} worker{})", plural(n)),
         );
+        self.notice(Notice::GenerationStarting {
+            generation: id,
+            workers: n,
+        });
         self.out.push(Action::PrepareGeneration { generation: id });
         for slot in 0..n {
             self.out.push(Action::Spawn {
@@ -111,6 +124,7 @@ impl Lifecycle {
             .position(|g| g.role == Role::Serving && g.id != generation);
         self.gens[gi].role = Role::Serving;
         self.gens[gi].ready_after = Some(took);
+        self.notice(Notice::GenerationReady { generation, took });
         self.out.push(Action::Serving { generation });
         self.out.push(Action::Notify(Sd::Ready {
             serving: generation,
@@ -120,6 +134,12 @@ impl Lifecycle {
         match old {
             Some(oi) => {
                 self.counters.reloads_succeeded += 1;
+                self.notice(Notice::ReloadSucceeded {
+                    generation,
+                    previous: self.gens[oi].id,
+                    took,
+                });
+                self.last_reload_at = Some(now);
                 let grace = self.gens[oi].policy.grace;
                 self.retire(oi, Role::Draining, grace);
                 let outcome = ReloadOutcome::Ready { generation, took };
@@ -142,8 +162,12 @@ impl Lifecycle {
     pub(super) fn retire(&mut self, gi: usize, role: Role, grace: Duration) {
         let generation = self.gens[gi].id;
         self.gens[gi].role = role;
+        if self.gens[gi].retired_at.is_none() {
+            self.gens[gi].retired_at = Some(self.clock());
+        }
         if role == Role::Draining {
             self.log(Level::Info, format!("generation {generation} draining"));
+            self.notice(Notice::GenerationDraining { generation });
         }
         let signal = self.gens[gi].policy.stop_signal;
         let mut any = false;
@@ -198,11 +222,23 @@ impl Lifecycle {
             Some(slot) => self.log_tail(Level::Error, message, generation, slot),
             None => self.log(Level::Error, message),
         }
+        self.notice(Notice::GenerationFailed {
+            generation,
+            reason: reason.to_owned(),
+        });
         let grace = ROLLBACK_GRACE.min(self.gens[gi].policy.grace);
         self.retire(gi, Role::Failed, grace);
         match serving {
             Some(s) => {
                 self.counters.reloads_failed += 1;
+                let now = self.clock();
+                self.notice(Notice::ReloadFailed {
+                    generation,
+                    serving: s,
+                    reason: reason.to_owned(),
+                    took: now.saturating_duration_since(self.gens[gi].started),
+                });
+                self.last_reload_at = Some(now);
                 let outcome = ReloadOutcome::Failed {
                     generation,
                     serving: s,
@@ -247,7 +283,17 @@ impl Lifecycle {
             return;
         }
         let generation = g.id;
+        let drained = (g.role == Role::Draining)
+            .then_some(g.retired_at)
+            .flatten()
+            .map(|at| now.saturating_duration_since(at));
+        let killed = g.killed;
         self.gens.remove(gi);
+        self.notice(Notice::GenerationExited {
+            generation,
+            drained,
+            killed,
+        });
         self.out.push(Action::CancelTimer {
             key: TimerKey::Grace(generation),
         });
@@ -297,6 +343,7 @@ impl Lifecycle {
                     if matches!(self.phase, Phase::Stopping(_)) {
                         self.killed_any = true;
                     }
+                    self.gens[gi].killed = true;
                     self.out.push(Action::KillGroup { generation, slot });
                 }
                 WorkerState::Restarting => {

@@ -9,6 +9,10 @@ impl Lifecycle {
     pub(super) fn scale(&mut self, n: usize) {
         let before = self.policy.workers;
         self.policy.workers = n;
+        self.notice(crate::events::Notice::Scaled {
+            from: before,
+            to: n,
+        });
         self.log(
             Level::Info,
             format!(

@@ -1,5 +1,7 @@
 //! What `baton ctl status` shows of the lifecycle.
 
+use std::time::Instant;
+
 use super::{GenerationInfo, Lifecycle, ReloadOutcome, Role, WorkerInfo, WorkerState};
 
 impl Lifecycle {
@@ -42,6 +44,12 @@ impl Lifecycle {
                         },
                         restarts: w.restarts,
                         lifetime_restarts: self.slot_restarts.get(slot).copied().unwrap_or(0),
+                        started: match w.state {
+                            WorkerState::Running { .. } | WorkerState::Removing { .. } => w.started,
+                            WorkerState::Spawning
+                            | WorkerState::Restarting
+                            | WorkerState::Exited => None,
+                        },
                     })
                     .collect(),
             })
@@ -51,5 +59,11 @@ impl Lifecycle {
     /// The verdict of the last reload, if any ran.
     pub fn last_reload(&self) -> Option<&ReloadOutcome> {
         self.last_reload.as_ref()
+    }
+
+    /// When the last reload got its verdict (`None` for one from before
+    /// an upgrade from a baton that did not record it).
+    pub fn last_reload_at(&self) -> Option<Instant> {
+        self.last_reload_at
     }
 }

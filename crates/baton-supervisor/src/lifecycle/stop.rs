@@ -11,6 +11,13 @@ impl Lifecycle {
         }
         self.phase = Phase::Stopping(kind);
         self.reload_pending = false;
+        self.notice(crate::events::Notice::Stopping {
+            kind: match kind {
+                StopKind::Graceful => "graceful",
+                StopKind::Immediate => "immediate",
+            }
+            .into(),
+        });
         let mut tickets = std::mem::take(&mut self.queued_tickets);
         tickets.append(&mut self.inflight_tickets);
         if !tickets.is_empty() {

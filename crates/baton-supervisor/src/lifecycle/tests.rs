@@ -31,6 +31,8 @@ struct Sim {
     sd: Vec<Sd>,
     /// Spawn requests the test wants to fail, by (generation, slot).
     fail_spawn: Vec<(GenId, Slot)>,
+    /// What the lifecycle said happened (`ctl events`, the metrics).
+    notices: Vec<crate::events::Notice>,
     all: Vec<Action>,
 }
 
@@ -67,6 +69,7 @@ impl Sim {
             verdicts: Vec::new(),
             sd: Vec::new(),
             fail_spawn,
+            notices: Vec::new(),
             all: Vec::new(),
         };
         let actions = s.m.start(s.now);
@@ -127,6 +130,7 @@ impl Sim {
                 }
                 Action::ReloadDone { tickets, outcome } => self.verdicts.push((tickets, outcome)),
                 Action::Notify(sd) => self.sd.push(sd),
+                Action::Notice(n) => self.notices.push(n),
                 // Like the runtime: the answer to a look at a generation
                 // that is gone is dropped.
                 Action::ReleaseGeneration { generation } => {
@@ -584,6 +588,147 @@ fn drain_deadline_kills_stragglers() {
         "generation 1: 1 worker still running at the end of the grace period; sending SIGKILL"
     ));
     assert!(s.kills.contains(&(1, 0)));
+}
+
+/// The names of the notices since index `from`, in order.
+fn notice_names(s: &Sim, from: usize) -> Vec<String> {
+    s.notices[from..]
+        .iter()
+        .map(|n| {
+            serde_json::to_value(n).expect("a notice encodes")["event"]
+                .as_str()
+                .expect("tagged")
+                .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn a_reload_is_told_as_it_happens_with_its_durations() {
+    use crate::events::Notice;
+    let mut s = Sim::serving(1);
+    let mark = s.notices.len();
+    s.ev(Event::Reload);
+    s.now += Duration::from_millis(40);
+    s.ready(2, [0]);
+    let verdict_at = s.now;
+    s.now += Duration::from_millis(250);
+    s.all_exit(1);
+    assert_eq!(
+        notice_names(&s, mark),
+        [
+            "reload_started",
+            "generation_starting",
+            "worker_started",
+            "worker_ready",
+            "generation_ready",
+            "reload_succeeded",
+            "generation_draining",
+            "worker_exited",
+            "generation_exited",
+        ]
+    );
+    assert!(s.notices.contains(&Notice::ReloadSucceeded {
+        generation: 2,
+        previous: 1,
+        took: Duration::from_millis(40),
+    }));
+    assert!(s.notices.contains(&Notice::GenerationExited {
+        generation: 1,
+        drained: Some(Duration::from_millis(250)),
+        killed: false,
+    }));
+    assert!(s.notices.iter().any(|n| matches!(
+        n,
+        Notice::WorkerExited {
+            generation: 1,
+            expected: true,
+            exit_code: Some(0),
+            ..
+        }
+    )));
+    assert_eq!(s.m.last_reload_at(), Some(verdict_at));
+}
+
+#[test]
+fn a_failed_reload_is_told_once_with_its_reason_and_is_no_drain() {
+    use crate::events::Notice;
+    let mut s = Sim::serving(1);
+    s.ev(Event::Reload);
+    s.now += Duration::from_millis(30);
+    s.exited(2, 0, ExitStatus::Code(3));
+    let failed: Vec<&Notice> = s
+        .notices
+        .iter()
+        .filter(|n| matches!(n, Notice::ReloadFailed { .. }))
+        .collect();
+    assert_eq!(failed.len(), 1, "{:?}", s.notices);
+    assert!(matches!(
+        failed[0],
+        Notice::ReloadFailed { generation: 2, serving: 1, took, reason }
+            if *took == Duration::from_millis(30) && reason.contains("exited with status 3")
+    ));
+    assert!(s.notices.iter().any(|n| matches!(
+        n,
+        Notice::WorkerExited {
+            generation: 2,
+            expected: false,
+            ..
+        }
+    )));
+    assert!(s.notices.contains(&Notice::GenerationExited {
+        generation: 2,
+        drained: None,
+        killed: false,
+    }));
+}
+
+#[test]
+fn a_drain_cut_short_by_the_grace_is_told_as_killed() {
+    use crate::events::Notice;
+    let mut s = Sim::serving(1);
+    s.ev(Event::Reload);
+    s.ready(2, [0]);
+    s.advance(Duration::from_secs(30));
+    s.now += Duration::from_millis(5);
+    s.exited(1, 0, ExitStatus::Signal(9));
+    assert!(
+        s.notices.contains(&Notice::GenerationExited {
+            generation: 1,
+            drained: Some(Duration::from_millis(30_005)),
+            killed: true,
+        }),
+        "{:?}",
+        s.notices
+    );
+}
+
+#[test]
+fn a_crash_while_serving_is_told_with_its_restart() {
+    use crate::events::Notice;
+    let mut s = Sim::serving(2);
+    let mark = s.notices.len();
+    s.now += Duration::from_secs(1);
+    s.exited(1, 1, ExitStatus::Signal(9));
+    assert_eq!(
+        notice_names(&s, mark),
+        ["worker_exited", "worker_restarting"]
+    );
+    assert!(s.notices.contains(&Notice::WorkerRestarting {
+        generation: 1,
+        worker: 1,
+        delay: BACKOFF_START,
+        restarts: 1,
+    }));
+    assert!(matches!(
+        &s.notices[mark],
+        Notice::WorkerExited { expected: false, signal: Some(sig), uptime, .. }
+            if sig == "SIGKILL" && *uptime == Duration::from_secs(1)
+    ));
+    s.ev(Event::Stop(StopKind::Graceful));
+    assert!(s.notices.contains(&Notice::Stopping {
+        kind: "graceful".into()
+    }));
 }
 
 #[test]

@@ -2,6 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::events::Notice;
+
 use super::{
     Action, BACKOFF_MAX, BACKOFF_START, CRASH_LOOP_AFTER, Event, ExitStatus, GenId, Impossible,
     Level, Lifecycle, PROBE_INTERVAL, Role, STABLE_AFTER, Slot, TimerKey, Worker, WorkerState,
@@ -35,6 +37,11 @@ impl Lifecycle {
             Level::Info,
             format!("worker {slot} of generation {generation} started, pid {pid}"),
         );
+        self.notice(Notice::WorkerStarted {
+            generation,
+            worker: slot,
+            pid,
+        });
         match role {
             // Spawned while being stopped (the stop came between the spawn
             // request and its answer): stop it too.
@@ -105,8 +112,8 @@ impl Lifecycle {
         };
         let g = &mut self.gens[gi];
         let role = g.role;
-        if let Some(Worker {
-            state: WorkerState::Running { ready, .. },
+        let pid = if let Some(Worker {
+            state: WorkerState::Running { ready, pid },
             ..
         }) = g.workers.get_mut(slot)
         {
@@ -114,13 +121,22 @@ impl Lifecycle {
                 return;
             }
             *ready = true;
+            *pid
         } else {
             return;
-        }
+        };
         let after = g.workers[slot]
             .started
             .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
         g.workers[slot].accept_seen = None;
+        if matches!(role, Role::Starting | Role::Serving) {
+            self.notice(Notice::WorkerReady {
+                generation,
+                worker: slot,
+                pid,
+                after,
+            });
+        }
         match role {
             Role::Starting => {
                 // With microseconds: bench/accepting compares readiness
@@ -184,6 +200,10 @@ impl Lifecycle {
             .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
         // Invariant 7: whatever is left of its process group goes with it.
         self.out.push(Action::ReapGroup { generation, slot });
+        let expected = removed || !matches!(self.gens[gi].role, Role::Starting | Role::Serving);
+        self.notice(Notice::worker_exited(
+            generation, slot, pid, status, uptime, expected,
+        ));
         if removed {
             self.out.push(Action::CancelTimer {
                 key: TimerKey::WorkerGrace(generation, slot),
@@ -266,6 +286,13 @@ impl Lifecycle {
         self.slot_restarts[slot] += 1;
         w.state = WorkerState::Restarting;
         let quick = w.quick_restarts;
+        let restarts = w.restarts;
+        self.notice(Notice::WorkerRestarting {
+            generation,
+            worker: slot,
+            delay,
+            restarts,
+        });
         self.log(
             Level::Info,
             format!(

@@ -25,6 +25,8 @@ pub(super) enum Waiting {
     Exit,
     /// The verdict of an upgrade (`ctl upgrade`), across the exec.
     Upgrade,
+    /// Events, for as long as it reads them (`ctl events`).
+    Events,
 }
 
 #[derive(Debug)]
@@ -38,6 +40,8 @@ pub(super) struct Client {
     pub(super) waiting: Waiting,
     pub(super) close_when_flushed: bool,
     pub(super) want_write: bool,
+    /// An event reader: how many bytes of events may wait for it.
+    pub(super) events_buffer: usize,
 }
 
 impl Client {
@@ -59,6 +63,7 @@ impl Client {
             waiting,
             close_when_flushed,
             want_write: false,
+            events_buffer: 0,
         }
     }
 }
@@ -152,6 +157,7 @@ impl Runtime {
                     waiting: Waiting::Nothing,
                     close_when_flushed: false,
                     want_write: false,
+                    events_buffer: 0,
                 },
             );
         }
@@ -322,6 +328,7 @@ impl Runtime {
                     StopKind::Graceful
                 }));
             }
+            control::Command::Events { buffer } => self.subscribe(id, buffer),
             control::Command::Scale { workers } => {
                 if workers == 0 || workers > MAX_WORKERS {
                     self.reply_and_close(
@@ -419,13 +426,19 @@ impl Runtime {
     }
 
     pub(super) fn expire_clients(&mut self, now: Instant) {
-        let late: Vec<u64> = self
+        let late: Vec<(u64, bool)> = self
             .clients
             .iter()
             .filter(|(_, c)| c.deadline.is_some_and(|d| d <= now))
-            .map(|(id, _)| *id)
+            .map(|(id, c)| (*id, c.close_when_flushed))
             .collect();
-        for id in late {
+        for (id, answered) in late {
+            if answered {
+                // Its last line was not read in time (a dropped event
+                // reader): nothing more to say.
+                self.close_client(id);
+                continue;
+            }
             self.reply_and_close(
                 id,
                 &Reply::Error {
@@ -458,9 +471,14 @@ impl Runtime {
                     .map(|w| w.tail.lines().map(str::to_owned).collect())
                     .unwrap_or_default(),
             },
-            ReloadOutcome::Refused(why) => Reply::Error {
-                message: format!("reload refused: {why}"),
-            },
+            ReloadOutcome::Refused(why) => {
+                self.publish(crate::events::Notice::ReloadRefused {
+                    reason: why.clone(),
+                });
+                Reply::Error {
+                    message: format!("reload refused: {why}"),
+                }
+            }
         };
         for id in tickets {
             self.reply_and_close(*id, &reply);
@@ -470,7 +488,21 @@ impl Runtime {
     pub(super) fn status(&self) -> control::Status {
         let now = Instant::now();
         let counters = self.machine.counters();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let last_age = self
+            .machine
+            .last_reload_at()
+            .map(|at| ms(now.saturating_duration_since(at)));
         control::Status {
+            ready: self.ready_now(),
+            reloads_refused: self.metrics.reloads_refused,
+            metrics: self
+                .endpoint
+                .as_ref()
+                .map(|e| format!("http://{}", e.local)),
+            events: self.metrics.events,
+            event_readers: self.event_readers(),
+            event_readers_dropped: self.metrics.event_readers_dropped,
             pid: std::process::id(),
             uptime_ms: now.saturating_duration_since(self.started).as_millis() as u64,
             serving: self.machine.serving(),
@@ -486,6 +518,7 @@ impl Runtime {
                     ok: true,
                     generation: *generation,
                     detail: format!("ready in {} ms", took.as_millis()),
+                    age_ms: last_age,
                 }),
                 ReloadOutcome::Failed {
                     generation, reason, ..
@@ -493,6 +526,7 @@ impl Runtime {
                     ok: false,
                     generation: *generation,
                     detail: reason.clone(),
+                    age_ms: last_age,
                 }),
                 ReloadOutcome::Refused(_) => None,
             }),
@@ -527,6 +561,7 @@ impl Runtime {
                             state: w.state.to_owned(),
                             restarts: w.restarts,
                             lifetime_restarts: w.lifetime_restarts,
+                            uptime_ms: w.started.map(|s| ms(now.saturating_duration_since(s))),
                         })
                         .collect(),
                 })

@@ -96,6 +96,9 @@ impl Runtime {
         {
             let message = format!("reload refused: {message}; nothing changed");
             tracing::error!("{message}");
+            self.publish(crate::events::Notice::ReloadRefused {
+                reason: message.clone(),
+            });
             if let Some(id) = client {
                 self.reply_and_close(id, &crate::control::Reply::Error { message });
             }
@@ -126,6 +129,7 @@ impl Runtime {
             new.cgroups = self.settings.cgroups;
         }
         let listeners = self.diff_listeners(&new)?;
+        self.reconfigure_metrics(new.metrics.as_ref())?;
         let watch_changed = (&new.watch, &new.watch_ignore, new.watch_debounce)
             != (
                 &self.settings.watch,

@@ -204,6 +204,11 @@ impl Runtime {
         })?;
         rt.next_client = r.next_client;
         rt.upgrades = r.upgrades;
+        rt.metrics = r.metrics;
+        if let Some(e) = r.endpoint {
+            rt.adopt_metrics(e.spec, e.listener, e.local, e.clients, e.next_client)
+                .map_err(RuntimeError::Poll)?;
+        }
         rt.deferred = r.deferred;
         for (key, at) in r.timers {
             rt.timers.insert(key, at);
@@ -305,6 +310,11 @@ impl Runtime {
         match &resumed.rolled_back {
             None => {
                 self.upgrades += 1;
+                self.publish(crate::events::Notice::Upgraded {
+                    from: from.clone(),
+                    to: to.to_owned(),
+                    took,
+                });
                 tracing::info!(
                     "upgraded in place: baton {from} -> {to}, same pid {pid}, in {} ms; every worker kept",
                     took.as_millis()
@@ -325,6 +335,10 @@ impl Runtime {
                 tracing::error!(
                     "upgrade failed and was rolled back: {reason}; baton {to} (pid {pid}) runs on with every worker"
                 );
+                self.publish(crate::events::Notice::UpgradeFailed {
+                    reason: reason.clone(),
+                    rolled_back: true,
+                });
                 if let Some(id) = client {
                     self.reply_and_close(
                         id,

@@ -107,6 +107,30 @@ pub(super) struct ClientState {
     deadline_us: Option<u64>,
     waiting: Waiting,
     close_when_flushed: bool,
+    /// An event reader's bound (`ctl events`).
+    #[serde(default)]
+    events_buffer: usize,
+}
+
+/// The `--metrics` endpoint: its listener and the clients being served.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct EndpointState {
+    fd: RawFd,
+    spec: ListenSpec,
+    local: std::net::SocketAddr,
+    clients: Vec<HttpClientState>,
+    next_client: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct HttpClientState {
+    id: u64,
+    fd: RawFd,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    /// Microseconds left before it is closed.
+    deadline_us: u64,
+    close_when_flushed: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -172,6 +196,11 @@ pub(super) struct State {
     pub(super) exe: PathBuf,
     pub(super) argv: Vec<OsString>,
     pub(super) environ: Vec<OsString>,
+    /// What is counted over baton's life (the metrics, the event numbers).
+    #[serde(default)]
+    metrics: crate::metrics::Metrics,
+    #[serde(default)]
+    endpoint: Option<EndpointState>,
 }
 
 fn micros(d: std::time::Duration) -> u64 {
@@ -269,8 +298,27 @@ impl Runtime {
                 deadline_us: c.deadline.map(|d| micros(d.saturating_duration_since(now))),
                 waiting: c.waiting,
                 close_when_flushed: c.close_when_flushed,
+                events_buffer: c.events_buffer,
             })
             .collect();
+        let endpoint = self.endpoint.as_ref().map(|e| EndpointState {
+            fd: keep(e.listener.as_raw_fd()),
+            spec: e.spec.clone(),
+            local: e.local,
+            clients: e
+                .clients
+                .iter()
+                .map(|(id, c)| HttpClientState {
+                    id: *id,
+                    fd: keep(c.stream.as_raw_fd()),
+                    input: c.input.clone(),
+                    output: c.output.clone(),
+                    deadline_us: micros(c.deadline.saturating_duration_since(now)),
+                    close_when_flushed: c.close_when_flushed,
+                })
+                .collect(),
+            next_client: e.next_client,
+        });
         let control = self
             .control
             .as_ref()
@@ -313,6 +361,8 @@ impl Runtime {
             exe: self.exe.clone(),
             argv: self.argv.clone(),
             environ: self.environ.clone(),
+            metrics: self.metrics.clone(),
+            endpoint,
         };
         (state, fds)
     }
@@ -359,6 +409,10 @@ fn all_fds(s: &State) -> Vec<RawFd> {
         v.push(g.tx);
     }
     v.push(s.stdin);
+    if let Some(e) = &s.endpoint {
+        v.push(e.fd);
+        v.extend(e.clients.iter().map(|c| c.fd));
+    }
     v
 }
 
@@ -388,6 +442,19 @@ pub(super) struct Restored {
     pub(super) exe: PathBuf,
     pub(super) argv: Vec<OsString>,
     pub(super) environ: Vec<OsString>,
+    pub(super) metrics: crate::metrics::Metrics,
+    /// The metrics endpoint: what it was asked for, its listener and
+    /// address, its clients, the next client's number.
+    pub(super) endpoint: Option<RestoredEndpoint>,
+}
+
+/// The metrics endpoint, rebuilt.
+pub(super) struct RestoredEndpoint {
+    pub(super) spec: ListenSpec,
+    pub(super) listener: mio::net::TcpListener,
+    pub(super) local: std::net::SocketAddr,
+    pub(super) clients: std::collections::HashMap<u64, super::metrics::HttpClient>,
+    pub(super) next_client: u64,
 }
 
 /// Parses a state (checking its schema) and claims every descriptor in it.
@@ -515,19 +582,51 @@ pub(super) fn restore(bytes: &[u8]) -> Result<Restored, String> {
         stream
             .set_nonblocking(true)
             .map_err(|e| format!("a control client: {e}"))?;
-        clients.push((
-            c.id,
-            Client::restored(
-                mio::net::UnixStream::from_std(stream),
-                c.input,
-                c.output,
-                c.deadline_us
-                    .map(|us| now + std::time::Duration::from_micros(us)),
-                c.waiting,
-                c.close_when_flushed,
-            ),
-        ));
+        let mut client = Client::restored(
+            mio::net::UnixStream::from_std(stream),
+            c.input,
+            c.output,
+            c.deadline_us
+                .map(|us| now + std::time::Duration::from_micros(us)),
+            c.waiting,
+            c.close_when_flushed,
+        );
+        client.events_buffer = c.events_buffer;
+        clients.push((c.id, client));
     }
+    let endpoint = match s.endpoint {
+        Some(e) => {
+            let listener = std::net::TcpListener::from(claim(e.fd, "the metrics endpoint")?);
+            listener
+                .set_nonblocking(true)
+                .map_err(|err| format!("the metrics endpoint: {err}"))?;
+            let mut http_clients = std::collections::HashMap::new();
+            for c in e.clients {
+                let stream = std::net::TcpStream::from(claim(c.fd, "a metrics client")?);
+                stream
+                    .set_nonblocking(true)
+                    .map_err(|err| format!("a metrics client: {err}"))?;
+                http_clients.insert(
+                    c.id,
+                    super::metrics::HttpClient::new(
+                        mio::net::TcpStream::from_std(stream),
+                        c.input,
+                        c.output,
+                        now + std::time::Duration::from_micros(c.deadline_us),
+                        c.close_when_flushed,
+                    ),
+                );
+            }
+            Some(RestoredEndpoint {
+                spec: e.spec,
+                listener: mio::net::TcpListener::from_std(listener),
+                local: e.local,
+                clients: http_clients,
+                next_client: e.next_client,
+            })
+        }
+        None => None,
+    };
     let guard = match s.guard {
         Some(g) => Some(crate::guard::Guard {
             child: baton_sys::spawn::Child::from_parts(g.pid, claim(g.pidfd, "the guard's pidfd")?),
@@ -565,6 +664,8 @@ pub(super) fn restore(bytes: &[u8]) -> Result<Restored, String> {
         exe: s.exe,
         argv: s.argv,
         environ: s.environ,
+        metrics: s.metrics,
+        endpoint,
     })
 }
 

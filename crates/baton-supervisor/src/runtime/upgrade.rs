@@ -152,6 +152,10 @@ impl Runtime {
 
     fn refuse_upgrade(&mut self, client: Option<u64>, reason: String) {
         tracing::error!("upgrade refused: {reason}; this baton keeps running");
+        self.publish(crate::events::Notice::UpgradeFailed {
+            reason: reason.clone(),
+            rolled_back: false,
+        });
         if let Some(id) = client {
             self.reply_and_close(
                 id,
@@ -319,6 +323,9 @@ impl Runtime {
                 tracing::info!(
                     "upgrade: {path} (baton {version}) reads this state; re-executing in place"
                 );
+                self.publish(crate::events::Notice::UpgradeStarted {
+                    binary: path.clone(),
+                });
                 if let Some(id) = up.client {
                     self.reply(
                         id,
