@@ -315,6 +315,13 @@ struct Wanted {
     leads_to: PathBuf,
 }
 
+/// An event that cannot mean new content: an open, a read, a close after
+/// reading (a close after writing follows the writes, and is kept).
+fn is_read_only(kind: notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    matches!(kind, EventKind::Access(a) if a != AccessKind::Close(AccessMode::Write))
+}
+
 fn hash_file(path: &Path) -> Option<[u8; 32]> {
     let mut f = std::fs::File::open(path).ok()?;
     let mut h = blake3::Hasher::new();
@@ -416,7 +423,10 @@ impl Watcher {
             let mut paths = BTreeSet::new();
             match result {
                 Ok(events) => {
-                    for ev in events {
+                    // Opening and reading a file changes nothing, and the
+                    // watcher's own hashing of a linked file (re-read on
+                    // every event) would otherwise wake it again, forever.
+                    for ev in events.iter().filter(|ev| !is_read_only(ev.event.kind)) {
                         paths.extend(ev.event.paths.iter().cloned());
                     }
                 }
@@ -729,6 +739,41 @@ mod tests {
             let change = wait_change(&mut w, &format!("update {n}"));
             assert_eq!(change.files, vec![file.clone()]);
         }
+    }
+
+    #[test]
+    fn regression_hashing_a_linked_file_woke_the_watcher_forever() {
+        // The watcher re-reads every linked file on each event, and that
+        // read (an open and a close, as inotify reports them) was taken for
+        // an event: a ConfigMap pod looked at its files every debounce
+        // period, for ever.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().canonicalize().expect("canonical");
+        let mut v = Volume::new(&d, &[("baton.toml", "workers = 1")]);
+        let file = d.join("baton.toml");
+        let mut w = Watcher::new(std::slice::from_ref(&file), &[], Duration::from_millis(20))
+            .expect("watch");
+        v.update(&[("baton.toml", "workers = 2")]);
+        wait_change(&mut w, "the update");
+        // Nothing else happens: no wake-up in 50 debounce periods (a bounded
+        // window is the only way to see that nothing comes).
+        let mut fds = [rustix::event::PollFd::new(
+            &w.wake,
+            rustix::event::PollFlags::IN,
+        )];
+        let n = rustix::event::poll(
+            &mut fds,
+            Some(&rustix::time::Timespec {
+                tv_sec: 1,
+                tv_nsec: 0,
+            }),
+        )
+        .expect("poll");
+        let again = if n > 0 { w.changes() } else { None };
+        assert!(
+            n == 0,
+            "woken again with nothing changed (change: {again:?})"
+        );
     }
 
     #[test]
