@@ -376,6 +376,14 @@ def run_tool(cls, out_dir):
     while left and time.monotonic() < deadline:
         time.sleep(0.1)
         left = session_members(sid)
+    left_commands = []
+    for p in left:
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            left_commands.append(" ".join(a.decode(errors="replace") for a in argv[:3]))
+        except OSError:
+            pass
     for p in left:
         try:
             os.kill(p, signal.SIGKILL)
@@ -414,6 +422,7 @@ def run_tool(cls, out_dir):
         "reloads_not_served": sum(1 for x in latencies if x is None),
         "supervisor_rss_kb": rss,
         "processes_left": len(left),
+        "processes_left_commands": left_commands,
         "reloads_at_s": [t for t, _ in reload_at],
         "load_report": report,
     }
