@@ -324,6 +324,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn regression_two_pid_1_batons_shared_one_cgroup() {
+        // Plain directories stand in for cgroups: a file in one is what a
+        // process in a cgroup is to the kernel (it cannot be removed).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        // Nothing there: the plain name.
+        assert_eq!(claim(d, "baton.1").expect("claim"), d.join("baton.1"));
+        // Taken by a live baton (populated): the next name, the first left
+        // alone.
+        std::fs::create_dir(d.join("baton.1/gen-1")).expect("mkdir");
+        std::fs::write(d.join("baton.1/gen-1/worker"), "").expect("write");
+        assert_eq!(claim(d, "baton.1").expect("claim"), d.join("baton.1.2"));
+        assert!(d.join("baton.1/gen-1/worker").exists());
+        // An empty leftover (a baton of that pid that died): taken again.
+        std::fs::create_dir(d.join("baton.7")).expect("mkdir");
+        std::fs::create_dir(d.join("baton.7/gen-3")).expect("mkdir");
+        assert_eq!(claim(d, "baton.7").expect("claim"), d.join("baton.7"));
+        assert!(!d.join("baton.7/gen-3").exists());
+    }
+
+    #[test]
     fn finds_the_cgroup2_mount_in_hybrid_and_unified_layouts() {
         let hybrid = "\
 30 24 0:26 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
