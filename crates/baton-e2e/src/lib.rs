@@ -17,6 +17,7 @@
 
 pub mod baton;
 pub mod bins;
+pub mod configmap;
 pub mod ctl;
 pub mod http;
 pub mod inspect;

@@ -119,3 +119,91 @@ fn watching_a_missing_path_is_a_usage_error() {
         "{lines:#?}"
     );
 }
+
+/// Writes `name` in `dir` (not watched: the test's own marker), then waits
+/// until baton has looked at its events, so that every event before it has
+/// been handled too.
+fn handled(baton: &Baton, mark: usize, dir: &Path, name: &str) {
+    std::fs::write(dir.join(name), "").expect("write the sentinel");
+    baton.wait_until_after(mark, "the sentinel's events", WAIT, |l| {
+        l.contains("events without a content change") && l.contains(name)
+    });
+}
+
+#[test]
+fn a_configmap_volume_update_reloads_once() {
+    // `--watch /etc/app` on a ConfigMap volume: the kubelet writes a new
+    // hidden directory and renames a new `..data` symlink over the old one;
+    // the file names are links through `..data`.
+    let cmd = BatonCmd::new();
+    let volume_dir = cmd.dir().join("configmap");
+    let mut volume =
+        baton_e2e::configmap::Volume::new(&volume_dir, &[("app.conf", "v1"), ("other.conf", "x")]);
+    let baton = cmd
+        .arg("--watch")
+        .arg(&volume_dir)
+        .args(["--watch-debounce", "100ms", "--watch-ignore", "*.sentinel"])
+        .probe(&["--drain-ms", "50"])
+        .spawn();
+    baton.wait_for("watching 2 file(s)", WAIT);
+    baton.wait_for("generation 1 ready", WAIT);
+    let mark = baton.mark();
+    let old = volume
+        .update(&[("app.conf", "v2"), ("other.conf", "x")])
+        .expect("an old version");
+    let (_, line) = baton.wait_for_after(mark, "watch: fingerprint", WAIT);
+    assert!(
+        line.contains("app.conf") && !line.contains("other.conf") && !line.contains("..2"),
+        "the change is named by the file the volume shows: {line}"
+    );
+    baton.wait_for_after(mark, "generation 2 ready", WAIT);
+    // The kubelet removes the old version last.
+    volume.remove_old(&old);
+    handled(&baton, mark, &volume_dir, "done.sentinel");
+    let lines = baton.lines();
+    let reloads = lines[mark..]
+        .iter()
+        .filter(|l| l.contains("watch: fingerprint"))
+        .count();
+    assert_eq!(reloads, 1, "one update, one reload: {:#?}", &lines[mark..]);
+    assert_eq!(http::get_ok(baton.port(), "/").generation(), Some(2));
+}
+
+#[test]
+fn a_swapped_current_symlink_reloads_and_is_followed() {
+    // A symlink deploy: `--watch current`, `current` renamed over to lead
+    // to the next release; then an edit in the new release reloads, and an
+    // edit in the old one does not.
+    use std::os::unix::fs::symlink;
+    let cmd = BatonCmd::new();
+    let dir = cmd.dir().to_path_buf();
+    for r in ["1", "2"] {
+        std::fs::create_dir_all(dir.join("releases").join(r)).expect("mkdir");
+        std::fs::write(dir.join("releases").join(r).join("app.conf"), r).expect("write");
+    }
+    symlink("releases/1", dir.join("current")).expect("link");
+    let baton = cmd
+        .arg("--watch")
+        .arg(dir.join("current"))
+        .args(["--watch-debounce", "100ms", "--watch-ignore", "*.sentinel"])
+        .probe(&["--drain-ms", "50"])
+        .spawn();
+    baton.wait_for("generation 1 ready", WAIT);
+    let mark = baton.mark();
+    symlink("releases/2", dir.join("current.new")).expect("link");
+    std::fs::rename(dir.join("current.new"), dir.join("current")).expect("swap current");
+    let (_, line) = baton.wait_for_after(mark, "watch: fingerprint", WAIT);
+    assert!(line.contains("current/app.conf"), "{line}");
+    baton.wait_for_after(mark, "generation 2 ready", WAIT);
+    // The old release is not watched any more; the new one is.
+    let mark = baton.mark();
+    write_atomically(&dir.join("releases/1/app.conf"), "1, edited");
+    handled(&baton, mark, &dir.join("releases/2"), "a.sentinel");
+    assert!(
+        !baton.seen_after(mark, "watch: fingerprint"),
+        "{:#?}",
+        &baton.lines()[mark..]
+    );
+    write_atomically(&dir.join("releases/2/app.conf"), "2, edited");
+    baton.wait_for_after(mark, "generation 3 ready", WAIT);
+}

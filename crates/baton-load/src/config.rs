@@ -38,6 +38,12 @@ pub struct Config {
     pub max_requests: Option<u64>,
     /// `Host` header; default: the address for TCP, `localhost` for Unix.
     pub host: Option<String>,
+    /// Keep every request as a [`crate::Sample`] (default off: memory grows
+    /// with the run).
+    pub timeline: bool,
+    /// Requests per second over all connections, paced; `None` (default):
+    /// back to back.
+    pub rate: Option<f64>,
 }
 
 impl Config {
@@ -50,6 +56,8 @@ impl Config {
             request_timeout: Duration::from_secs(5),
             max_requests: None,
             host: None,
+            timeline: false,
+            rate: None,
         }
     }
 

@@ -36,18 +36,26 @@
 //!   request itself is never retried.
 //! * Latencies go into a log-linear histogram per thread (bounded memory,
 //!   about 3 % resolution), merged on [`Running::snapshot`].
+//! * With `timeline`, every request is also kept as a [`Sample`] (when it
+//!   began, its latency, its outcome, its generation): [`Running::timeline`].
+//! * With `rate`, requests are paced (open loop) instead of sent back to
+//!   back: each thread starts one every `concurrency / rate` seconds, and a
+//!   thread that falls behind skips the slots it missed rather than
+//!   bursting, so a stall shows as a gap, not as a flood after it.
 
 mod config;
 mod histogram;
 mod http;
 mod report;
 mod run;
+mod timeline;
 
 pub use config::{Config, Target, UrlError, parse_http_url};
 pub use histogram::{Histogram, Latency};
 pub use http::{Conn, Failure, Response, fetch, get_request};
 pub use report::{Report, human};
 pub use run::{Running, start, try_start};
+pub use timeline::{Sample, write_csv};
 
 #[cfg(test)]
 mod tests;

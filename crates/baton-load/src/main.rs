@@ -3,6 +3,7 @@
 //! ```text
 //! baton-load --url http://127.0.0.1:8080/ -c 8 -d 10s
 //! baton-load --unix /run/app.sock -n 100000 --no-keep-alive --json
+//! baton-load --url http://127.0.0.1:8080/ -c 1 --no-keep-alive --rate 100 -d 30s --timeline probe.csv
 //! ```
 //! Exits 0 when every request succeeded, 1 when any failed, 2 on bad usage.
 
@@ -51,6 +52,14 @@ struct Args {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Pace requests: this many per second over all connections (open
+    /// loop: a connection that falls behind skips the slots it missed).
+    #[arg(long, value_name = "PER_SECOND")]
+    rate: Option<f64>,
+    /// Write every request to FILE as CSV (start, latency, outcome,
+    /// generation), for plotting latency over time.
+    #[arg(long, value_name = "FILE")]
+    timeline: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -84,6 +93,16 @@ fn main() -> ExitCode {
     cfg.keep_alive = !args.no_keep_alive;
     cfg.request_timeout = args.timeout;
     cfg.max_requests = args.requests;
+    if let Some(rate) = args.rate {
+        if !(rate.is_finite() && rate > 0.0) {
+            eprintln!(
+                "baton-load: --rate must be a positive number of requests per second (got {rate})"
+            );
+            return ExitCode::from(2);
+        }
+        cfg.rate = Some(rate);
+    }
+    cfg.timeline = args.timeline.is_some();
     let duration = args.duration.unwrap_or(Duration::from_secs(10));
 
     let Ok(run) = baton_load::try_start(cfg.clone()).inspect_err(|e| {
@@ -91,8 +110,9 @@ fn main() -> ExitCode {
     }) else {
         return ExitCode::from(1);
     };
-    let report = if args.requests.is_some() && !args.progress {
-        run.wait()
+    let started_wall = run.started_wall();
+    let (report, samples) = if args.requests.is_some() && !args.progress {
+        run.wait_with_timeline()
     } else {
         // Sleep in one-second steps so progress lines come on time; this is
         // pacing for a person, not synchronisation.
@@ -101,11 +121,11 @@ fn main() -> ExitCode {
         loop {
             let now = Instant::now();
             if limited.is_none() && now >= end {
-                break run.stop();
+                break run.stop_with_timeline();
             }
             let snap = run.snapshot();
             if limited.is_some_and(|n| snap.requests >= n) {
-                break run.wait();
+                break run.wait_with_timeline();
             }
             if args.progress && snap.elapsed >= Duration::from_secs(1) {
                 eprintln!(
@@ -128,6 +148,20 @@ fn main() -> ExitCode {
             std::thread::sleep(step);
         }
     };
+    if let Some(path) = &args.timeline {
+        let written = std::fs::File::create(path).and_then(|f| {
+            let mut out = std::io::BufWriter::new(f);
+            baton_load::write_csv(&mut out, started_wall, &samples)?;
+            std::io::Write::flush(&mut out)
+        });
+        if let Err(e) = written {
+            eprintln!(
+                "baton-load: cannot write the timeline to {}: {e}",
+                path.display()
+            );
+            return ExitCode::from(2);
+        }
+    }
     if args.json {
         println!("{}", report.to_json());
     } else {

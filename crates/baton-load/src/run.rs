@@ -5,12 +5,13 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::Config;
 use crate::histogram::Histogram;
 use crate::http::{Conn, Failure, get_request};
 use crate::report::Report;
+use crate::timeline::Sample;
 
 /// What one thread has counted. Each thread locks only its own (so the lock
 /// is uncontended except while a snapshot is taken).
@@ -22,6 +23,8 @@ struct Stats {
     errors: BTreeMap<String, u64>,
     generations: BTreeMap<String, u64>,
     latency: Histogram,
+    /// Every request, with `timeline`.
+    samples: Vec<Sample>,
 }
 
 #[derive(Debug)]
@@ -29,6 +32,8 @@ struct Shared {
     cfg: Config,
     request: Vec<u8>,
     started: Instant,
+    /// The same moment by the wall clock, for the timeline.
+    started_wall: SystemTime,
     stop: AtomicBool,
     /// Requests begun, to honour `max_requests` over all threads.
     issued: AtomicU64,
@@ -69,6 +74,7 @@ pub fn try_start(cfg: Config) -> std::io::Result<Running> {
         cfg,
         request,
         started: Instant::now(),
+        started_wall: SystemTime::now(),
         stop: AtomicBool::new(false),
         issued: AtomicU64::new(0),
         per_thread: (0..n).map(|_| Mutex::default()).collect(),
@@ -89,12 +95,47 @@ pub fn try_start(cfg: Config) -> std::io::Result<Running> {
     Ok(running)
 }
 
+/// The pause between two requests of one thread for `rate` requests per
+/// second over `threads` threads.
+fn interval(rate: f64, threads: usize) -> Option<Duration> {
+    (rate > 0.0 && rate.is_finite()).then(|| Duration::from_secs_f64(threads.max(1) as f64 / rate))
+}
+
+/// Sleeps until `next` (in steps, to notice `stop`); false if stopped.
+fn wait_until(shared: &Shared, next: Instant) -> bool {
+    loop {
+        if shared.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= next {
+            return true;
+        }
+        // Pacing, not synchronisation: the step bounds how late a stop is
+        // noticed.
+        std::thread::sleep((next - now).min(Duration::from_millis(50)));
+    }
+}
+
 fn worker(shared: &Shared, index: usize) {
     let cfg = &shared.cfg;
     let mut conn: Option<Conn> = None;
+    let pace = cfg.rate.and_then(|r| interval(r, shared.per_thread.len()));
+    // Threads start spread over one interval, not all at once.
+    let mut next = shared.started
+        + pace.map_or(Duration::ZERO, |p| {
+            p.mul_f64(index as f64 / shared.per_thread.len().max(1) as f64)
+        });
     loop {
         if shared.stop.load(Ordering::Relaxed) {
             break;
+        }
+        if let Some(p) = pace {
+            if !wait_until(shared, next) {
+                break;
+            }
+            // A thread that fell behind skips the slots it missed.
+            next = (next + p).max(Instant::now());
         }
         if let Some(max) = cfg.max_requests
             && shared.issued.fetch_add(1, Ordering::Relaxed) >= max
@@ -111,7 +152,7 @@ fn worker(shared: &Shared, index: usize) {
         let done = Instant::now();
         let mut stats = lock(&shared.per_thread[index]);
         stats.requests += 1;
-        match result {
+        let (failure, generation) = match result {
             Ok(resp) => {
                 if !(cfg.keep_alive && resp.keep_alive)
                     && let Some(c) = conn.take()
@@ -126,16 +167,17 @@ fn worker(shared: &Shared, index: usize) {
                         note_first_seen(shared, g, done);
                     }
                 }
-                if (200..300).contains(&resp.status) {
+                let failure = if (200..300).contains(&resp.status) {
                     stats.ok += 1;
                     stats.latency.record(done - begun);
+                    None
                 } else {
                     stats.failed += 1;
-                    *stats
-                        .errors
-                        .entry(Failure::Status(resp.status).kind())
-                        .or_default() += 1;
-                }
+                    let kind = Failure::Status(resp.status).kind();
+                    *stats.errors.entry(kind.clone()).or_default() += 1;
+                    Some(kind)
+                };
+                (failure, resp.generation().map(str::to_owned))
             }
             Err(failure) => {
                 // Whatever state the connection is in, it is not trusted again.
@@ -143,8 +185,18 @@ fn worker(shared: &Shared, index: usize) {
                     c.close();
                 }
                 stats.failed += 1;
-                *stats.errors.entry(failure.kind()).or_default() += 1;
+                let kind = failure.kind();
+                *stats.errors.entry(kind.clone()).or_default() += 1;
+                (Some(kind), None)
             }
+        };
+        if cfg.timeline {
+            stats.samples.push(Sample {
+                start: begun - shared.started,
+                latency: done - begun,
+                failure,
+                generation,
+            });
         }
     }
     if let Some(c) = conn.take() {
@@ -168,6 +220,24 @@ impl Running {
     /// When the run started.
     pub fn started_at(&self) -> Instant {
         self.shared.started
+    }
+
+    /// When the run started, by the wall clock.
+    pub fn started_wall(&self) -> SystemTime {
+        self.shared.started_wall
+    }
+
+    /// Every request so far, in order of start (empty unless the run was
+    /// started with `timeline`).
+    pub fn timeline(&self) -> Vec<Sample> {
+        let mut all: Vec<Sample> = self
+            .shared
+            .per_thread
+            .iter()
+            .flat_map(|s| lock(s).samples.clone())
+            .collect();
+        all.sort_by_key(|s| s.start);
+        all
     }
 
     /// When a response carrying `X-Generation: generation` was first
@@ -229,6 +299,23 @@ impl Running {
     pub fn stop(mut self) -> Report {
         self.shared.stop.store(true, Ordering::Relaxed);
         self.join()
+    }
+
+    /// Like [`Running::stop`], also returning every request
+    /// ([`Running::timeline`]).
+    pub fn stop_with_timeline(mut self) -> (Report, Vec<Sample>) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+        let report = self.join();
+        (report, self.timeline())
+    }
+
+    /// Like [`Running::wait`], also returning every request.
+    pub fn wait_with_timeline(mut self) -> (Report, Vec<Sample>) {
+        if self.shared.cfg.max_requests.is_none() {
+            self.shared.stop.store(true, Ordering::Relaxed);
+        }
+        let report = self.join();
+        (report, self.timeline())
     }
 
     /// Waits for `max_requests` requests to finish and returns the final

@@ -385,3 +385,55 @@ fn unix_sockets_work() {
         "{missing}"
     );
 }
+
+#[test]
+fn the_timeline_has_every_request_with_its_outcome_and_generation() {
+    // Every third request of a connection gets a 503.
+    let server = Server::start(|_, req, _| {
+        if req % 3 == 2 {
+            Reply::Send(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nX-Generation: 4\r\n\r\n"
+                    .to_vec(),
+            )
+        } else {
+            Reply::Send(ok_with("4", ""))
+        }
+    });
+    let mut c = cfg(server.target(), 2, 30);
+    c.timeline = true;
+    let (report, samples) = start(c).wait_with_timeline();
+    assert_eq!(samples.len() as u64, report.requests, "{report}");
+    let failed = samples.iter().filter(|s| s.failure.is_some()).count() as u64;
+    assert_eq!(failed, report.failed, "{report}");
+    assert!(failed > 0, "{report}");
+    assert!(
+        samples
+            .iter()
+            .filter_map(|s| s.failure.as_deref())
+            .all(|f| f == "status 503")
+    );
+    assert!(samples.iter().all(|s| s.generation.as_deref() == Some("4")));
+    assert!(samples.windows(2).all(|w| w[0].start <= w[1].start));
+    // Without it, nothing is kept.
+    let (_, none) = start(cfg(server.target(), 1, 5)).wait_with_timeline();
+    assert!(none.is_empty());
+}
+
+#[test]
+fn a_paced_run_keeps_to_its_schedule() {
+    let server = Server::start(|_, _, _| Reply::Send(ok_with("1", "")));
+    let mut c = cfg(server.target(), 2, 6);
+    c.timeline = true;
+    // 50 per second over two connections: each starts one every 40 ms, so
+    // the sixth request cannot begin before 100 ms into the run (a lower
+    // bound only: a loaded machine makes it later, never sooner).
+    c.rate = Some(50.0);
+    let (report, samples) = start(c).wait_with_timeline();
+    assert_eq!(report.ok, 6, "{report}");
+    let last = samples.last().expect("six samples");
+    assert!(
+        last.start >= Duration::from_millis(100),
+        "the last of 6 requests at 50/s began {:?} into the run",
+        last.start
+    );
+}

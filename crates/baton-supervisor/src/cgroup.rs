@@ -73,6 +73,55 @@ pub enum Unavailable {
     },
 }
 
+/// Makes `dir/base` (or `dir/base.2`, `.3`, ... when taken) for this baton
+/// alone. A directory of that name left by an earlier baton with this pid
+/// is empty and is removed and made again; one that is still populated
+/// belongs to a live baton with the same pid in another pid namespace
+/// (every container's baton is PID 1, and containers sharing the host's
+/// cgroup tree, as `docker --cgroupns=host` or a test's `unshare --pid`,
+/// see one another's): sharing it would let each one's stop and guard kill
+/// the other's workers, so the next name is taken.
+fn claim(dir: &Path, base: &str) -> Result<PathBuf, (PathBuf, std::io::Error)> {
+    const TRIES: u32 = 64;
+    for k in 1..=TRIES {
+        let path = if k == 1 {
+            dir.join(base)
+        } else {
+            dir.join(format!("{base}.{k}"))
+        };
+        match std::fs::create_dir(&path) {
+            Ok(()) => return Ok(path),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if remove_if_empty(&path) && std::fs::create_dir(&path).is_ok() {
+                    return Ok(path);
+                }
+            }
+            Err(e) => return Err((path, e)),
+        }
+    }
+    Err((
+        dir.join(format!("{base}.{TRIES}")),
+        std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("{TRIES} cgroups named {base}* are all in use"),
+        ),
+    ))
+}
+
+/// Removes a cgroup subtree that holds no process (the kernel refuses to
+/// remove a populated cgroup, so a live one is left alone); true if gone.
+fn remove_if_empty(path: &Path) -> bool {
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                // A child's own children are never made (gen-N is a leaf).
+                let _ = std::fs::remove_dir(e.path());
+            }
+        }
+    }
+    std::fs::remove_dir(path).is_ok()
+}
+
 impl Cgroups {
     /// Creates `baton.<pid>/` in baton's own cgroup, if `mode` allows it
     /// there and baton can.
@@ -103,19 +152,13 @@ impl Cgroups {
                 }
             }
         }
-        let root = mine.join(format!("baton.{}", std::process::id()));
-        match std::fs::create_dir(&root) {
-            Ok(()) => {}
-            // Left by an earlier baton that had this pid: reuse it if it is
-            // empty (a populated one would be refused at the first join).
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(source) => {
-                return Err(Unavailable::Create {
-                    path: root.display().to_string(),
+        let root =
+            claim(&mine, &format!("baton.{}", std::process::id())).map_err(|(path, source)| {
+                Unavailable::Create {
+                    path: path.display().to_string(),
                     source,
-                });
-            }
-        }
+                }
+            })?;
         Ok(Self { root })
     }
 
@@ -279,6 +322,27 @@ fn own_cgroup(proc_cgroup: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn regression_two_pid_1_batons_shared_one_cgroup() {
+        // Plain directories stand in for cgroups: a file in one is what a
+        // process in a cgroup is to the kernel (it cannot be removed).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        // Nothing there: the plain name.
+        assert_eq!(claim(d, "baton.1").expect("claim"), d.join("baton.1"));
+        // Taken by a live baton (populated): the next name, the first left
+        // alone.
+        std::fs::create_dir(d.join("baton.1/gen-1")).expect("mkdir");
+        std::fs::write(d.join("baton.1/gen-1/worker"), "").expect("write");
+        assert_eq!(claim(d, "baton.1").expect("claim"), d.join("baton.1.2"));
+        assert!(d.join("baton.1/gen-1/worker").exists());
+        // An empty leftover (a baton of that pid that died): taken again.
+        std::fs::create_dir(d.join("baton.7")).expect("mkdir");
+        std::fs::create_dir(d.join("baton.7/gen-3")).expect("mkdir");
+        assert_eq!(claim(d, "baton.7").expect("claim"), d.join("baton.7"));
+        assert!(!d.join("baton.7/gen-3").exists());
+    }
 
     #[test]
     fn finds_the_cgroup2_mount_in_hybrid_and_unified_layouts() {
