@@ -220,7 +220,16 @@ fn a_bad_metrics_address_is_a_usage_error_that_shows_the_form() {
         ("m=127.0.0.1:9100", "has no name"),
     ] {
         let mut cmd = Command::new(bin("baton"));
-        cmd.args(["run", "-l", "127.0.0.1:0", "--metrics", value, "--", "true"]);
+        cmd.args([
+            "run",
+            "--no-control",
+            "-l",
+            "127.0.0.1:0",
+            "--metrics",
+            value,
+            "--",
+            "true",
+        ]);
         let out = baton_e2e::tools::run_bounded(cmd, WAIT);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{value}: {err}");
@@ -229,13 +238,23 @@ fn a_bad_metrics_address_is_a_usage_error_that_shows_the_form() {
 }
 
 /// An address already in use fails `baton run` with exit 3 before any
-/// worker starts.
+/// worker starts. (`--no-control`: the default control socket,
+/// `/run/baton/baton.sock` as root, would be shared with other tests.)
 #[test]
 fn a_metrics_address_in_use_fails_the_start_with_exit_3() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr").to_string();
     let mut cmd = Command::new(bin("baton"));
-    cmd.args(["run", "-l", "127.0.0.1:0", "--metrics", &addr, "--", "true"]);
+    cmd.args([
+        "run",
+        "--no-control",
+        "-l",
+        "127.0.0.1:0",
+        "--metrics",
+        &addr,
+        "--",
+        "true",
+    ]);
     let out = baton_e2e::tools::run_bounded(cmd, WAIT);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");

@@ -808,6 +808,30 @@ fn delay_mode_is_ready_after_the_delay() {
     assert_eq!(s.m.serving(), Some(1));
 }
 
+/// Seen in the e2e test of 200 workers on a loaded machine: spawning them
+/// took longer than `--ready delay:500ms`, the delay passed while some
+/// were still being spawned, and nothing looked at readiness again, so the
+/// generation missed its readiness deadline with every worker running.
+#[test]
+fn a_delay_that_passes_before_every_worker_started_still_readies_the_generation() {
+    let t0 = Instant::now();
+    let mut m = Lifecycle::new(policy(2, ReadyMode::Delay(Duration::from_millis(500))));
+    let _ = m.start(t0);
+    let spawned = |slot, pid| Event::Spawned {
+        generation: 1,
+        slot,
+        pid,
+    };
+    let _ = m.handle(spawned(0, 1001), t0);
+    let _ = m.handle(
+        Event::Timer(TimerKey::ReadyDelay(1)),
+        t0 + Duration::from_millis(500),
+    );
+    assert_eq!(m.serving(), None, "worker 1 has not started yet");
+    let _ = m.handle(spawned(1, 1002), t0 + Duration::from_secs(5));
+    assert_eq!(m.serving(), Some(1), "the delay has passed and both run");
+}
+
 #[test]
 fn exec_mode_retries_the_probe_until_it_succeeds() {
     let mut s = Sim::new(policy(1, ReadyMode::Exec("true".into())));

@@ -64,6 +64,12 @@ impl Lifecycle {
                     self.out.push(Action::RunProbe { generation });
                 }
                 self.start_accept_checks(gi, now);
+                // --ready delay: the delay may have passed while workers
+                // were still being spawned (a slow machine, many workers);
+                // the last one to start completes the generation then.
+                if all_started {
+                    self.maybe_ready(gi, now);
+                }
             }
             // A restarted worker: "ready again" once it accepts.
             Role::Serving => self.start_accept_checks(gi, now),
