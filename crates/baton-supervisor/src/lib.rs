@@ -25,6 +25,9 @@
 //! * [`accepting`] sees, in `/proc`, whether a worker waits for
 //!   connections on its listeners (`--ready accepting`), from a thread of
 //!   its own.
+//! * [`dispatch`] holds the settings of `--dispatch`, in which baton alone
+//!   watches the listeners and hands each connection to an idle worker
+//!   over a channel of its own (the runtime's `dispatch` does it).
 //! * [`listen`] parses and binds listen specs; [`worker`] builds each
 //!   worker's environment and spawns it through `baton-sys`, the only crate
 //!   with `unsafe` code.
@@ -35,6 +38,7 @@ pub mod cgroup;
 pub mod config;
 pub mod config_file;
 pub mod control;
+pub mod dispatch;
 pub mod guard;
 pub mod lifecycle;
 pub mod listen;

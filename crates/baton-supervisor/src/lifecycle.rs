@@ -7,7 +7,8 @@
 //! The whole table of transitions is the one `match (phase, event)` in
 //! `Lifecycle::step`, in this file; the handlers it calls live beside it by
 //! concern: `generations` (start, ready, retire, fail), `workers` (spawned,
-//! ready, exited, restarts), `timers`, `scale`, `stop` and `status`.
+//! ready, exited, restarts), `timers`, `scale`, `stop`, `status`,
+//! `accepting` and `dispatch` (a worker that does not answer a dispatch).
 //!
 //! # Invariants
 //!
@@ -90,6 +91,9 @@ pub enum ReadyMode {
     /// `notify|accepting`: per worker, `READY=1` or accepting, whichever
     /// comes first.
     NotifyOrAccepting,
+    /// Per worker: `ready` on its `--dispatch` channel (the worker asks
+    /// for connections; see `runtime::dispatch`).
+    Dispatch,
 }
 
 impl ReadyMode {
@@ -102,6 +106,7 @@ impl ReadyMode {
                 | ReadyMode::Accepting
                 | ReadyMode::AcceptingAndExec(_)
                 | ReadyMode::NotifyOrAccepting
+                | ReadyMode::Dispatch
         )
     }
 
@@ -134,7 +139,8 @@ impl ReadyMode {
             | ReadyMode::Fd
             | ReadyMode::Delay(_)
             | ReadyMode::Accepting
-            | ReadyMode::NotifyOrAccepting => None,
+            | ReadyMode::NotifyOrAccepting
+            | ReadyMode::Dispatch => None,
         }
     }
 }
@@ -256,6 +262,15 @@ pub enum Event {
     ProbeDone {
         generation: GenId,
         success: bool,
+    },
+    /// `--dispatch`: a worker did not answer in time (a connection it was
+    /// sent, an order to accept, or its first `ready`): it is killed, and
+    /// restarted like any worker that dies.
+    WorkerUnresponsive {
+        generation: GenId,
+        slot: Slot,
+        pid: u32,
+        what: String,
     },
     /// A worker process ended.
     WorkerExited {
@@ -773,6 +788,15 @@ impl Lifecycle {
                 self.on_timer(*key, now);
             }
             (
+                Booting | Serving | Reloading | Retiring | Stopping(_),
+                Event::WorkerUnresponsive {
+                    generation,
+                    slot,
+                    pid,
+                    what,
+                },
+            ) => self.on_unresponsive(*generation, *slot, *pid, what),
+            (
                 Done,
                 Event::Spawned { .. }
                 | Event::SpawnFailed { .. }
@@ -780,6 +804,7 @@ impl Lifecycle {
                 | Event::AcceptLooked { .. }
                 | Event::ProbeDone { .. }
                 | Event::WorkerExited { .. }
+                | Event::WorkerUnresponsive { .. }
                 | Event::Timer(_),
             ) => {
                 return Err(self.impossible(event));
@@ -863,6 +888,7 @@ impl fmt::Display for Level {
 }
 
 mod accepting;
+mod dispatch;
 mod generations;
 mod scale;
 mod status;

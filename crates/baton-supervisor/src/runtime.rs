@@ -37,6 +37,7 @@ use crate::signals::{HANDLED, Ignored, SignalPipe};
 
 mod accepting;
 mod clients;
+mod dispatch;
 mod readiness;
 mod reconfig;
 mod resume;
@@ -95,6 +96,12 @@ enum Source {
     Probe(GenId),
     /// The `--ready accepting` watcher thread answered.
     Accepting,
+    /// `--dispatch`: a worker's channel.
+    Channel(GenId, Slot),
+    /// `--dispatch`: a listener baton accepts on (index into the watched).
+    Listener(usize),
+    /// `--dispatch`: a connection refused with a 503, closing (its token).
+    Linger(usize),
     Control,
     Client(u64),
     Watch,
@@ -175,6 +182,8 @@ pub struct Runtime {
     resumed: Option<resume::Resumed>,
     /// `--ready accepting`: the thread that looks into `/proc`, once needed.
     accept: Option<accepting::AcceptChecks>,
+    /// `--dispatch`: channels, watched listeners, queue, counters.
+    dispatch: dispatch::Dispatcher,
 }
 
 /// baton's private directory for the generations' notify sockets, removed
@@ -362,6 +371,7 @@ impl Runtime {
             environ: k.environ,
             resumed: None,
             accept: None,
+            dispatch: dispatch::Dispatcher::default(),
         })
     }
 
@@ -496,6 +506,7 @@ impl Runtime {
                 .chain(self.accept_paused_until)
                 .chain(self.orphan_retry_at)
                 .chain(self.preflight_deadline())
+                .chain(self.dispatch_deadline())
                 .min()
                 .map(|at| at.saturating_duration_since(Instant::now()));
             match self.poll.poll(&mut events, timeout) {
@@ -541,6 +552,7 @@ impl Runtime {
         loop {
             let now = Instant::now();
             self.expire_clients(now);
+            self.expire_dispatch(now);
             self.resume_accepting(now);
             self.expire_preflight(now);
             if self.orphan_retry_at.is_some_and(|at| at <= now) {
@@ -567,6 +579,11 @@ impl Runtime {
                 self.orphans_to_reap = false;
                 self.reap_orphans();
             }
+            // After the events, so every channel that was readable has
+            // been read: a worker that became idle is known before the
+            // next connection is handed out.
+            self.dispatch_follow_serving();
+            self.pump_dispatch();
             if !had_events && self.queue.is_empty() {
                 return;
             }
@@ -632,6 +649,9 @@ impl Runtime {
             Source::Notify(g) => self.on_notify(g),
             Source::Probe(g) => self.on_probe_exit(g),
             Source::Accepting => self.on_accept_results(),
+            Source::Channel(g, slot) => self.on_channel(g, slot),
+            Source::Listener(i) => self.on_listener(i),
+            Source::Linger(token) => self.on_linger(token),
             Source::Watch => {
                 if let Some(change) = self
                     .watcher

@@ -267,6 +267,7 @@ fn status_reply_is_one_line() {
         last_reload: None,
         listeners: Vec::new(),
         generations: Vec::new(),
+        dispatch: None,
     };
     let line = Reply::Status(Box::new(status)).to_line();
     assert_eq!(line.last(), Some(&b'\n'));

@@ -387,6 +387,9 @@ fn print_status(s: &Status) {
     for l in &s.listeners {
         println!("  {:<12} {}", l.name, l.address);
     }
+    if let Some(d) = &s.dispatch {
+        crate::ctl_dispatch::print_summary(d);
+    }
     println!("generations:");
     for g in &s.generations {
         let ready = g
@@ -405,8 +408,13 @@ fn print_status(s: &Status) {
         for w in &g.workers {
             let pid = w.pid.map_or_else(|| "-".to_owned(), |p| p.to_string());
             println!(
-                "       worker {:<3} pid {:<8} {:<10} restarts {} (lifetime {})",
-                w.slot, pid, w.state, w.restarts, w.lifetime_restarts
+                "       worker {:<3} pid {:<8} {:<10} restarts {} (lifetime {}){}",
+                w.slot,
+                pid,
+                w.state,
+                w.restarts,
+                w.lifetime_restarts,
+                crate::ctl_dispatch::worker_suffix(w.dispatch.as_ref())
             );
         }
     }

@@ -527,10 +527,12 @@ impl Runtime {
                             state: w.state.to_owned(),
                             restarts: w.restarts,
                             lifetime_restarts: w.lifetime_restarts,
+                            dispatch: self.dispatch_of_worker(g.id, w.slot, w.pid),
                         })
                         .collect(),
                 })
                 .collect(),
+            dispatch: self.dispatch_status(),
         }
     }
 }

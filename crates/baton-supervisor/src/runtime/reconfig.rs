@@ -31,6 +31,8 @@ pub(super) struct GenSpec {
     /// How it says it is ready (the `exec:` command runs from here).
     pub(super) ready: ReadyMode,
     pub(super) fingerprint: String,
+    /// `--dispatch`, as this generation runs it.
+    pub(super) dispatch: Option<crate::dispatch::DispatchSettings>,
 }
 
 /// `base` (baton's environment, `KEY=VALUE`) with `set` applied: each of
@@ -62,6 +64,7 @@ impl Runtime {
             ready_fd: self.settings.policy.ready == ReadyMode::Fd,
             ready: self.settings.policy.ready.clone(),
             fingerprint: crate::config_file::fingerprint(&self.settings),
+            dispatch: self.settings.dispatch,
         }
     }
 

@@ -56,6 +56,8 @@ pub(super) struct GenSpecState {
     ready_fd: bool,
     ready: ReadyMode,
     fingerprint: String,
+    #[serde(default)]
+    dispatch: Option<crate::dispatch::DispatchSettings>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -164,6 +166,9 @@ pub(super) struct State {
     pub(super) exe: PathBuf,
     pub(super) argv: Vec<OsString>,
     pub(super) environ: Vec<OsString>,
+    /// `--dispatch`: channels, connections in flight, queue, counters.
+    #[serde(default)]
+    pub(super) dispatch: Option<super::dispatch::DispatchState>,
 }
 
 fn micros(d: std::time::Duration) -> u64 {
@@ -213,6 +218,7 @@ impl Runtime {
                     ready_fd: s.ready_fd,
                     ready: s.ready.clone(),
                     fingerprint: s.fingerprint.clone(),
+                    dispatch: s.dispatch,
                 }),
             });
         }
@@ -272,6 +278,7 @@ impl Runtime {
         });
         let stdin = keep(self.stdin.as_raw_fd());
         keep(upgrade.old_binary);
+        let dispatch = self.capture_dispatch(&mut keep);
         let state = State {
             schema: STATE_SCHEMA,
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -302,6 +309,7 @@ impl Runtime {
             exe: self.exe.clone(),
             argv: self.argv.clone(),
             environ: self.environ.clone(),
+            dispatch,
         };
         (state, fds)
     }
@@ -348,6 +356,9 @@ fn all_fds(s: &State) -> Vec<RawFd> {
         v.push(g.tx);
     }
     v.push(s.stdin);
+    if let Some(d) = &s.dispatch {
+        v.extend(d.fds());
+    }
     v
 }
 
@@ -376,6 +387,7 @@ pub(super) struct Restored {
     pub(super) exe: PathBuf,
     pub(super) argv: Vec<OsString>,
     pub(super) environ: Vec<OsString>,
+    pub(super) dispatch: super::dispatch::Dispatcher,
 }
 
 /// Parses a state (checking its schema) and claims every descriptor in it.
@@ -448,6 +460,7 @@ pub(super) fn restore(bytes: &[u8]) -> Result<Restored, String> {
                 ready_fd: sp.ready_fd,
                 ready: sp.ready,
                 fingerprint: sp.fingerprint,
+                dispatch: sp.dispatch,
             })),
             None => None,
         };
@@ -521,7 +534,12 @@ pub(super) fn restore(bytes: &[u8]) -> Result<Restored, String> {
         }),
         None => None,
     };
+    let dispatch = match s.dispatch {
+        Some(d) => super::dispatch::restore(d, &claim)?,
+        None => super::dispatch::Dispatcher::default(),
+    };
     Ok(Restored {
+        dispatch,
         settings: s.settings,
         base_env: s.base_env,
         machine: s.machine,

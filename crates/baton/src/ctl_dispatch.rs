@@ -1,0 +1,38 @@
+//! `baton ctl status`: the lines about `--dispatch` (apart from the rest
+//! of the report so that it stays readable as both grow).
+
+use baton_supervisor::control::{DispatchStatus, WorkerDispatch};
+
+/// The dispatch block, after the listeners.
+pub fn print_summary(d: &DispatchStatus) {
+    let queue = if d.queue_limit > 0 {
+        format!(", queue {}/{}", d.queued_now, d.queue_limit)
+    } else {
+        String::new()
+    };
+    println!(
+        "dispatch: {} ({}, overload {}{queue})",
+        d.mode, d.order, d.overload
+    );
+    println!(
+        "  connections: {} dispatched, {} sent again after their worker died, {} dropped; {} workers killed for not answering",
+        d.dispatched, d.redispatched, d.dropped, d.timeouts
+    );
+    println!(
+        "  overload: waited {} times ({} ms in all), {} closed, {} answered 503, {} queued ({} timed out), {} accept errors",
+        d.waits, d.waited_ms, d.closed, d.rejected_503, d.queued, d.queue_expired, d.accept_errors
+    );
+}
+
+/// What follows a worker's line: its dispatch figures, if it has a
+/// channel.
+pub fn worker_suffix(w: Option<&WorkerDispatch>) -> String {
+    match w {
+        None => String::new(),
+        Some(w) if !w.ready => ", dispatch: not ready".to_owned(),
+        Some(w) => format!(
+            ", dispatch: {} active of {}, {} in all",
+            w.active, w.credits, w.dispatched
+        ),
+    }
+}
