@@ -291,3 +291,187 @@ fn a_worker_that_ignores_a_dispatch_is_killed_and_its_connection_served_by_anoth
     assert_eq!(s["dispatch"]["dropped"], 0, "{s}");
     stop_cleanly(baton);
 }
+
+/// One demo worker that takes one connection at a time, with `extra`
+/// flags for baton.
+fn one_slot(extra: &[&str]) -> Baton {
+    let demo = baton_e2e::bin("demo-server");
+    let baton = BatonCmd::new()
+        .args(["--dispatch", "--workers", "1"])
+        .args(extra)
+        .command([demo.as_os_str(), "--credits".as_ref(), "1".as_ref()])
+        .spawn();
+    baton.wait_for("generation 1 ready", WAIT);
+    baton
+}
+
+/// Waits (bounded) until the workers of generation 1 hold `n`
+/// connections in all, as `ctl status` counts them.
+fn wait_active(baton: &Baton, n: u64) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = status(baton);
+        let active: u64 = s["generations"][0]["workers"].as_array().map_or(0, |ws| {
+            ws.iter()
+                .filter_map(|w| w["dispatch"]["active"].as_u64())
+                .sum()
+        });
+        if active == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never {n} active: {s}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `--overload wait`: the only worker is busy; ten clients wait in the
+/// kernel's backlog, and every one is served once it is free.
+#[test]
+fn overload_wait_refuses_nothing_while_the_backlog_holds() {
+    let baton = one_slot(&[]);
+    let busy = http::send(baton.port(), "/sleep?ms=1500").expect("send");
+    wait_active(&baton, 1);
+    let waiting: Vec<_> = (0..10)
+        .map(|_| http::send(baton.port(), "/").expect("send"))
+        .collect();
+    assert_eq!(busy.finish().expect("the busy one").status, 200);
+    for (i, p) in waiting.into_iter().enumerate() {
+        let r = p
+            .finish()
+            .unwrap_or_else(|e| panic!("waiting client {i}: {e}"));
+        assert_eq!(r.status, 200, "waiting client {i}");
+    }
+    let s = status(&baton);
+    assert!(s["dispatch"]["waits"].as_u64() >= Some(1), "{s}");
+    assert_eq!(s["dispatch"]["closed"], 0, "{s}");
+    assert_eq!(s["dispatch"]["rejected_503"], 0, "{s}");
+    stop_cleanly(baton);
+}
+
+/// `--overload close`: a client that comes while the only worker is busy
+/// is closed at once, and counted.
+#[test]
+fn overload_close_closes_what_no_worker_can_take() {
+    let baton = one_slot(&["--overload", "close"]);
+    let busy = http::send(baton.port(), "/sleep?ms=1500").expect("send");
+    wait_active(&baton, 1);
+    let refused = http::get(baton.port(), "/");
+    assert!(refused.is_err(), "a refused client got {refused:?}");
+    assert_eq!(busy.finish().expect("the busy one").status, 200);
+    let s = status(&baton);
+    assert_eq!(s["dispatch"]["closed"], 1, "{s}");
+    // Free again: served.
+    assert_eq!(http::get_ok(baton.port(), "/").status, 200);
+    stop_cleanly(baton);
+}
+
+/// `--overload 503`: the client reads a whole 503 with `Retry-After`.
+#[test]
+fn overload_503_answers_503_with_retry_after() {
+    let baton = one_slot(&["--overload", "503"]);
+    let busy = http::send(baton.port(), "/sleep?ms=1500").expect("send");
+    wait_active(&baton, 1);
+    let r = http::get(baton.port(), "/").expect("a 503, not a reset");
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.header("Retry-After"), Some("1"), "{r:?}");
+    assert_eq!(busy.finish().expect("the busy one").status, 200);
+    let s = status(&baton);
+    assert_eq!(s["dispatch"]["rejected_503"], 1, "{s}");
+    stop_cleanly(baton);
+}
+
+/// `--queue 1 --queue-timeout 300ms --overload 503`: one client waits in
+/// baton's queue and gets a 503 when its time is up; the next finds the
+/// queue full and gets its 503 at once.
+#[test]
+fn a_queued_connection_gets_the_overload_answer_at_its_deadline() {
+    let baton = one_slot(&[
+        "--overload",
+        "503",
+        "--queue",
+        "1",
+        "--queue-timeout",
+        "300ms",
+    ]);
+    let busy = http::send(baton.port(), "/sleep?ms=3000").expect("send");
+    wait_active(&baton, 1);
+    let queued = http::send(baton.port(), "/").expect("send");
+    let full = http::get(baton.port(), "/").expect("a 503");
+    assert_eq!(full.status, 503, "{full:?}");
+    let r = queued.finish().expect("a 503 after the queue timeout");
+    assert_eq!(r.status, 503, "{r:?}");
+    let s = status(&baton);
+    assert_eq!(s["dispatch"]["queued"], 1, "{s}");
+    assert_eq!(s["dispatch"]["queue_expired"], 1, "{s}");
+    assert_eq!(s["dispatch"]["rejected_503"], 2, "{s}");
+    assert_eq!(busy.finish().expect("the busy one").status, 200);
+    stop_cleanly(baton);
+}
+
+/// A worker killed while it serves a connection fails that connection
+/// only: the one the other worker serves completes, and the next ones are
+/// served (by the other worker, then by the replacement).
+#[test]
+fn a_worker_crashing_mid_connection_fails_only_that_connection() {
+    let demo = baton_e2e::bin("demo-server");
+    let baton = BatonCmd::new()
+        .args(["--dispatch", "--workers", "2"])
+        .command([demo.as_os_str(), "--credits".as_ref(), "1".as_ref()])
+        .spawn();
+    baton.wait_for("generation 1 ready", WAIT);
+    let doomed = http::send(baton.port(), "/sleep?ms=5000").expect("send");
+    wait_active(&baton, 1);
+    let other = http::send(baton.port(), "/sleep?ms=1000").expect("send");
+    wait_active(&baton, 2);
+    // The first connection went to the worker spawned first (fifo: the
+    // longest waiting), slot 0.
+    let w0 = baton
+        .workers_of(1)
+        .into_iter()
+        .find(|w| w.index == 0)
+        .expect("worker 0");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(i32::try_from(w0.pid).expect("pid")).expect("pid"),
+        Signal::KILL,
+    )
+    .expect("kill worker 0");
+    assert!(doomed.finish().is_err(), "the killed worker's connection");
+    assert_eq!(other.finish().expect("the other worker's").status, 200);
+    for i in 0..5 {
+        let r = http::get(baton.port(), "/").unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(r.status, 200, "request {i}");
+    }
+    let s = status(&baton);
+    assert_eq!(s["dispatch"]["dropped"], 0, "{s}");
+    stop_cleanly(baton);
+}
+
+/// baton's descriptors stay flat over 100,000 dispatched connections
+/// (each `Connection: close`): every copy it kept until `taken` is closed.
+#[test]
+fn baton_fd_count_is_flat_over_100000_dispatched_connections() {
+    let baton = demo("pass", "2");
+    let pid = baton.pid();
+    let run = |n: u64| {
+        let mut cfg = baton_load::Config::new(baton_load::Target::Tcp(std::net::SocketAddr::from(
+            (std::net::Ipv4Addr::LOCALHOST, baton.port()),
+        )));
+        cfg.keep_alive = false;
+        cfg.concurrency = 8;
+        cfg.max_requests = Some(n);
+        let report = baton_load::start(cfg).wait();
+        assert_eq!(report.failed, 0, "{report}");
+        report
+    };
+    run(1000);
+    let before = baton_e2e::inspect::fd_count(pid).expect("baton's fds");
+    run(100_000);
+    let after = baton_e2e::inspect::fd_count(pid).expect("baton's fds");
+    assert!(
+        after <= before + 2,
+        "baton had {before} descriptors, and {after} after 100,000 connections"
+    );
+    let s = status(&baton);
+    assert!(s["dispatch"]["dispatched"].as_u64() >= Some(101_000), "{s}");
+    stop_cleanly(baton);
+}

@@ -711,6 +711,25 @@ pub fn check(path: &Path) -> Result<String, LoadError> {
     if let Some(w) = f.workers {
         lines.push(format!("workers: {w}"));
     }
+    // Checked as `baton run` would combine them (without flags).
+    if let Some(d) = dispatch_settings(&f, &Overrides::default())? {
+        lines.push(format!(
+            "dispatch: {} ({}, overload {}, timeout {}{})",
+            d.mode.as_str(),
+            d.order.as_str(),
+            d.overload.as_str(),
+            humantime::format_duration(d.timeout),
+            if d.queue > 0 {
+                format!(
+                    ", queue {} for {}",
+                    d.queue,
+                    humantime::format_duration(d.queue_timeout)
+                )
+            } else {
+                String::new()
+            }
+        ));
+    }
     Ok(lines.join("\n"))
 }
 

@@ -329,6 +329,19 @@ pub fn execute(args: Args, sinks: baton_supervisor::output::Sinks) -> Result<u8,
 }
 
 fn validate(run: &RunArgs) -> Result<Settings, Failure> {
+    // `--dispatch accept -- app`: clap reads `accept` as the command (the
+    // mode needs `=`, or `--dispatch` alone could not be followed by one).
+    if run.dispatch.is_some()
+        && let Some(first) = run.command.first().and_then(|c| c.to_str())
+        && matches!(first, "pass" | "accept")
+    {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "{first:?} is read as the command: write the mode with an equals sign, --dispatch={first}"
+            ),
+        ));
+    }
     let mut settings = config_file::load(run.config.as_deref(), &run.overrides()).map_err(|e| {
         let code = match e.kind {
             LoadErrorKind::Usage => exit::USAGE,
