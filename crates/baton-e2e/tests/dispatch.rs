@@ -546,3 +546,71 @@ fn emfile_on_accept_pauses_instead_of_spinning() {
     assert_eq!(s["dispatch"]["dropped"], 0, "{s}");
     stop_cleanly(baton);
 }
+
+/// Connections waiting in baton's queue when it upgrades itself in place
+/// are descriptors in the state: the new image hands them to the worker
+/// once it is free, and every client is served.
+#[test]
+fn queued_connections_survive_an_in_place_upgrade() {
+    let baton = one_slot(&["--queue", "16", "--queue-timeout", "60s"]);
+    let busy = http::send(baton.port(), "/sleep?ms=2000").expect("send");
+    wait_active(&baton, 1);
+    let queued: Vec<_> = (0..3)
+        .map(|_| http::send(baton.port(), "/").expect("send"))
+        .collect();
+    // Wait (bounded) until baton holds the three.
+    let deadline = Instant::now() + WAIT;
+    while status(&baton)["dispatch"]["queued_now"] != 3 {
+        assert!(
+            Instant::now() < deadline,
+            "never 3 queued: {}",
+            status(&baton)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = ctl::ctl(&baton, &["upgrade"]);
+    assert!(out.status.success(), "ctl upgrade: {out:?}");
+    assert_eq!(status(&baton)["dispatch"]["queued_now"], 3);
+    assert_eq!(busy.finish().expect("the busy one").status, 200);
+    for (i, p) in queued.into_iter().enumerate() {
+        let r = p
+            .finish()
+            .unwrap_or_else(|e| panic!("queued client {i}: {e}"));
+        assert_eq!(r.status, 200, "queued client {i}");
+    }
+    let s = status(&baton);
+    assert_eq!(s["dispatch"]["dropped"], 0, "{s}");
+    assert_eq!(s["upgrades"], 1, "{s}");
+    stop_cleanly(baton);
+}
+
+/// A reload whose generation fails (the app cannot import) leaves the old
+/// generation serving through baton, and a good reload after it moves the
+/// connections on.
+#[test]
+fn a_failed_reload_keeps_dispatching_to_the_old_generation() {
+    let test = "a_failed_reload_keeps_dispatching_to_the_old_generation";
+    let Some(python) = baton_e2e::tools::which_or_skip(test, "python3", "python3") else {
+        return;
+    };
+    let cmd = python_worker(&python, "pass");
+    let broken = cmd.dir().join("broken");
+    let baton = cmd
+        .env("APP_FAIL_IF", &broken)
+        .args(["--ready-timeout", "20s"])
+        .spawn();
+    baton.wait_for("generation 1 ready", WAIT);
+    std::fs::write(&broken, "").expect("break the release");
+    let out = ctl::ctl(&baton, &["reload"]);
+    assert_eq!(out.status.code(), Some(10), "a failed reload: {out:?}");
+    for i in 0..4 {
+        let r = http::get(baton.port(), "/").unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(r.generation(), Some(1), "request {i}");
+    }
+    std::fs::remove_file(&broken).expect("fix the release");
+    let out = ctl::ctl(&baton, &["reload"]);
+    assert!(out.status.success(), "a good reload: {out:?}");
+    let r = http::get_ok(baton.port(), "/");
+    assert_eq!(r.generation(), Some(3), "{r:?}");
+    stop_cleanly(baton);
+}
