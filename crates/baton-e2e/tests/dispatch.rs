@@ -107,15 +107,20 @@ fn no_failed_request_across_50_reloads_accept_connection_close() {
 }
 
 /// One connection at a time per worker (`--credits 1`, seed 004's sync
-/// children) in fifo order: 400 sequential connections over 4 workers
-/// give each exactly 100, where a shared accept queue gives most to one.
+/// children), in fifo order and least-loaded: 400 sequential connections
+/// over 4 workers give each about 100, where a shared accept queue gives
+/// most to one.
 #[test]
 fn sequential_connections_spread_evenly_over_single_connection_workers() {
-    for mode in ["pass", "accept"] {
+    for (mode, order) in [
+        ("pass", "fifo"),
+        ("accept", "fifo"),
+        ("pass", "least-loaded"),
+    ] {
         let demo = baton_e2e::bin("demo-server");
         let baton = BatonCmd::new()
             .arg(format!("--dispatch={mode}"))
-            .args(["--workers", "4"])
+            .args(["--dispatch-order", order, "--workers", "4"])
             .command([demo.as_os_str(), "--credits".as_ref(), "1".as_ref()])
             .spawn();
         baton.wait_for("generation 1 ready", WAIT);
