@@ -26,7 +26,9 @@
 //!    two at once and never none.
 //! 6. A worker of the serving generation that dies is restarted with an
 //!    exponential backoff; the backoff resets once a worker stayed up for
-//!    [`STABLE_AFTER`].
+//!    [`STABLE_AFTER`]. Under `--dispatch`, a worker that does not answer
+//!    in time is killed alone (`WorkerUnresponsive`) and then restarted the
+//!    same way: the generation keeps serving.
 //! 7. Every worker that exits has what remains of its process group killed,
 //!    so no grandchild outlives its worker. (The runtime does it while the
 //!    worker is still an unreaped zombie, so the group id cannot have been
