@@ -619,3 +619,45 @@ fn a_failed_reload_keeps_dispatching_to_the_old_generation() {
     assert_eq!(r.generation(), Some(3), "{r:?}");
     stop_cleanly(baton);
 }
+
+/// `ctl scale` under `--dispatch`: the new workers get channels and,
+/// once they say `ready`, their share of the connections; scaling down
+/// leaves the rest serving everything.
+#[test]
+fn scaled_up_workers_get_connections_and_scaling_down_loses_none() {
+    let demo = baton_e2e::bin("demo-server");
+    let baton = BatonCmd::new()
+        .args(["--dispatch", "--workers", "2"])
+        .command([demo.as_os_str(), "--credits".as_ref(), "1".as_ref()])
+        .spawn();
+    baton.wait_for("generation 1 ready", WAIT);
+    let out = ctl::ctl(&baton, &["scale", "4"]);
+    assert!(out.status.success(), "ctl scale 4: {out:?}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = status(&baton);
+        let ready = s["generations"][0]["workers"].as_array().map_or(0, |ws| {
+            ws.iter().filter(|w| w["dispatch"]["ready"] == true).count()
+        });
+        if ready == 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never 4 ready workers: {s}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..40 {
+        http::get_ok(baton.port(), "/");
+    }
+    let counts = per_worker(&status(&baton), 1);
+    assert_eq!(counts.len(), 4, "{counts:?}");
+    assert!(counts.values().all(|&n| n > 0), "{counts:?}");
+    let out = ctl::ctl(&baton, &["scale", "1"]);
+    assert!(out.status.success(), "ctl scale 1: {out:?}");
+    for i in 0..10 {
+        let r = http::get(baton.port(), "/").unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(r.status, 200, "request {i}");
+    }
+    let s = status(&baton);
+    assert_eq!(s["dispatch"]["dropped"], 0, "{s}");
+    stop_cleanly(baton);
+}
