@@ -54,6 +54,9 @@
 //!   ([`Inherited`]), as `baton run`, systemd and systemfd pass them;
 //! * [`notify`]: readiness and status ([`Notifier`]) over `NOTIFY_SOCKET`
 //!   or a readiness fd; no-ops (with a debug log) when no parent listens;
+//! * [`dispatch`]: connections handed over by `baton run --dispatch`
+//!   ([`dispatch::Channel`]; with feature `tokio`, `dispatch::Incoming`,
+//!   which [`serve`] takes like a listener);
 //! * [`upgrade`]: self-upgrade without a supervisor ([`upgrade::Upgrader`]),
 //!   with an optional, versioned state hand-off;
 //! * [`shutdown`] (feature `tokio`): the stop flag and `SIGTERM`/`SIGINT`;
@@ -101,6 +104,7 @@
 // which feature it needs (`doc_cfg`, which took in `doc_auto_cfg`).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod dispatch;
 pub mod listeners;
 pub mod notify;
 #[cfg(feature = "hyper")]

@@ -106,6 +106,27 @@ pub trait Accept {
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     /// Polls for the next connection.
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>>;
+
+    /// Polls, once the drain began, for a connection that is already this
+    /// server's although it was not accepted yet; `None` when there is no
+    /// more. A listening socket has none (what waits in its queue is the
+    /// successor's): the default. baton's dispatch channel has those baton
+    /// sent before it heard this worker stop
+    /// ([`crate::dispatch::Incoming::drain_next`]).
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Self::Io>>> {
+        let _ = cx;
+        Poll::Ready(None)
+    }
+}
+
+impl Accept for crate::dispatch::Incoming {
+    type Io = crate::dispatch::Connection;
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Self::Io>> {
+        crate::dispatch::Incoming::poll_accept(self, cx)
+    }
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Self::Io>>> {
+        crate::dispatch::Incoming::poll_drain(self, cx)
+    }
 }
 
 impl Accept for tokio::net::TcpListener {
@@ -249,19 +270,55 @@ where
     }
 
     // Step 1: stop accepting (queued connections wait for the successor);
-    // HTTP/2 connections get their GOAWAY.
-    drop(listener);
+    // HTTP/2 connections get their GOAWAY. Connections that are already
+    // ours (sent by baton's dispatch before it heard of the stop) are
+    // served too, answered in band like the rest.
     draining.store(true, Ordering::SeqCst);
+    let began = Instant::now();
+    let deadline = tokio::time::Instant::from_std(began + config.deadline);
+    loop {
+        let owed = tokio::select! {
+            biased;
+            () = shutdown.immediate() => None,
+            () = tokio::time::sleep_until(deadline) => None,
+            owed = std::future::poll_fn(|cx| listener.poll_drain(cx)) => owed,
+        };
+        match owed {
+            Some(Ok(io)) => {
+                let http2 = Arc::new(AtomicBool::new(false));
+                let service = InBand {
+                    inner: service.clone(),
+                    draining: Arc::clone(&draining),
+                    http2: Arc::clone(&http2),
+                };
+                tracker.spawn(connection(
+                    Arc::clone(&builder),
+                    io,
+                    service,
+                    http2,
+                    Stages {
+                        drain_began: drain_began.clone(),
+                        close_idle: close_idle.clone(),
+                        abandon: abandon.clone(),
+                    },
+                ));
+            }
+            Some(Err(e)) => {
+                tracing::warn!("while draining: {e}");
+                break;
+            }
+            None => break,
+        }
+    }
+    drop(listener);
     drain_began.cancel();
     tracker.close();
     on_drain(tracker.len());
-    let began = Instant::now();
     let open_at_stop = tracker.len();
     tracing::info!(
         "draining {open_at_stop} connection(s): {}",
         shutdown.reason().unwrap_or(StopReason::Requested)
     );
-    let deadline = tokio::time::Instant::from_std(began + config.deadline);
 
     // Step 2: answer in band with `Connection: close`.
     let grace_end = tokio::time::Instant::from_std(began + config.grace.min(config.deadline));

@@ -62,6 +62,9 @@ pub struct Settings {
     /// reload), and the flags that override it.
     pub config_file: Option<PathBuf>,
     pub overrides: crate::config_file::Overrides,
+    /// `--dispatch`: baton hands each connection to an idle worker.
+    #[serde(default)]
+    pub dispatch: Option<crate::dispatch::DispatchSettings>,
     /// `--metrics`: where to serve `/metrics`, `/ready` and `/live`
     /// (baton's own socket, never a worker's).
     #[serde(default)]
@@ -152,6 +155,7 @@ pub fn parse_ready(s: &str) -> Result<ReadyMode, String> {
         "notify" => Ok(ReadyMode::Notify),
         "fd" => Ok(ReadyMode::Fd),
         "accepting" => Ok(ReadyMode::Accepting),
+        "dispatch" => Ok(ReadyMode::Dispatch),
         "notify|accepting" | "accepting|notify" => Ok(ReadyMode::NotifyOrAccepting),
         _ => {
             if let Some(rest) = s.strip_prefix("accepting+") {
@@ -172,7 +176,7 @@ pub fn parse_ready(s: &str) -> Result<ReadyMode, String> {
                 }
             } else {
                 Err(format!(
-                    "unknown readiness mode {s:?}; use notify (sd_notify READY=1), fd (a newline on BATON_READY_FD), accepting (the app waits for connections on baton's socket, seen in /proc), delay:DURATION (e.g. delay:2s), exec:CMD, accepting+exec:CMD or notify|accepting"
+                    "unknown readiness mode {s:?}; use notify (sd_notify READY=1), fd (a newline on BATON_READY_FD), accepting (the app waits for connections on baton's socket, seen in /proc), dispatch (`ready` on the --dispatch channel), delay:DURATION (e.g. delay:2s), exec:CMD, accepting+exec:CMD or notify|accepting"
                 ))
             }
         }
@@ -369,6 +373,7 @@ mod tests {
                 .contains("needs a command")
         );
         assert_eq!(parse_ready("notify"), Ok(ReadyMode::Notify));
+        assert_eq!(parse_ready("dispatch"), Ok(ReadyMode::Dispatch));
         assert_eq!(parse_ready("fd"), Ok(ReadyMode::Fd));
         assert_eq!(
             parse_ready("delay:250ms"),

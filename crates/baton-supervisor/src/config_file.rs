@@ -40,6 +40,7 @@ use crate::config::{
     CgroupMode, CommandError, Settings, parse_cgroups, parse_duration, parse_metrics, parse_ready,
     parse_signal, resolve_program,
 };
+use crate::dispatch::{DispatchMode, DispatchOrder, DispatchSettings, Overload};
 use crate::lifecycle::{Policy, ReadyMode};
 use crate::listen::ListenSpec;
 
@@ -97,6 +98,19 @@ pub struct Overrides {
     /// `--metrics ADDR`.
     #[serde(default)]
     pub metrics: Option<ListenSpec>,
+    /// `--dispatch[=MODE]` and its companions.
+    #[serde(default)]
+    pub dispatch: Option<DispatchMode>,
+    #[serde(default)]
+    pub dispatch_timeout: Option<Duration>,
+    #[serde(default)]
+    pub dispatch_order: Option<DispatchOrder>,
+    #[serde(default)]
+    pub overload: Option<Overload>,
+    #[serde(default)]
+    pub queue: Option<usize>,
+    #[serde(default)]
+    pub queue_timeout: Option<Duration>,
 }
 
 /// Why the settings cannot be used, with the exit code `baton run` gives
@@ -182,6 +196,20 @@ struct RawFile {
     group: Option<Spanned<String>>,
     no_new_privs: Option<bool>,
     metrics: Option<Spanned<String>>,
+    dispatch: Option<Spanned<String>>,
+    dispatch_timeout: Option<Spanned<RawDuration>>,
+    dispatch_order: Option<Spanned<String>>,
+    overload: Option<Spanned<RawOverload>>,
+    queue: Option<Spanned<i64>>,
+    queue_timeout: Option<Spanned<RawDuration>>,
+}
+
+/// `overload = "503"` or `overload = 503`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawOverload {
+    Code(i64),
+    Text(String),
 }
 
 /// The file's `control` key.
@@ -217,6 +245,18 @@ struct FileSettings {
     group: Option<String>,
     no_new_privs: Option<bool>,
     metrics: Option<ListenSpec>,
+    dispatch: Option<DispatchMode>,
+    dispatch_timeout: Option<Duration>,
+    dispatch_order: Option<DispatchOrder>,
+    overload: Option<Overload>,
+    queue: Option<usize>,
+    queue_timeout: Option<Duration>,
+    /// Where each dispatch key is, for a mistake found when it is combined
+    /// with the rest (e.g. `queue` without `dispatch`).
+    dispatch_spans: Vec<(&'static str, Range<usize>)>,
+    /// The file's text, to turn those spans into lines and columns.
+    text: String,
+    path: PathBuf,
 }
 
 /// `line:column` (1-based) of byte `offset` in `text`.
@@ -372,6 +412,66 @@ fn parse_file(path: &Path, text: &str) -> Result<FileSettings, LoadError> {
             parse_metrics(m.get_ref()).map_err(|e| src.error(m.span(), format!("metrics: {e}")))?,
         );
     }
+    if let Some(d) = raw.dispatch {
+        out.dispatch_spans.push(("dispatch", d.span()));
+        out.dispatch = Some(
+            crate::dispatch::parse_mode(d.get_ref())
+                .map_err(|e| src.error(d.span(), format!("dispatch: {e}")))?,
+        );
+    }
+    if let Some(d) = &raw.dispatch_timeout {
+        out.dispatch_spans.push(("dispatch_timeout", d.span()));
+        let t = src.duration(d, "dispatch_timeout")?;
+        if t.is_zero() {
+            return Err(src.error(
+                d.span(),
+                "dispatch_timeout: a worker needs some time to answer; write e.g. \"5s\"",
+            ));
+        }
+        out.dispatch_timeout = Some(t);
+    }
+    if let Some(o) = raw.dispatch_order {
+        out.dispatch_spans.push(("dispatch_order", o.span()));
+        out.dispatch_order = Some(
+            crate::dispatch::parse_order(o.get_ref())
+                .map_err(|e| src.error(o.span(), format!("dispatch_order: {e}")))?,
+        );
+    }
+    if let Some(o) = raw.overload {
+        out.dispatch_spans.push(("overload", o.span()));
+        let text = match o.get_ref() {
+            RawOverload::Code(n) => n.to_string(),
+            RawOverload::Text(t) => t.clone(),
+        };
+        out.overload = Some(
+            crate::dispatch::parse_overload(&text)
+                .map_err(|e| src.error(o.span(), format!("overload: {e}")))?,
+        );
+    }
+    if let Some(q) = raw.queue {
+        out.dispatch_spans.push(("queue", q.span()));
+        let n = *q.get_ref();
+        out.queue = Some(
+            usize::try_from(n)
+                .ok()
+                .filter(|n| *n <= crate::dispatch::MAX_QUEUE)
+                .ok_or_else(|| {
+                    src.error(
+                        q.span(),
+                        format!(
+                            "queue = {n}: use 0 to {} connections",
+                            crate::dispatch::MAX_QUEUE
+                        ),
+                    )
+                })?,
+        );
+    }
+    if let Some(d) = &raw.queue_timeout {
+        out.dispatch_spans.push(("queue_timeout", d.span()));
+        out.queue_timeout = Some(src.duration(d, "queue_timeout")?);
+    }
+    text.clone_into(&mut out.text);
+    out.path = path.to_path_buf();
     if let Some(env) = raw.env {
         for (k, v) in env {
             if k.is_empty() || k.contains('=') {
@@ -489,6 +589,17 @@ pub fn load(file: Option<&Path>, over: &Overrides) -> Result<Settings, LoadError
         Some(p) => read_file(p)?,
         None => FileSettings::default(),
     };
+    let dispatch = dispatch_settings(&f, over)?;
+    let ready = over
+        .ready
+        .clone()
+        .or(f.ready.clone())
+        .unwrap_or(if dispatch.is_some() {
+            ReadyMode::Dispatch
+        } else {
+            ReadyMode::Notify
+        });
+    check_ready_with_dispatch(&ready, dispatch.as_ref(), over, &f)?;
     let from_file = |what: &str| match file {
         Some(p) => format!("{what} (from {})", p.display()),
         None => what.to_owned(),
@@ -540,7 +651,6 @@ pub fn load(file: Option<&Path>, over: &Overrides) -> Result<Settings, LoadError
             names.push(n);
         }
     }
-    let ready = over.ready.clone().or(f.ready).unwrap_or(ReadyMode::Notify);
     if ready.accepting() && !listeners.is_empty() && listeners.iter().all(|l| l.addr.is_datagram())
     {
         return Err(LoadError::usage(from_file(
@@ -611,8 +721,123 @@ pub fn load(file: Option<&Path>, over: &Overrides) -> Result<Settings, LoadError
         config_file: file.map(Path::to_path_buf),
         overrides: over.clone(),
         metrics: over.metrics.clone().or(f.metrics),
+        dispatch,
     };
     Ok(settings)
+}
+
+/// The dispatch settings from the flags over the file, checked: a
+/// companion (`--queue`, `--overload`, ...) needs `--dispatch`, and a queue
+/// needs pass mode.
+fn dispatch_settings(
+    f: &FileSettings,
+    over: &Overrides,
+) -> Result<Option<DispatchSettings>, LoadError> {
+    // Where the file said it, or which flag.
+    let whence = |key: &'static str, flag: &str| -> String {
+        match f.dispatch_spans.iter().find(|(k, _)| *k == key) {
+            Some((_, span)) => {
+                let (line, col) = line_col(&f.text, span.start);
+                format!("{}:{line}:{col}: {key}", f.path.display())
+            }
+            None => flag.to_owned(),
+        }
+    };
+    let mode = over.dispatch.or(f.dispatch);
+    let companions = [
+        (
+            over.dispatch_timeout.is_some(),
+            f.dispatch_timeout.is_some(),
+            "dispatch_timeout",
+            "--dispatch-timeout",
+        ),
+        (
+            over.dispatch_order.is_some(),
+            f.dispatch_order.is_some(),
+            "dispatch_order",
+            "--dispatch-order",
+        ),
+        (
+            over.overload.is_some(),
+            f.overload.is_some(),
+            "overload",
+            "--overload",
+        ),
+        (over.queue.is_some(), f.queue.is_some(), "queue", "--queue"),
+        (
+            over.queue_timeout.is_some(),
+            f.queue_timeout.is_some(),
+            "queue_timeout",
+            "--queue-timeout",
+        ),
+    ];
+    let Some(mode) = mode else {
+        if let Some((_, _, key, flag)) = companions.iter().find(|(o, fi, _, _)| *o || *fi) {
+            let said = if companions.iter().any(|(o, _, k, _)| *o && k == key) {
+                (*flag).to_owned()
+            } else {
+                whence(key, flag)
+            };
+            return Err(LoadError::usage(format!(
+                "{said} applies to dispatch mode only: add --dispatch (or dispatch = \"pass\" in the config file), or leave it out"
+            )));
+        }
+        return Ok(None);
+    };
+    let queue = over.queue.or(f.queue).unwrap_or(0);
+    if mode == DispatchMode::Accept && queue > 0 {
+        let said = if over.queue.is_some() {
+            "--queue".to_owned()
+        } else {
+            whence("queue", "--queue")
+        };
+        return Err(LoadError::usage(format!(
+            "{said}: a queue holds connections baton accepted, and only --dispatch=pass can hand those to a worker; with --dispatch=accept they wait in the kernel's backlog (--overload wait), or use --dispatch=pass"
+        )));
+    }
+    Ok(Some(DispatchSettings {
+        mode,
+        timeout: over
+            .dispatch_timeout
+            .or(f.dispatch_timeout)
+            .unwrap_or(crate::dispatch::defaults::TIMEOUT),
+        order: over
+            .dispatch_order
+            .or(f.dispatch_order)
+            .unwrap_or(DispatchOrder::Fifo),
+        overload: over.overload.or(f.overload).unwrap_or(Overload::Wait),
+        queue,
+        queue_timeout: over
+            .queue_timeout
+            .or(f.queue_timeout)
+            .unwrap_or(crate::dispatch::defaults::QUEUE_TIMEOUT),
+    }))
+}
+
+/// Readiness modes that cannot work with (or without) dispatch.
+fn check_ready_with_dispatch(
+    ready: &ReadyMode,
+    dispatch: Option<&DispatchSettings>,
+    over: &Overrides,
+    f: &FileSettings,
+) -> Result<(), LoadError> {
+    let from = if over.ready.is_some() || f.ready.is_none() {
+        "--ready".to_owned()
+    } else {
+        format!("ready (in {})", f.path.display())
+    };
+    match (dispatch, ready) {
+        (None, ReadyMode::Dispatch) => Err(LoadError::usage(format!(
+            "{from} dispatch: the `ready` message comes over the dispatch channel, which only --dispatch sets up; add --dispatch, or choose another readiness mode"
+        ))),
+        (
+            Some(_),
+            ReadyMode::Accepting | ReadyMode::AcceptingAndExec(_) | ReadyMode::NotifyOrAccepting,
+        ) => Err(LoadError::usage(format!(
+            "{from} accepting: under --dispatch a worker does not wait on baton's listeners (baton does, and hands it connections), so nothing would ever be seen; use --ready dispatch (the default with --dispatch: the worker's `ready` on its channel)"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// What `baton check-config FILE` says of a valid file.
@@ -664,6 +889,25 @@ pub fn check(path: &Path) -> Result<String, LoadError> {
             .map_err(|e| LoadError::usage(format!("{}: {e}", path.display())))?;
         lines.push(format!("user: {}", r.describe()));
     }
+    // Checked as `baton run` would combine them (without flags).
+    if let Some(d) = dispatch_settings(&f, &Overrides::default())? {
+        lines.push(format!(
+            "dispatch: {} ({}, overload {}, timeout {}{})",
+            d.mode.as_str(),
+            d.order.as_str(),
+            d.overload.as_str(),
+            humantime::format_duration(d.timeout),
+            if d.queue > 0 {
+                format!(
+                    ", queue {} for {}",
+                    d.queue,
+                    humantime::format_duration(d.queue_timeout)
+                )
+            } else {
+                String::new()
+            }
+        ));
+    }
     Ok(lines.join("\n"))
 }
 
@@ -700,6 +944,12 @@ pub fn fingerprint(s: &Settings) -> String {
     if s.clear_env {
         let _ = write!(canonical, "clear={:?}", s.keep_env);
     }
+    // Without --dispatch, the same text as before dispatch existed, so a
+    // generation's fingerprint does not change across an upgrade of baton.
+    let canonical = match &s.dispatch {
+        Some(d) => format!("{canonical}{d:?}"),
+        None => canonical,
+    };
     let hash = blake3::hash(canonical.as_bytes());
     hash.to_hex()[..12].to_owned()
 }

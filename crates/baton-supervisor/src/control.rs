@@ -122,6 +122,61 @@ pub struct WorkerStatus {
     /// Milliseconds since its process started (`None` while it has none).
     #[serde(default)]
     pub uptime_ms: Option<u64>,
+    /// `--dispatch`: what baton handed this worker process, if it has a
+    /// channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatch: Option<WorkerDispatch>,
+}
+
+/// A worker's share of the dispatching (`--dispatch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerDispatch {
+    /// It said `ready` on its channel.
+    pub ready: bool,
+    /// How many connections it takes at once.
+    pub credits: u32,
+    /// Connections it holds now (sent and not `done`).
+    pub active: u32,
+    /// Connections it was given, over its life.
+    pub dispatched: u64,
+}
+
+/// Dispatching as a whole (`--dispatch`): the settings in force and what
+/// happened over baton's life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DispatchStatus {
+    /// `pass` or `accept`; `none` when no generation takes connections
+    /// from baton right now.
+    pub mode: String,
+    pub order: String,
+    pub overload: String,
+    /// `--queue`: its limit, and the connections in it now.
+    pub queue_limit: usize,
+    pub queued_now: usize,
+    /// Connections handed to workers.
+    pub dispatched: u64,
+    /// Connections sent again after their worker died or did not answer.
+    pub redispatched: u64,
+    /// Workers killed for not answering within `--dispatch-timeout`.
+    pub timeouts: u64,
+    /// Overload: times connections waited for a free worker, and for how
+    /// long in all (milliseconds).
+    pub waits: u64,
+    pub waited_ms: u64,
+    /// Overload: connections closed at once (`--overload close`).
+    pub closed: u64,
+    /// Overload: connections answered with a 503 (`--overload 503`).
+    pub rejected_503: u64,
+    /// Connections that waited in baton's queue, and those of them whose
+    /// `--queue-timeout` passed.
+    pub queued: u64,
+    pub queue_expired: u64,
+    /// Accepts that failed for want of descriptors (each paused accepting
+    /// for 100 ms).
+    pub accept_errors: u64,
+    /// Connections baton held that no worker could take (baton stopped,
+    /// dispatch switched off, or three workers died holding one).
+    pub dropped: u64,
 }
 
 /// One generation in a status report.
@@ -206,6 +261,9 @@ pub struct Status {
     pub event_readers: usize,
     #[serde(default)]
     pub event_readers_dropped: u64,
+    /// `--dispatch`: how connections are handed out (absent without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatch: Option<DispatchStatus>,
 }
 
 /// A reply line.

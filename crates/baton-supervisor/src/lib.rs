@@ -28,6 +28,9 @@
 //! * [`events`] is what happened, as `baton ctl events` streams it, and
 //!   [`metrics`] what the `--metrics` endpoint serves (OpenMetrics text,
 //!   `/ready`, `/live`), answered by the loop itself.
+//! * [`dispatch`] holds the settings of `--dispatch`, in which baton alone
+//!   watches the listeners and hands each connection to an idle worker
+//!   over a channel of its own (the runtime's `dispatch` does it).
 //! * [`listen`] parses and binds listen specs; [`worker`] builds each
 //!   worker's environment and spawns it through `baton-sys`, the only crate
 //!   with `unsafe` code; [`environment`] (`--env-file`, `--clear-env`) and
@@ -39,6 +42,7 @@ pub mod cgroup;
 pub mod config;
 pub mod config_file;
 pub mod control;
+pub mod dispatch;
 pub mod environment;
 pub mod events;
 pub mod guard;

@@ -7,7 +7,8 @@
 //! The whole table of transitions is the one `match (phase, event)` in
 //! `Lifecycle::step`, in this file; the handlers it calls live beside it by
 //! concern: `generations` (start, ready, retire, fail), `workers` (spawned,
-//! ready, exited, restarts), `timers`, `scale`, `stop` and `status`.
+//! ready, exited, restarts), `timers`, `scale`, `stop`, `status`,
+//! `accepting` and `dispatch` (a worker that does not answer a dispatch).
 //!
 //! # Invariants
 //!
@@ -25,7 +26,9 @@
 //!    two at once and never none.
 //! 6. A worker of the serving generation that dies is restarted with an
 //!    exponential backoff; the backoff resets once a worker stayed up for
-//!    [`STABLE_AFTER`].
+//!    [`STABLE_AFTER`]. Under `--dispatch`, a worker that does not answer
+//!    in time is killed alone (`WorkerUnresponsive`) and then restarted the
+//!    same way: the generation keeps serving.
 //! 7. Every worker that exits has what remains of its process group killed,
 //!    so no grandchild outlives its worker. (The runtime does it while the
 //!    worker is still an unreaped zombie, so the group id cannot have been
@@ -90,6 +93,9 @@ pub enum ReadyMode {
     /// `notify|accepting`: per worker, `READY=1` or accepting, whichever
     /// comes first.
     NotifyOrAccepting,
+    /// Per worker: `ready` on its `--dispatch` channel (the worker asks
+    /// for connections; see `runtime::dispatch`).
+    Dispatch,
 }
 
 impl ReadyMode {
@@ -102,6 +108,7 @@ impl ReadyMode {
                 | ReadyMode::Accepting
                 | ReadyMode::AcceptingAndExec(_)
                 | ReadyMode::NotifyOrAccepting
+                | ReadyMode::Dispatch
         )
     }
 
@@ -134,7 +141,8 @@ impl ReadyMode {
             | ReadyMode::Fd
             | ReadyMode::Delay(_)
             | ReadyMode::Accepting
-            | ReadyMode::NotifyOrAccepting => None,
+            | ReadyMode::NotifyOrAccepting
+            | ReadyMode::Dispatch => None,
         }
     }
 }
@@ -256,6 +264,15 @@ pub enum Event {
     ProbeDone {
         generation: GenId,
         success: bool,
+    },
+    /// `--dispatch`: a worker did not answer in time (a connection it was
+    /// sent, an order to accept, or its first `ready`): it is killed, and
+    /// restarted like any worker that dies.
+    WorkerUnresponsive {
+        generation: GenId,
+        slot: Slot,
+        pid: u32,
+        what: String,
     },
     /// A worker process ended.
     WorkerExited {
@@ -794,6 +811,15 @@ impl Lifecycle {
                 self.on_timer(*key, now);
             }
             (
+                Booting | Serving | Reloading | Retiring | Stopping(_),
+                Event::WorkerUnresponsive {
+                    generation,
+                    slot,
+                    pid,
+                    what,
+                },
+            ) => self.on_unresponsive(*generation, *slot, *pid, what),
+            (
                 Done,
                 Event::Spawned { .. }
                 | Event::SpawnFailed { .. }
@@ -801,6 +827,7 @@ impl Lifecycle {
                 | Event::AcceptLooked { .. }
                 | Event::ProbeDone { .. }
                 | Event::WorkerExited { .. }
+                | Event::WorkerUnresponsive { .. }
                 | Event::Timer(_),
             ) => {
                 return Err(self.impossible(event));
@@ -893,6 +920,7 @@ impl fmt::Display for Level {
 }
 
 mod accepting;
+mod dispatch;
 mod generations;
 mod scale;
 mod status;

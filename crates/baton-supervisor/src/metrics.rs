@@ -206,6 +206,8 @@ pub struct Scrape {
     /// The last reload's verdict: whether it succeeded, and when.
     pub last_reload: Option<(bool, SystemTime)>,
     pub event_readers: usize,
+    /// `--dispatch`: its counters and queue, once baton dispatched.
+    pub dispatch: Option<crate::control::DispatchStatus>,
 }
 
 /// Generation states, as `baton_generations` and `baton_workers` label
@@ -275,6 +277,58 @@ fn labelled_counter(
         ConstCounter::new(*n).encode(m.encode_family(&[(label, *value)])?)?;
     }
     Ok(())
+}
+
+/// `--dispatch`: what baton handed out and every overload event.
+fn dispatch(
+    enc: &mut DescriptorEncoder,
+    d: &crate::control::DispatchStatus,
+) -> Result<(), std::fmt::Error> {
+    labelled_counter(
+        enc,
+        "baton_dispatch_connections",
+        "Connections under --dispatch: handed to a worker, sent again after their worker died or did not answer, dropped (no worker could take them)",
+        "outcome",
+        &[
+            ("dispatched", d.dispatched),
+            ("redispatched", d.redispatched),
+            ("dropped", d.dropped),
+        ],
+    )?;
+    labelled_counter(
+        enc,
+        "baton_dispatch_overload",
+        "Overload events under --dispatch: waits for a free worker, connections closed, answered 503, queued, expired in the queue, and failed accepts (out of descriptors)",
+        "kind",
+        &[
+            ("wait", d.waits),
+            ("closed", d.closed),
+            ("503", d.rejected_503),
+            ("queued", d.queued),
+            ("queue_expired", d.queue_expired),
+            ("accept_error", d.accept_errors),
+        ],
+    )?;
+    counter(
+        enc,
+        "baton_dispatch_timeouts",
+        "Workers killed for not answering a dispatch within --dispatch-timeout",
+        d.timeouts,
+    )?;
+    let waited = ConstCounter::new(Duration::from_millis(d.waited_ms).as_secs_f64());
+    waited.encode(enc.encode_descriptor(
+        "baton_dispatch_wait",
+        "Time connections waited for a free worker under --dispatch, in all",
+        Some(&Unit::Seconds),
+        waited.metric_type(),
+    )?)?;
+    gauge(
+        enc,
+        "baton_dispatch_queued",
+        "Connections in baton's own queue now (--queue)",
+        None,
+        i64::try_from(d.queued_now).unwrap_or(i64::MAX),
+    )
 }
 
 fn histograms(
@@ -462,6 +516,9 @@ impl Collector for Snapshot {
             "baton ctl events readers dropped because they fell behind",
             m.event_readers_dropped,
         )?;
+        if let Some(d) = &s.dispatch {
+            dispatch(&mut enc, d)?;
+        }
         Ok(())
     }
 }
@@ -541,6 +598,24 @@ mod tests {
                 generations: Vec::new(),
                 last_reload: Some((true, SystemTime::UNIX_EPOCH)),
                 event_readers: 0,
+                dispatch: Some(crate::control::DispatchStatus {
+                    mode: "pass".into(),
+                    order: "fifo".into(),
+                    overload: "503".into(),
+                    queue_limit: 0,
+                    queued_now: 0,
+                    dispatched: 7,
+                    redispatched: 0,
+                    timeouts: 1,
+                    waits: 0,
+                    waited_ms: 0,
+                    closed: 0,
+                    rejected_503: 2,
+                    queued: 0,
+                    queue_expired: 0,
+                    accept_errors: 0,
+                    dropped: 0,
+                }),
             },
         );
         for line in [
@@ -554,6 +629,10 @@ mod tests {
             "baton_workers{generation_state=\"serving\",state=\"ready\"} 0",
             "# TYPE baton_drain_duration_seconds histogram",
             "# UNIT baton_start_time_seconds seconds",
+            "baton_dispatch_connections_total{outcome=\"dispatched\"} 7",
+            "baton_dispatch_overload_total{kind=\"503\"} 2",
+            "baton_dispatch_timeouts_total 1",
+            "baton_dispatch_wait_seconds_total 0.0",
         ] {
             assert!(text.contains(line), "no {line:?} in\n{text}");
         }

@@ -37,6 +37,7 @@ use crate::signals::{HANDLED, Ignored, SignalPipe};
 
 mod accepting;
 mod clients;
+mod dispatch;
 mod events;
 mod metrics;
 mod privileges;
@@ -100,6 +101,12 @@ enum Source {
     Probe(GenId),
     /// The `--ready accepting` watcher thread answered.
     Accepting,
+    /// `--dispatch`: a worker's channel.
+    Channel(GenId, Slot),
+    /// `--dispatch`: a listener baton accepts on (index into the watched).
+    Listener(usize),
+    /// `--dispatch`: a connection refused with a 503, closing (its token).
+    Linger(usize),
     Control,
     Client(u64),
     Watch,
@@ -187,6 +194,8 @@ pub struct Runtime {
     endpoint: Option<metrics::Endpoint>,
     /// What is counted over baton's life (carried across upgrades).
     metrics: crate::metrics::Metrics,
+    /// `--dispatch`: channels, watched listeners, queue, counters.
+    dispatch: dispatch::Dispatcher,
 }
 
 /// baton's private directory for the generations' notify sockets, removed
@@ -391,6 +400,7 @@ impl Runtime {
                     .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
                 ..crate::metrics::Metrics::default()
             },
+            dispatch: dispatch::Dispatcher::default(),
         })
     }
 
@@ -526,6 +536,7 @@ impl Runtime {
                 .chain(self.orphan_retry_at)
                 .chain(self.preflight_deadline())
                 .chain(self.metrics_deadline())
+                .chain(self.dispatch_deadline())
                 .min()
                 .map(|at| at.saturating_duration_since(Instant::now()));
             match self.poll.poll(&mut events, timeout) {
@@ -574,6 +585,7 @@ impl Runtime {
             let now = Instant::now();
             self.expire_clients(now);
             self.expire_metrics_clients(now);
+            self.expire_dispatch(now);
             self.resume_accepting(now);
             self.expire_preflight(now);
             if self.orphan_retry_at.is_some_and(|at| at <= now) {
@@ -600,6 +612,11 @@ impl Runtime {
                 self.orphans_to_reap = false;
                 self.reap_orphans();
             }
+            // After the events, so every channel that was readable has
+            // been read: a worker that became idle is known before the
+            // next connection is handed out.
+            self.dispatch_follow_serving();
+            self.pump_dispatch();
             if !had_events && self.queue.is_empty() {
                 return;
             }
@@ -665,6 +682,9 @@ impl Runtime {
             Source::Notify(g) => self.on_notify(g),
             Source::Probe(g) => self.on_probe_exit(g),
             Source::Accepting => self.on_accept_results(),
+            Source::Channel(g, slot) => self.on_channel(g, slot),
+            Source::Listener(i) => self.on_listener(i),
+            Source::Linger(token) => self.on_linger(token),
             Source::Watch => {
                 if let Some(change) = self
                     .watcher

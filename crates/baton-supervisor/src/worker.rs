@@ -14,7 +14,7 @@ use crate::output::{Pipe, Stream};
 
 /// Variables baton sets for workers; inherited values are dropped so a
 /// worker never sees baton's own `LISTEN_*` or `NOTIFY_SOCKET`.
-const OWN_VARS: [&str; 7] = [
+const OWN_VARS: [&str; 9] = [
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
@@ -22,6 +22,8 @@ const OWN_VARS: [&str; 7] = [
     "BATON_READY_FD",
     "BATON_GENERATION",
     "BATON_WORKER",
+    baton_app::dispatch::proto::FD_VAR,
+    baton_app::dispatch::proto::MODE_VAR,
 ];
 
 /// baton's environment as read once at start, minus the variables it sets
@@ -53,6 +55,9 @@ pub struct Started {
     pub stderr: Pipe,
     /// Read end of the readiness pipe (fd mode).
     pub ready: Option<OwnedFd>,
+    /// baton's end of the worker's dispatch channel (`--dispatch`),
+    /// non-blocking.
+    pub dispatch: Option<OwnedFd>,
 }
 
 /// Everything needed to start one worker, owned, so that the spawner
@@ -83,6 +88,9 @@ pub struct WorkerSpec {
     pub run_as: Option<Arc<crate::privileges::RunAs>>,
     /// `PR_SET_NO_NEW_PRIVS` for it.
     pub no_new_privs: bool,
+    /// `--dispatch`: the worker gets a channel (and, in pass mode, no
+    /// listener: baton accepts).
+    pub dispatch: Option<crate::dispatch::DispatchMode>,
 }
 
 fn nonblocking_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -116,11 +124,23 @@ pub fn spawn_worker(
     } else {
         None
     };
+    let channel = match spec.dispatch {
+        Some(_) => Some(dispatch_channel().map_err(|e| {
+            SpawnFailure::Other(format!("cannot create the dispatch channel: {e}"))
+        })?),
+        None => None,
+    };
+    // In pass mode baton alone accepts: the worker gets no listener, so it
+    // cannot take connections around the dispatch by mistake.
+    let listeners: &[Arc<Bound>] = match spec.dispatch {
+        Some(crate::dispatch::DispatchMode::Pass) => &[],
+        _ => &spec.listeners,
+    };
 
-    let mut fds: Vec<BorrowedFd<'_>> = spec.listeners.iter().map(|l| l.fd.as_fd()).collect();
+    let mut fds: Vec<BorrowedFd<'_>> = listeners.iter().map(|l| l.fd.as_fd()).collect();
     let mut env: Vec<OsString> = spec.base_env.to_vec();
-    env.push(var("LISTEN_FDS", spec.listeners.len().to_string()));
-    let names: Vec<&str> = spec.listeners.iter().map(|l| l.name.as_str()).collect();
+    env.push(var("LISTEN_FDS", listeners.len().to_string()));
+    let names: Vec<&str> = listeners.iter().map(|l| l.name.as_str()).collect();
     env.push(var("LISTEN_FDNAMES", names.join(":")));
     env.push(var("BATON_GENERATION", spec.generation.to_string()));
     env.push(var("BATON_WORKER", spec.slot.to_string()));
@@ -130,6 +150,14 @@ pub fn spawn_worker(
     }
     if let Some(path) = &spec.notify {
         env.push(var("NOTIFY_SOCKET", path.as_os_str()));
+    }
+    if let (Some(mode), Some((_, theirs))) = (spec.dispatch, &channel) {
+        env.push(var(
+            baton_app::dispatch::proto::FD_VAR,
+            (3 + fds.len()).to_string(),
+        ));
+        env.push(var(baton_app::dispatch::proto::MODE_VAR, mode.as_str()));
+        fds.push(theirs.as_fd());
     }
 
     let explain = |e: baton_sys::spawn::SpawnError| match e {
@@ -177,7 +205,24 @@ pub fn spawn_worker(
         stdout: Pipe::new(out_r, Stream::Stdout),
         stderr: Pipe::new(err_r, Stream::Stderr),
         ready: ready_pipe.map(|(r, _w)| r),
+        dispatch: channel.map(|(ours, _theirs)| ours),
     })
+}
+
+/// A worker's dispatch channel: a `SOCK_SEQPACKET` pair (each message one
+/// packet, and a descriptor travels with its message), baton's end
+/// non-blocking. Both ends are close-on-exec; the worker's is placed at
+/// its number by the spawn, which clears the flag there.
+fn dispatch_channel() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    let (ours, theirs) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::io::ioctl_fionbio(&ours, true)?;
+    Ok((ours, theirs))
 }
 
 fn explain_spawn_error(

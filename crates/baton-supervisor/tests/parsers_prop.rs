@@ -273,6 +273,7 @@ fn status_reply_is_one_line() {
         events: 9,
         event_readers: 1,
         event_readers_dropped: 0,
+        dispatch: None,
     };
     let line = Reply::Status(Box::new(status)).to_line();
     assert_eq!(line.last(), Some(&b'\n'));

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use baton_supervisor::config::{self, Settings};
 use baton_supervisor::config_file::{self, LoadErrorKind, Overrides};
+use baton_supervisor::dispatch::{DispatchMode, DispatchOrder, Overload};
 use baton_supervisor::lifecycle::ReadyMode;
 use baton_supervisor::listen::{self, ListenSpec};
 use baton_supervisor::runtime::Runtime;
@@ -84,6 +85,14 @@ Signals:
                 logged and ignored; WINCH and PIPE are ignored
   (no signal a person or a supervisor sends takes the service down by accident)
 
+Dispatch (--dispatch): baton alone watches the sockets and hands each connection to an
+idle worker of the serving generation over a channel of its own (BATON_DISPATCH_FD), so
+connections spread evenly and a reload moves new connections at the very moment the new
+generation is ready. The app must speak the protocol (baton_app::dispatch for tokio;
+docs/dispatch.md for any language). --dispatch=pass: baton accepts and passes each socket;
+--dispatch=accept: baton tells an idle worker to accept one. A worker that does not answer
+within --dispatch-timeout is killed and its connection given to another.
+
 Workers get the sockets at fds 3.. with LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES
 (systemd socket activation), plus BATON_GENERATION and BATON_WORKER. Each worker runs
 in a process group of its own, each generation in a cgroup of its own where baton can
@@ -125,8 +134,9 @@ struct RunArgs {
     /// waits for connections on baton's socket, in epoll or accept, as /proc
     /// shows: no change to the app), delay:DURATION, exec:CMD (a shell
     /// command that exits 0 once the generation is ready),
-    /// accepting+exec:CMD (both) or notify|accepting (either) [default:
-    /// notify]
+    /// accepting+exec:CMD (both), notify|accepting (either) or dispatch
+    /// (`ready` on the --dispatch channel) [default: notify; with
+    /// --dispatch: dispatch]
     #[arg(long, value_name = "MODE", value_parser = config::parse_ready)]
     ready: Option<ReadyMode>,
 
@@ -238,6 +248,42 @@ struct RunArgs {
     /// worker's
     #[arg(long, value_name = "ADDR", value_parser = config::parse_metrics)]
     metrics: Option<ListenSpec>,
+    /// Hand each connection to an idle worker over a channel of its own
+    /// (BATON_DISPATCH_FD; the app must speak the protocol, see
+    /// docs/dispatch.md): pass (baton accepts and passes the socket) or
+    /// accept (baton tells an idle worker to accept one) [default: pass]
+    #[arg(long, value_name = "MODE", num_args = 0..=1, require_equals = true,
+          default_missing_value = "pass", value_parser = baton_supervisor::dispatch::parse_mode)]
+    dispatch: Option<DispatchMode>,
+
+    /// With --dispatch: how long a worker may take to answer a connection
+    /// (or an order to accept) before it is killed and the connection
+    /// given to another [default: 5s]
+    #[arg(long, value_name = "DURATION", value_parser = baton_supervisor::dispatch::parse_timeout)]
+    dispatch_timeout: Option<Duration>,
+
+    /// With --dispatch: which idle worker gets the next connection: fifo
+    /// (the one idle longest) or least-loaded (the most free credits)
+    /// [default: fifo]
+    #[arg(long, value_name = "ORDER", value_parser = baton_supervisor::dispatch::parse_order)]
+    dispatch_order: Option<DispatchOrder>,
+
+    /// With --dispatch: what to do with a connection no worker is free
+    /// for: wait (leave it in the kernel's backlog until one is), close
+    /// (accept and close it) or 503 (answer HTTP 503 with Retry-After)
+    /// [default: wait]
+    #[arg(long, value_name = "POLICY", value_parser = baton_supervisor::dispatch::parse_overload)]
+    overload: Option<Overload>,
+
+    /// With --dispatch=pass: accept up to N connections into baton's own
+    /// queue while no worker is free, before --overload applies [default: 0]
+    #[arg(long, value_name = "N", value_parser = baton_supervisor::dispatch::parse_queue)]
+    queue: Option<usize>,
+
+    /// With --queue: how long a connection may wait in it before
+    /// --overload answers it (503, or close) [default: 1s]
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    queue_timeout: Option<Duration>,
 
     /// The server command and its arguments (after --)
     #[arg(trailing_var_arg = true, value_name = "COMMAND")]
@@ -271,6 +317,12 @@ impl RunArgs {
             group: self.group.clone(),
             no_new_privs: self.no_new_privs,
             metrics: self.metrics.clone(),
+            dispatch: self.dispatch,
+            dispatch_timeout: self.dispatch_timeout,
+            dispatch_order: self.dispatch_order,
+            overload: self.overload,
+            queue: self.queue,
+            queue_timeout: self.queue_timeout,
         }
     }
 }
@@ -367,6 +419,19 @@ fn check_no_new_privs_value() -> Result<(), Failure> {
 
 fn validate(run: &RunArgs) -> Result<Settings, Failure> {
     check_no_new_privs_value()?;
+    // `--dispatch accept -- app`: clap reads `accept` as the command (the
+    // mode needs `=`, or `--dispatch` alone could not be followed by one).
+    if run.dispatch.is_some()
+        && let Some(first) = run.command.first().and_then(|c| c.to_str())
+        && matches!(first, "pass" | "accept")
+    {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "{first:?} is read as the command: write the mode with an equals sign, --dispatch={first}"
+            ),
+        ));
+    }
     let mut settings = config_file::load(run.config.as_deref(), &run.overrides()).map_err(|e| {
         let code = match e.kind {
             LoadErrorKind::Usage => exit::USAGE,

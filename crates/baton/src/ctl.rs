@@ -554,6 +554,9 @@ fn print_status(s: &Status) {
     if let Some(m) = &s.metrics {
         println!("metrics: {m}/metrics (/ready, /live)");
     }
+    if let Some(d) = &s.dispatch {
+        crate::ctl_dispatch::print_summary(d);
+    }
     if s.event_readers > 0 || s.event_readers_dropped > 0 {
         println!(
             "event readers: {} connected, {} dropped for falling behind",
@@ -577,6 +580,10 @@ fn print_status(s: &Status) {
         .map(str::to_owned)
         .to_vec(),
     ];
+    let dispatching = s.dispatch.is_some();
+    if dispatching {
+        rows[0].push("DISPATCH".to_owned());
+    }
     for g in &s.generations {
         let first = [
             g.id.to_string(),
@@ -607,6 +614,9 @@ fn print_status(s: &Status) {
                 w.uptime_ms.map_or_else(|| "-".to_owned(), short),
                 restarts,
             ]);
+            if dispatching {
+                row.push(crate::ctl_dispatch::worker_cell(w.dispatch.as_ref()));
+            }
             rows.push(row);
         }
     }

@@ -5,6 +5,7 @@
 
 mod cli;
 mod ctl;
+mod ctl_dispatch;
 mod logging;
 
 use std::process::ExitCode;

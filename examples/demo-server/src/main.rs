@@ -35,6 +35,10 @@ struct Args {
     /// Bound on the rest of the drain (requests still in progress).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "20s", value_name = "DURATION")]
     shutdown_timeout: Duration,
+    /// Under `baton run --dispatch`: how many connections this process
+    /// serves at once (its credits).
+    #[arg(long, default_value_t = baton_app::dispatch::DEFAULT_CREDITS, value_name = "N")]
+    credits: u32,
 }
 
 fn main() -> ExitCode {
@@ -44,6 +48,7 @@ fn main() -> ExitCode {
     settings.boot_delay = args.boot_delay;
     settings.drain_grace = args.drain_grace;
     settings.shutdown_timeout = args.shutdown_timeout;
+    settings.credits = args.credits;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -4,9 +4,12 @@
 //!
 //! # Theory of operation
 //!
-//! Start-up: take the first inherited listener (`LISTEN_FDS`, as passed by
-//! `baton run`), or bind `--bind` when run on its own; warm up for
-//! `--boot-delay`; start accepting; report ready (`READY=1`).
+//! Start-up: take baton's dispatch channel when `baton run --dispatch`
+//! gave one (`BATON_DISPATCH_FD`), else the first inherited listener
+//! (`LISTEN_FDS`, as passed by `baton run`), or bind `--bind` when run on
+//! its own; warm up for `--boot-delay`; start accepting; report ready
+//! (`READY=1`; under `--dispatch`, the channel's `ready`, said at the first
+//! accept). The same binary, unchanged, in every case.
 //!
 //! Draining, on `SIGTERM` or `SIGINT`: `baton_app::serve` does it, the
 //! same way any Rust server linking baton-app would. It stops accepting
@@ -58,6 +61,8 @@ pub struct Settings {
     pub generation: String,
     /// `BATON_WORKER`, if set.
     pub worker: Option<String>,
+    /// Under `baton run --dispatch`: connections served at once.
+    pub credits: u32,
 }
 
 impl Settings {
@@ -71,6 +76,7 @@ impl Settings {
             shutdown_timeout: Duration::from_secs(20),
             generation: std::env::var("BATON_GENERATION").unwrap_or_else(|_| "0".to_owned()),
             worker: std::env::var("BATON_WORKER").ok(),
+            credits: baton_app::dispatch::DEFAULT_CREDITS,
         }
     }
 }
@@ -85,11 +91,13 @@ struct State {
     served: AtomicU64,
 }
 
-/// An accepting socket, TCP or Unix.
+/// Where connections come from: a socket (TCP or Unix), or baton's
+/// dispatch channel (`baton run --dispatch`).
 #[derive(Debug)]
 pub enum Accepting {
     Tcp(tokio::net::TcpListener),
     Unix(tokio::net::UnixListener),
+    Dispatch(baton_app::dispatch::Incoming),
 }
 
 impl Accepting {
@@ -110,6 +118,7 @@ impl Accepting {
                 .ok()
                 .and_then(|a| a.as_pathname().map(|p| format!("unix:{}", p.display())))
                 .unwrap_or_else(|| "unix".to_owned()),
+            Accepting::Dispatch(d) => format!("connections from baton's dispatch ({})", d.mode()),
         }
     }
 }
@@ -126,8 +135,14 @@ macro_rules! say {
     };
 }
 
-/// Takes the first inherited listener, or binds `--bind`.
+/// baton's dispatch channel under `baton run --dispatch`; otherwise the
+/// first inherited listener, or `--bind`.
 fn listener(settings: &Settings) -> anyhow::Result<Accepting> {
+    if let Some(incoming) = baton_app::dispatch::Incoming::from_env(settings.credits)
+        .context("cannot take baton's dispatch channel")?
+    {
+        return Ok(Accepting::Dispatch(incoming));
+    }
     let mut inherited =
         baton_app::Inherited::from_env().context("cannot take the inherited sockets")?;
     for i in 0..inherited.len() {
@@ -248,6 +263,7 @@ pub async fn serve(
     let report = match listener {
         Accepting::Tcp(l) => serve_with(l, service, shutdown, config, on_drain).await,
         Accepting::Unix(l) => serve_with(l, service, shutdown, config, on_drain).await,
+        Accepting::Dispatch(d) => serve_with(d, service, shutdown, config, on_drain).await,
     };
     if report.reason == StopReason::Immediate {
         bail!(

@@ -81,7 +81,8 @@ impl Lifecycle {
             | ReadyMode::Fd
             | ReadyMode::Accepting
             | ReadyMode::AcceptingAndExec(_)
-            | ReadyMode::NotifyOrAccepting => {}
+            | ReadyMode::NotifyOrAccepting
+            | ReadyMode::Dispatch => {}
         }
     }
 

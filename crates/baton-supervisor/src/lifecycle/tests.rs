@@ -143,6 +143,9 @@ impl Sim {
 
     fn ev(&mut self, e: Event) {
         let grace_timer_fired = matches!(e, Event::Timer(TimerKey::WorkerGrace(..)));
+        // `--dispatch`: one worker that did not answer is killed (then
+        // restarted): the generation keeps serving.
+        let unresponsive = matches!(e, Event::WorkerUnresponsive { .. });
         // A forwarded signal (USR1) is meant for the serving generation.
         let forwarded = matches!(e, Event::Forward(_));
         let actions = self.m.handle(e, self.now);
@@ -156,7 +159,7 @@ impl Sim {
                 Action::Signal { generation, slot, .. } => forwarded || actions.iter().any(|x| {
                     matches!(x, Action::SetTimer { key: TimerKey::WorkerGrace(g, s), .. } if g == generation && s == slot)
                 }),
-                Action::KillGroup { .. } => grace_timer_fired,
+                Action::KillGroup { .. } => grace_timer_fired || unresponsive,
                 _ => true,
             };
             if let Action::Signal { generation, .. } | Action::KillGroup { generation, .. } = a {
@@ -1232,6 +1235,7 @@ mod properties {
         Ready(u8, u8),
         NotAccepting(u8, u8),
         Exit(u8, u8, bool),
+        Unresponsive(u8, u8),
         Advance(u16),
     }
 
@@ -1246,6 +1250,7 @@ mod properties {
             6 => (0u8..4, 0u8..3).prop_map(|(g, w)| Op::Ready(g, w)),
             1 => (0u8..4, 0u8..3).prop_map(|(g, w)| Op::NotAccepting(g, w)),
             3 => (0u8..4, 0u8..3, any::<bool>()).prop_map(|(g, w, ok)| Op::Exit(g, w, ok)),
+            1 => (0u8..4, 0u8..3).prop_map(|(g, w)| Op::Unresponsive(g, w)),
             3 => (1u16..40_000).prop_map(Op::Advance),
         ]
     }
@@ -1299,6 +1304,17 @@ mod properties {
                             }
                         }
                     }
+                    Op::Unresponsive(g, w) => {
+                        // `--dispatch`: the runtime reports any live worker
+                        // (and may report one that was restarted since).
+                        if let Some(&generation) = gens.get(g as usize % gens.len().max(1)) {
+                            let pids = s.m.worker_pids(generation);
+                            if let Some(&(slot, pid)) = pids.get(w as usize % pids.len().max(1)) {
+                                let pid = if w == 2 { pid + 1 } else { pid };
+                                s.ev(Event::WorkerUnresponsive { generation, slot, pid, what: "did not answer".into() });
+                            }
+                        }
+                    }
                     Op::Advance(ms) => s.advance(Duration::from_millis(u64::from(ms))),
                 }
                 prop_assert!(s.m.gens.len() <= 2);
@@ -1316,4 +1332,33 @@ mod properties {
             }
         }
     }
+}
+
+/// `--dispatch`: a worker that did not answer in time is killed (its exit
+/// then restarts it like any crash); a report about a pid the slot no
+/// longer has (restarted meanwhile) is ignored.
+#[test]
+fn an_unresponsive_dispatch_worker_is_killed_and_a_stale_report_ignored() {
+    let mut s = Sim::serving(2);
+    let pid = s.pids[&(1, 1)];
+    s.ev(Event::WorkerUnresponsive {
+        generation: 1,
+        slot: 1,
+        pid: pid + 100,
+        what: "did not take connection 7 within 5s (--dispatch-timeout)".into(),
+    });
+    assert!(s.kills.is_empty(), "a stale pid: {:?}", s.kills);
+    s.ev(Event::WorkerUnresponsive {
+        generation: 1,
+        slot: 1,
+        pid,
+        what: "did not take connection 7 within 5s (--dispatch-timeout)".into(),
+    });
+    assert_eq!(s.kills, vec![(1, 1)]);
+    assert!(s.logged(&format!(
+        "worker 1 of generation 1 (pid {pid}) did not take connection 7 within 5s (--dispatch-timeout); killing it"
+    )));
+    s.exited(1, 1, ExitStatus::Signal(9));
+    assert!(s.logged("worker 1 of generation 1 restarting in 100 ms"));
+    assert_eq!(s.m.serving(), Some(1), "the generation keeps serving");
 }

@@ -124,6 +124,9 @@ impl Lifecycle {
             ReadyMode::NotifyOrAccepting => {
                 "; --ready accepting sees a server wait for connections in epoll or accept(2) on baton's listeners; one that does not (poll/select, io_uring, a socket of its own) and sends no READY=1 needs --ready fd or exec:CMD"
             }
+            ReadyMode::Dispatch => {
+                "; under --dispatch a worker asks for connections with `ready` on the channel in BATON_DISPATCH_FD (the protocol is in docs/dispatch.md; baton_app::dispatch speaks it for tokio servers); an app that does not speak it needs baton without --dispatch"
+            }
             ReadyMode::Delay(_) | ReadyMode::Exec(_) => "",
         }
     }
@@ -131,7 +134,7 @@ impl Lifecycle {
     pub(super) fn describe_missing(&self, gi: usize) -> String {
         let g = &self.gens[gi];
         match &g.policy.ready {
-            ReadyMode::Notify | ReadyMode::Fd => {
+            ReadyMode::Notify | ReadyMode::Fd | ReadyMode::Dispatch => {
                 let missing: Vec<String> = self
                     .not_ready(g.id)
                     .iter()
@@ -139,6 +142,8 @@ impl Lifecycle {
                     .collect();
                 let channel = if g.policy.ready == ReadyMode::Notify {
                     "READY=1 on NOTIFY_SOCKET"
+                } else if g.policy.ready == ReadyMode::Dispatch {
+                    "`ready` on the dispatch channel (BATON_DISPATCH_FD)"
                 } else {
                     "a newline on BATON_READY_FD"
                 };

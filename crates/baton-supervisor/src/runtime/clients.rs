@@ -562,10 +562,12 @@ impl Runtime {
                             restarts: w.restarts,
                             lifetime_restarts: w.lifetime_restarts,
                             uptime_ms: w.started.map(|s| ms(now.saturating_duration_since(s))),
+                            dispatch: self.dispatch_of_worker(g.id, w.slot, w.pid),
                         })
                         .collect(),
                 })
                 .collect(),
+            dispatch: self.dispatch_status(),
         }
     }
 }

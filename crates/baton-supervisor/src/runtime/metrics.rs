@@ -407,6 +407,7 @@ impl Runtime {
                 Some((ok, self.machine.last_reload_at().map_or(wall, at)))
             }),
             event_readers: self.event_readers(),
+            dispatch: self.dispatch_status(),
         }
     }
 

@@ -35,6 +35,8 @@ pub(super) struct GenSpec {
     /// own user (`--user`).
     pub(super) run_as: Option<Arc<crate::privileges::RunAs>>,
     pub(super) no_new_privs: bool,
+    /// `--dispatch`, as this generation runs it.
+    pub(super) dispatch: Option<crate::dispatch::DispatchSettings>,
 }
 
 /// `base` (baton's environment, `KEY=VALUE`) with `set` applied: each of
@@ -68,6 +70,7 @@ impl Runtime {
             fingerprint: crate::config_file::fingerprint(&self.settings),
             run_as: self.settings.drops_privileges().cloned().map(Arc::new),
             no_new_privs: self.settings.no_new_privs(),
+            dispatch: self.settings.dispatch,
         }
     }
 

@@ -5,6 +5,8 @@
 use std::ffi::OsString;
 use std::time::Duration;
 
+use std::os::fd::AsRawFd;
+
 use mio::Interest;
 
 use super::state::{self, Restored, UpgradeState};
@@ -258,6 +260,19 @@ impl Runtime {
                 w.ready = Some((token, fd));
             }
             rt.workers.insert((g, slot), w);
+        }
+        // Dispatch channels (the watched listeners are watched again when
+        // the loop follows the serving generation).
+        rt.dispatch = r.dispatch;
+        let keys: Vec<_> = rt.dispatch.chans.keys().copied().collect();
+        for (g, slot) in keys {
+            let raw = rt.dispatch.chans[&(g, slot)].fd.as_raw_fd();
+            let token = rt
+                .register_fd(&raw, Source::Channel(g, slot))
+                .map_err(RuntimeError::Poll)?;
+            if let Some(c) = rt.dispatch.chans.get_mut(&(g, slot)) {
+                c.token = token;
+            }
         }
         if let Some(sock) = r.control {
             rt.adopt_control(sock)?;

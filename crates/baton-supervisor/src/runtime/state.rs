@@ -61,6 +61,8 @@ pub(super) struct GenSpecState {
     run_as: Option<crate::privileges::RunAs>,
     #[serde(default)]
     no_new_privs: bool,
+    #[serde(default)]
+    dispatch: Option<crate::dispatch::DispatchSettings>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -201,6 +203,9 @@ pub(super) struct State {
     metrics: crate::metrics::Metrics,
     #[serde(default)]
     endpoint: Option<EndpointState>,
+    /// `--dispatch`: channels, connections in flight, queue, counters.
+    #[serde(default)]
+    pub(super) dispatch: Option<super::dispatch::DispatchState>,
 }
 
 fn micros(d: std::time::Duration) -> u64 {
@@ -252,6 +257,7 @@ impl Runtime {
                     fingerprint: s.fingerprint.clone(),
                     run_as: s.run_as.as_deref().cloned(),
                     no_new_privs: s.no_new_privs,
+                    dispatch: s.dispatch,
                 }),
             });
         }
@@ -330,6 +336,7 @@ impl Runtime {
         });
         let stdin = keep(self.stdin.as_raw_fd());
         keep(upgrade.old_binary);
+        let dispatch = self.capture_dispatch(&mut keep);
         let state = State {
             schema: STATE_SCHEMA,
             version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -363,6 +370,7 @@ impl Runtime {
             environ: self.environ.clone(),
             metrics: self.metrics.clone(),
             endpoint,
+            dispatch,
         };
         (state, fds)
     }
@@ -413,6 +421,9 @@ fn all_fds(s: &State) -> Vec<RawFd> {
         v.push(e.fd);
         v.extend(e.clients.iter().map(|c| c.fd));
     }
+    if let Some(d) = &s.dispatch {
+        v.extend(d.fds());
+    }
     v
 }
 
@@ -442,6 +453,7 @@ pub(super) struct Restored {
     pub(super) exe: PathBuf,
     pub(super) argv: Vec<OsString>,
     pub(super) environ: Vec<OsString>,
+    pub(super) dispatch: super::dispatch::Dispatcher,
     pub(super) metrics: crate::metrics::Metrics,
     /// The metrics endpoint: what it was asked for, its listener and
     /// address, its clients, the next client's number.
@@ -529,6 +541,7 @@ pub(super) fn restore(bytes: &[u8]) -> Result<Restored, String> {
                 fingerprint: sp.fingerprint,
                 run_as: sp.run_as.map(Arc::new),
                 no_new_privs: sp.no_new_privs,
+                dispatch: sp.dispatch,
             })),
             None => None,
         };
@@ -634,7 +647,12 @@ pub(super) fn restore(bytes: &[u8]) -> Result<Restored, String> {
         }),
         None => None,
     };
+    let dispatch = match s.dispatch {
+        Some(d) => super::dispatch::restore(d, &claim)?,
+        None => super::dispatch::Dispatcher::default(),
+    };
     Ok(Restored {
+        dispatch,
         settings: s.settings,
         base_env: s.base_env,
         machine: s.machine,

@@ -149,6 +149,10 @@ impl Runtime {
             slot,
             status,
         });
+        // Its last words first (a `taken` makes the connection its own),
+        // then what it had not taken goes to another worker.
+        self.on_channel(g, slot);
+        self.dispatch_worker_gone(g, slot);
     }
 
     pub(super) fn prepare(&mut self, g: GenId) {
@@ -256,6 +260,7 @@ impl Runtime {
             stdin: std::sync::Arc::clone(&self.stdin),
             run_as: spec.run_as.clone(),
             no_new_privs: spec.no_new_privs,
+            dispatch: spec.dispatch.map(|d| d.mode),
         })));
     }
 
@@ -310,6 +315,7 @@ impl Runtime {
             tail: Tail::default(),
         };
         let mut exit_token = None;
+        let mut channel = None;
         let registered = (|| -> std::io::Result<()> {
             exit_token = Some(self.register_fd(&started.child.pidfd, Source::Exit(g, slot))?);
             for pipe in [started.stdout, started.stderr] {
@@ -319,6 +325,10 @@ impl Runtime {
             if let Some(fd) = started.ready {
                 let t = self.register_fd(&fd, Source::Ready(g, slot))?;
                 w.ready = Some((t, fd));
+            }
+            if let Some(fd) = started.dispatch {
+                let t = self.register_fd(&fd, Source::Channel(g, slot))?;
+                channel = Some((t, fd));
             }
             Ok(())
         })();
@@ -330,6 +340,9 @@ impl Runtime {
             self.forget_inflight(pid);
             if let Some(t) = exit_token {
                 self.deregister_fd(&started.child.pidfd, t);
+            }
+            if let Some((t, fd)) = channel {
+                self.deregister_fd(&fd, t);
             }
             self.forget(w);
             self.queue.push_back(Event::SpawnFailed {
@@ -345,6 +358,9 @@ impl Runtime {
             self.forget(old);
         }
         self.workers.insert((g, slot), w);
+        if let Some((token, fd)) = channel {
+            self.dispatch_adopt(g, slot, pid, token, fd);
+        }
         // Tracked as a worker from now on; what it said meanwhile counts
         // (after Spawned: the lifecycle hears of the worker first).
         self.forget_inflight(pid);
@@ -416,6 +432,7 @@ impl Runtime {
 
     pub(super) fn release(&mut self, g: GenId) {
         self.early_notify.retain(|(eg, _, _)| *eg != g);
+        self.dispatch_release(g);
         if let Some(rg) = self.generations.remove(&g) {
             // Whatever the generation's workers left that escaped their
             // process groups goes now.

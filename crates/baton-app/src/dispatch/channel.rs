@@ -1,0 +1,353 @@
+//! The worker's end of its dispatch channel, without an async runtime: a
+//! blocking (or non-blocking) `SOCK_SEQPACKET` socket that receives
+//! connections (pass mode) or orders to accept (accept mode) from baton,
+//! and carries the worker's answers back.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendFlags,
+    SocketType,
+};
+
+use super::proto::{self, FromWorker, MAX_MESSAGE, Mode, ToWorker};
+
+/// Why the dispatch channel could not be taken from the environment.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error("{var}={value:?} is not a descriptor number", var = proto::FD_VAR)]
+    BadFd { value: String },
+    #[error("{var}={value:?}: {problem}", var = proto::MODE_VAR)]
+    BadMode { value: String, problem: String },
+    #[error("{fd_var} is set but {mode_var} is not: the worker cannot tell pass from accept", fd_var = proto::FD_VAR, mode_var = proto::MODE_VAR)]
+    NoMode,
+    #[error("cannot take the dispatch channel (fd {fd}): {source}")]
+    Claim {
+        fd: RawFd,
+        #[source]
+        source: io::Error,
+    },
+    #[error("fd {fd} ({var}) is not a Unix SOCK_SEQPACKET socket: it is {found}", var = proto::FD_VAR)]
+    WrongKind { fd: RawFd, found: String },
+}
+
+/// A connection baton passed, by the family of its socket.
+#[derive(Debug)]
+pub enum Stream {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl Stream {
+    /// Wraps a connected socket, TCP or Unix by its address family.
+    pub fn from_fd(fd: OwnedFd) -> io::Result<Self> {
+        let family = rustix::net::getsockname(&fd)?.address_family();
+        if family == AddressFamily::UNIX {
+            Ok(Stream::Unix(fd.into()))
+        } else if family == AddressFamily::INET || family == AddressFamily::INET6 {
+            Ok(Stream::Tcp(fd.into()))
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a passed connection of address family {family:?}"),
+            ))
+        }
+    }
+}
+
+/// What baton sent.
+#[derive(Debug)]
+pub enum Received {
+    /// Pass mode: a connection, accepted by baton from listener `listener`
+    /// (its `LISTEN_FDNAMES` name). Answer `taken ID` at once (before
+    /// reading from it), and `done ID` once it is closed.
+    Conn {
+        id: u64,
+        listener: String,
+        stream: Stream,
+    },
+    /// Accept mode: accept one connection now, non-blocking, from the
+    /// inherited listener at fd `3 + index`; answer `got ID` or `none ID`.
+    Accept {
+        id: u64,
+        index: usize,
+        listener: String,
+    },
+    /// Nothing more will come.
+    End,
+}
+
+/// The worker's end of the channel (see the module docs).
+#[derive(Debug)]
+pub struct Channel {
+    fd: OwnedFd,
+    mode: Mode,
+}
+
+fn invalid(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+impl Channel {
+    /// The channel baton set up for this worker (`BATON_DISPATCH_FD`,
+    /// `BATON_DISPATCH`), claimed once and checked to be a Unix
+    /// `SOCK_SEQPACKET` socket; `None` when baton runs the worker without
+    /// `--dispatch`. The environment is read, never changed.
+    pub fn from_env() -> Result<Option<Self>, DispatchError> {
+        let Some(value) = std::env::var_os(proto::FD_VAR) else {
+            return Ok(None);
+        };
+        let value = value.to_string_lossy().into_owned();
+        let fd: RawFd = value.trim().parse().map_err(|_| DispatchError::BadFd {
+            value: value.clone(),
+        })?;
+        let mode = match std::env::var(proto::MODE_VAR) {
+            Ok(m) => m
+                .parse::<Mode>()
+                .map_err(|problem| DispatchError::BadMode { value: m, problem })?,
+            Err(_) => return Err(DispatchError::NoMode),
+        };
+        let owned =
+            baton_sys::fd::claim_fd(fd).map_err(|source| DispatchError::Claim { fd, source })?;
+        Self::new(owned, mode)
+            .map(Some)
+            .map_err(|found| DispatchError::WrongKind { fd, found })
+    }
+
+    /// A channel from a descriptor (a test's socket pair, say); refused
+    /// unless it is a Unix `SOCK_SEQPACKET` socket, with what it is instead.
+    pub fn new(fd: OwnedFd, mode: Mode) -> Result<Self, String> {
+        let kind =
+            rustix::net::sockopt::socket_type(&fd).map_err(|e| format!("not a socket ({e})"))?;
+        let family = rustix::net::getsockname(&fd)
+            .map(|a| a.address_family())
+            .map_err(|e| format!("a socket without an address ({e})"))?;
+        if kind != SocketType::SEQPACKET || family != AddressFamily::UNIX {
+            let kind = match kind {
+                SocketType::STREAM => "stream",
+                SocketType::DGRAM => "datagram",
+                SocketType::SEQPACKET => "seqpacket",
+                _ => "other",
+            };
+            let family = if family == AddressFamily::UNIX {
+                "Unix"
+            } else if family == AddressFamily::INET || family == AddressFamily::INET6 {
+                "IP"
+            } else {
+                "other"
+            };
+            return Err(format!("a {family} {kind} socket"));
+        }
+        Ok(Self { fd, mode })
+    }
+
+    /// Pass or accept.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Makes `recv` and `send` return `WouldBlock` instead of waiting.
+    pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        rustix::io::ioctl_fionbio(&self.fd, on)?;
+        Ok(())
+    }
+
+    /// Sends messages (in one packet, unless they are too many for one).
+    pub fn send(&self, msgs: &[FromWorker]) -> io::Result<()> {
+        send_on(self.fd.as_fd(), msgs)
+    }
+
+    /// `ready CREDITS`: this worker takes up to `credits` connections at
+    /// once (1 for a server that serves one at a time).
+    pub fn ready(&self, credits: u32) -> io::Result<()> {
+        self.send(&[FromWorker::Ready { credits }])
+    }
+
+    /// The next message from baton; `None` when baton closed its end (it
+    /// is gone: finish what you hold and exit).
+    pub fn recv(&self) -> io::Result<Option<Received>> {
+        recv_on(self.fd.as_fd())
+    }
+}
+
+/// Reads one message from baton on `fd` (see [`Channel::recv`]).
+pub(crate) fn recv_on(fd: BorrowedFd<'_>) -> io::Result<Option<Received>> {
+    let mut buf = [0u8; MAX_MESSAGE + 1];
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let got = loop {
+        let mut iov = [io::IoSliceMut::new(&mut buf)];
+        match rustix::net::recvmsg(
+            fd,
+            &mut iov,
+            &mut control,
+            // Received descriptors are close-on-exec from the start.
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Ok(m) => break m,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = m {
+            fds.extend(rights);
+        }
+    }
+    if got.bytes == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    if got.flags.contains(ReturnFlags::TRUNC) || got.bytes > MAX_MESSAGE {
+        return Err(invalid(format!(
+            "baton sent a message longer than {MAX_MESSAGE} bytes"
+        )));
+    }
+    if got.flags.contains(ReturnFlags::CTRUNC) {
+        return Err(invalid("baton sent more than one descriptor in a message"));
+    }
+    let msg = ToWorker::parse(&buf[..got.bytes]).map_err(invalid)?;
+    Ok(Some(match msg {
+        ToWorker::Conn { id, listener } => {
+            let fd = fds.into_iter().next().ok_or_else(|| {
+                invalid(format!("baton sent connection {id} without its descriptor"))
+            })?;
+            Received::Conn {
+                id,
+                listener,
+                stream: Stream::from_fd(fd)?,
+            }
+        }
+        ToWorker::Accept {
+            id,
+            index,
+            listener,
+        } => Received::Accept {
+            id,
+            index,
+            listener,
+        },
+        ToWorker::End => Received::End,
+    }))
+}
+
+/// Sends `msgs` on `fd`, in as few packets as fit [`MAX_MESSAGE`].
+pub(crate) fn send_on(fd: BorrowedFd<'_>, msgs: &[FromWorker]) -> io::Result<()> {
+    let mut start = 0;
+    while start < msgs.len() {
+        // Each message takes at most 30 bytes ("taken " and 20 digits).
+        let end = (start + MAX_MESSAGE / 32).min(msgs.len());
+        let text = proto::encode_worker(&msgs[start..end]);
+        // MSG_NOSIGNAL: if baton is gone, an error, not a SIGPIPE.
+        rustix::net::send(fd, text.as_bytes(), SendFlags::NOSIGNAL)?;
+        start = end;
+    }
+    Ok(())
+}
+
+impl AsFd for Channel {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl From<Channel> for OwnedFd {
+    fn from(c: Channel) -> OwnedFd {
+        c.fd
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SocketFlags};
+    use std::io::{Read, Write};
+
+    fn pair() -> (OwnedFd, Channel) {
+        let (baton, worker) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .expect("socketpair");
+        (baton, Channel::new(worker, Mode::Pass).expect("a channel"))
+    }
+
+    fn send_with_fd(to: &OwnedFd, text: &str, fd: BorrowedFd<'_>) {
+        let fds = [fd];
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+        rustix::net::sendmsg(
+            to,
+            &[io::IoSlice::new(text.as_bytes())],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        )
+        .expect("sendmsg");
+    }
+
+    #[test]
+    fn a_passed_connection_arrives_close_on_exec_and_works() {
+        let (baton, chan) = pair();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+        send_with_fd(&baton, "conn 41 web", accepted.as_fd());
+        drop(accepted);
+        let Some(Received::Conn {
+            id,
+            listener,
+            stream: Stream::Tcp(mut s),
+        }) = chan.recv().expect("recv")
+        else {
+            panic!("not a TCP connection");
+        };
+        assert_eq!((id, listener.as_str()), (41, "web"));
+        let flags = rustix::io::fcntl_getfd(&s).expect("getfd");
+        assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
+        client.write_all(b"ping").expect("write");
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).expect("read");
+        assert_eq!(&buf, b"ping");
+
+        chan.send(&[FromWorker::Taken(41), FromWorker::Done(41)])
+            .expect("send");
+        let mut got = [0u8; 64];
+        let (n, _) = rustix::net::recv(&baton, &mut got, RecvFlags::empty()).expect("recv");
+        assert_eq!(&got[..n], b"taken 41 done 41");
+    }
+
+    #[test]
+    fn orders_end_and_eof() {
+        let (baton, chan) = pair();
+        rustix::net::send(&baton, b"accept 3 1 admin", SendFlags::empty()).expect("send");
+        rustix::net::send(&baton, b"end", SendFlags::empty()).expect("send");
+        assert!(matches!(
+            chan.recv().expect("recv"),
+            Some(Received::Accept { id: 3, index: 1, ref listener }) if listener == "admin"
+        ));
+        assert!(matches!(chan.recv().expect("recv"), Some(Received::End)));
+        drop(baton);
+        assert!(chan.recv().expect("eof").is_none());
+    }
+
+    #[test]
+    fn a_connection_without_its_descriptor_is_an_error() {
+        let (baton, chan) = pair();
+        rustix::net::send(&baton, b"conn 1 web", SendFlags::empty()).expect("send");
+        let e = chan.recv().expect_err("no fd");
+        assert!(e.to_string().contains("without its descriptor"), "{e}");
+    }
+
+    #[test]
+    fn a_stream_socket_is_not_a_channel() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        let e = Channel::new(a.into(), Mode::Pass).expect_err("stream");
+        assert!(e.contains("a Unix stream socket"), "{e}");
+    }
+}

@@ -1,0 +1,513 @@
+//! The dispatch channel on tokio: a stream of connections for an async
+//! server, which plugs into [`crate::serve::serve`] like a listener.
+//!
+//! [`Incoming`] says `ready CREDITS` at its first poll, answers each
+//! connection (`taken`, or in accept mode `got`/`none`) as it hands it
+//! out, and each [`Connection`] says `done` when it is dropped. In a drain
+//! ([`Incoming::drain_next`], which `serve` calls), it says `stopping` and
+//! hands out what baton had already sent until baton's `end`, so no
+//! connection sent just before the stop is left behind.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+
+use super::channel::{self, Channel, DispatchError, Received, Stream};
+use super::proto::{FromWorker, Mode};
+use crate::Listener;
+
+/// Connections an async server takes at once unless told otherwise.
+pub const DEFAULT_CREDITS: u32 = 1024;
+
+/// The channel and the answers waiting to go out on it, shared with every
+/// connection (which says `done` from its `Drop`).
+#[derive(Debug)]
+struct Shared {
+    /// The channel, registered with tokio's reactor. tokio has no
+    /// `SOCK_SEQPACKET` type, and registering a raw descriptor
+    /// (`AsyncFd::register`) is `unsafe` since tokio 1.54 (tokio#8587); a
+    /// `UnixDatagram` is registered safely from an `OwnedFd`, and its
+    /// readiness is the descriptor's own. Only `recvmsg` and `send` are
+    /// called on it, which a connected `SOCK_SEQPACKET` socket answers as
+    /// a datagram socket would.
+    fd: tokio::net::UnixDatagram,
+    /// Messages not sent yet: the channel was full (baton is not reading).
+    /// They go out with the next message.
+    outbox: Mutex<Vec<FromWorker>>,
+}
+
+impl Shared {
+    /// Queues `msg` and sends everything queued, without waiting.
+    fn post(&self, msg: FromWorker) {
+        let mut outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
+        outbox.push(msg);
+        match channel::send_on(self.fd.as_fd(), &outbox) {
+            Ok(()) => outbox.clear(),
+            // Kept for the next message; baton's dispatch timeout bounds
+            // what a stuck channel costs.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // baton is gone (EPIPE): nobody is left to tell.
+            Err(e) => {
+                tracing::debug!("dispatch channel: {e}");
+                outbox.clear();
+            }
+        }
+    }
+}
+
+/// Connections from baton's dispatch channel (see the module docs).
+#[derive(Debug)]
+pub struct Incoming {
+    shared: Arc<Shared>,
+    mode: Mode,
+    credits: u32,
+    said_ready: bool,
+    said_stopping: bool,
+    /// baton said `end`, or closed the channel: nothing more comes.
+    ended: bool,
+    /// Accept mode: the inherited listeners by index, non-blocking.
+    listeners: Vec<Option<Listener>>,
+}
+
+impl Incoming {
+    /// The channel baton set up (`BATON_DISPATCH_FD`); in accept mode, with
+    /// every inherited listener (`LISTEN_FDS`), taken here. `None` when
+    /// baton runs this worker without `--dispatch`. Call it inside a tokio
+    /// runtime, once.
+    pub fn from_env(credits: u32) -> Result<Option<Self>, DispatchError> {
+        let Some(chan) = Channel::from_env()? else {
+            return Ok(None);
+        };
+        let mut listeners = Vec::new();
+        if chan.mode() == Mode::Accept {
+            let mut inherited = crate::Inherited::from_env().map_err(|e| DispatchError::Claim {
+                fd: crate::listeners::LISTEN_FDS_START,
+                source: io::Error::other(e),
+            })?;
+            for i in 0..inherited.len() {
+                let l = inherited.take_at(i).map_err(|e| DispatchError::Claim {
+                    fd: crate::listeners::LISTEN_FDS_START + i as i32,
+                    source: io::Error::other(e),
+                })?;
+                listeners.push(l);
+            }
+        }
+        Self::new(chan, listeners, credits)
+            .map(Some)
+            .map_err(|source| DispatchError::Claim { fd: -1, source })
+    }
+
+    /// From a channel and, for accept mode, the listeners at fds 3.. in
+    /// order. `credits` is how many connections this worker serves at once
+    /// (1 to 65,536). Call it inside a tokio runtime.
+    pub fn new(chan: Channel, listeners: Vec<Option<Listener>>, credits: u32) -> io::Result<Self> {
+        chan.set_nonblocking(true)?;
+        for l in listeners.iter().flatten() {
+            match l {
+                Listener::Tcp(t) => t.set_nonblocking(true)?,
+                Listener::Unix(u) => u.set_nonblocking(true)?,
+            }
+        }
+        let mode = chan.mode();
+        let fd: OwnedFd = chan.into();
+        let sock = tokio::net::UnixDatagram::from_std(std::os::unix::net::UnixDatagram::from(fd))?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                fd: sock,
+                outbox: Mutex::new(Vec::new()),
+            }),
+            mode,
+            credits: credits.clamp(1, super::proto::MAX_CREDITS),
+            said_ready: false,
+            said_stopping: false,
+            ended: false,
+            listeners,
+        })
+    }
+
+    /// Pass or accept.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The next connection. Says `ready` first, the first time.
+    pub async fn accept(&mut self) -> io::Result<Connection> {
+        std::future::poll_fn(|cx| self.poll_accept(cx)).await
+    }
+
+    /// In a drain: says `stopping` (once), then returns the connections
+    /// baton sent before it heard, until its `end` (`None`). Serve them
+    /// like the others: their clients are waiting.
+    pub async fn drain_next(&mut self) -> Option<io::Result<Connection>> {
+        std::future::poll_fn(|cx| self.poll_drain(cx)).await
+    }
+
+    /// [`Incoming::accept`], as a poll.
+    pub fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Connection>> {
+        match self.poll_next(cx, false) {
+            Poll::Ready(Some(r)) => Poll::Ready(r),
+            // Nothing more will come: the stop signal is on its way.
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// [`Incoming::drain_next`], as a poll.
+    pub fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Connection>>> {
+        self.poll_next(cx, true)
+    }
+
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        draining: bool,
+    ) -> Poll<Option<io::Result<Connection>>> {
+        if draining {
+            if self.ended {
+                return Poll::Ready(None);
+            }
+            if !self.said_stopping {
+                self.said_stopping = true;
+                self.shared.post(FromWorker::Stopping);
+            }
+        } else if !self.said_ready {
+            self.said_ready = true;
+            self.shared.post(FromWorker::Ready {
+                credits: self.credits,
+            });
+        }
+        loop {
+            if self.ended {
+                return if draining {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Pending
+                };
+            }
+            ready!(self.shared.fd.poll_recv_ready(cx))?;
+            let sock = &self.shared.fd;
+            // `try_io` clears the readiness on WouldBlock (read
+            // everything there was: poll again) and passes the rest on.
+            let got = match sock.try_io(Interest::READABLE, || channel::recv_on(sock.as_fd())) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                got => got,
+            };
+            match got {
+                Ok(Some(Received::Conn {
+                    id,
+                    listener,
+                    stream,
+                })) => {
+                    self.shared.post(FromWorker::Taken(id));
+                    return Poll::Ready(Some(self.connection(id, &listener, stream)));
+                }
+                Ok(Some(Received::Accept {
+                    id,
+                    index,
+                    listener,
+                })) => {
+                    if let Some(conn) = self.accept_one(id, index, &listener) {
+                        return Poll::Ready(Some(conn));
+                    }
+                }
+                Ok(Some(Received::End)) => self.ended = true,
+                Ok(None) => {
+                    tracing::warn!(
+                        "baton closed the dispatch channel: no more connections will come"
+                    );
+                    self.ended = true;
+                }
+                // A message this worker cannot read is skipped, said once.
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    tracing::warn!("dispatch channel: {e}");
+                }
+                Err(e) => return Poll::Ready(Some(Err(e))),
+            }
+        }
+    }
+
+    /// Accept mode: accepts one connection from listener `index` as told;
+    /// answers `got` or `none`.
+    fn accept_one(&mut self, id: u64, index: usize, name: &str) -> Option<io::Result<Connection>> {
+        let accepted = match self.listeners.get(index).and_then(Option::as_ref) {
+            Some(Listener::Tcp(l)) => l.accept().map(|(s, _)| Stream::Tcp(s)),
+            Some(Listener::Unix(l)) => l.accept().map(|(s, _)| Stream::Unix(s)),
+            None => {
+                tracing::warn!(
+                    "baton asked to accept on listener {index} ({name}), which this worker does not have"
+                );
+                Err(io::Error::from(io::ErrorKind::NotFound))
+            }
+        };
+        match accepted {
+            Ok(stream) => {
+                self.shared.post(FromWorker::Got(id));
+                Some(self.connection(id, name, stream))
+            }
+            Err(e) => {
+                self.shared.post(FromWorker::Nothing(id));
+                match e.kind() {
+                    // Nothing there (the client gave up first).
+                    io::ErrorKind::WouldBlock
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::Interrupted
+                    | io::ErrorKind::NotFound => None,
+                    // Out of descriptors and the like: the server hears.
+                    _ => Some(Err(e)),
+                }
+            }
+        }
+    }
+
+    fn connection(&self, id: u64, listener: &str, stream: Stream) -> io::Result<Connection> {
+        // Said `taken` (or `got`) already: whatever happens now, `done`
+        // follows when the guard drops.
+        let done = DoneGuard {
+            id,
+            shared: Arc::clone(&self.shared),
+        };
+        let stream = match stream {
+            Stream::Tcp(s) => {
+                s.set_nonblocking(true)?;
+                // Small responses are written at once: no Nagle delay.
+                let _ = s.set_nodelay(true);
+                TokioStream::Tcp(tokio::net::TcpStream::from_std(s)?)
+            }
+            Stream::Unix(s) => {
+                s.set_nonblocking(true)?;
+                TokioStream::Unix(tokio::net::UnixStream::from_std(s)?)
+            }
+        };
+        Ok(Connection {
+            stream,
+            listener: listener.into(),
+            done,
+        })
+    }
+}
+
+/// Says `done ID` when dropped (after the stream: fields drop in order).
+#[derive(Debug)]
+struct DoneGuard {
+    id: u64,
+    shared: Arc<Shared>,
+}
+
+impl Drop for DoneGuard {
+    fn drop(&mut self) {
+        self.shared.post(FromWorker::Done(self.id));
+    }
+}
+
+/// A connection's socket.
+#[derive(Debug)]
+pub enum TokioStream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+/// A connection from baton. Dropping it closes the socket, then tells
+/// baton the credit is free.
+#[derive(Debug)]
+pub struct Connection {
+    stream: TokioStream,
+    listener: Box<str>,
+    done: DoneGuard,
+}
+
+impl Connection {
+    /// The id baton gave it (in its logs as `connection ID`).
+    pub fn id(&self) -> u64 {
+        self.done.id
+    }
+
+    /// The name of the listener it came in on (`LISTEN_FDNAMES`).
+    pub fn listener(&self) -> &str {
+        &self.listener
+    }
+
+    /// The socket.
+    pub fn stream(&self) -> &TokioStream {
+        &self.stream
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().stream {
+            TokioStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            TokioStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().stream {
+            TokioStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            TokioStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().stream {
+            TokioStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            TokioStream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.stream {
+            TokioStream::Tcp(s) => s.is_write_vectored(),
+            TokioStream::Unix(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().stream {
+            TokioStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            TokioStream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().stream {
+            TokioStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            TokioStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::net::{
+        AddressFamily, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
+        SocketFlags, SocketType,
+    };
+    use std::mem::MaybeUninit;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn baton_says(to: &OwnedFd, text: &str, fd: Option<std::os::fd::BorrowedFd<'_>>) {
+        let fds: Vec<_> = fd.into_iter().collect();
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() {
+            assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+        }
+        rustix::net::sendmsg(
+            to,
+            &[io::IoSlice::new(text.as_bytes())],
+            &mut control,
+            SendFlags::NOSIGNAL,
+        )
+        .expect("sendmsg");
+    }
+
+    fn worker_said(from: &OwnedFd) -> String {
+        let mut buf = [0u8; 1024];
+        let (n, _) = rustix::net::recv(from, &mut buf, RecvFlags::empty()).expect("recv");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    /// The whole life of a connection, and a drain that collects the one
+    /// baton sent before it heard `stopping`.
+    #[test]
+    fn ready_taken_done_and_a_drain_that_leaves_nothing_behind() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (baton, worker) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .expect("socketpair");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        rt.block_on(async {
+            let chan = Channel::new(worker, Mode::Pass).expect("channel");
+            let mut incoming = Incoming::new(chan, Vec::new(), 8).expect("incoming");
+            let mut client = std::net::TcpStream::connect(addr).expect("connect");
+            let (accepted, _) = listener.accept().expect("accept");
+            baton_says(&baton, "conn 1 web", Some(accepted.as_fd()));
+            drop(accepted);
+            let mut conn = incoming.accept().await.expect("a connection");
+            assert_eq!((conn.id(), conn.listener()), (1, "web"));
+            assert_eq!(worker_said(&baton), "ready 8");
+            assert_eq!(worker_said(&baton), "taken 1");
+            std::io::Write::write_all(&mut client, b"hi").expect("write");
+            let mut buf = [0u8; 2];
+            conn.read_exact(&mut buf).await.expect("read");
+            conn.write_all(b"ok").await.expect("write");
+            drop(conn);
+            assert_eq!(worker_said(&baton), "done 1");
+
+            // Sent before baton heard the worker stop: still served.
+            let _late = std::net::TcpStream::connect(addr).expect("connect");
+            let (accepted, _) = listener.accept().expect("accept");
+            baton_says(&baton, "conn 2 web", Some(accepted.as_fd()));
+            drop(accepted);
+            let owed = incoming.drain_next().await.expect("owed").expect("ok");
+            assert_eq!(owed.id(), 2);
+            assert_eq!(worker_said(&baton), "stopping");
+            assert_eq!(worker_said(&baton), "taken 2");
+            baton_says(&baton, "end", None);
+            assert!(incoming.drain_next().await.is_none(), "end ends the drain");
+            drop(owed);
+            assert_eq!(worker_said(&baton), "done 2");
+        });
+    }
+
+    #[test]
+    fn accept_mode_accepts_when_told_and_says_none_when_there_is_nothing() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (baton, worker) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .expect("socketpair");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        // baton's side, on a thread of its own: it waits for each answer.
+        let baton_side = std::thread::spawn(move || {
+            baton_says(&baton, "accept 5 0 web", None);
+            assert_eq!(worker_said(&baton), "ready 1");
+            assert_eq!(worker_said(&baton), "none 5", "nothing to accept yet");
+            let client = std::net::TcpStream::connect(addr).expect("connect");
+            baton_says(&baton, "accept 6 0 web", None);
+            assert_eq!(worker_said(&baton), "got 6");
+            (baton, client)
+        });
+        rt.block_on(async {
+            let chan = Channel::new(worker, Mode::Accept).expect("channel");
+            let mut incoming =
+                Incoming::new(chan, vec![Some(Listener::Tcp(listener))], 1).expect("incoming");
+            let conn = incoming.accept().await.expect("a connection");
+            assert_eq!(conn.id(), 6);
+        });
+        let _ = baton_side.join().expect("baton's side");
+    }
+}
