@@ -594,6 +594,7 @@ impl Upgrader {
             nofile_soft_limit: None,
             cgroup: None,
             program_fd: None,
+            sched_idle: false,
         })
         .map_err(|source| UpgradeError::Spawn {
             program: inner.program.display().to_string(),

@@ -160,6 +160,7 @@ impl Guard {
             nofile_soft_limit: None,
             cgroup: None,
             program_fd: None,
+            sched_idle: false,
         })
         .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
         drop(rx);

@@ -40,6 +40,7 @@ pub mod lifecycle;
 pub mod listen;
 pub mod notify;
 pub mod output;
+pub mod quiet;
 pub mod runtime;
 pub mod signals;
 pub mod stamp;

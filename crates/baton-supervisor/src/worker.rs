@@ -79,6 +79,8 @@ pub struct WorkerSpec {
     pub listeners: Arc<Vec<Arc<Bound>>>,
     /// The worker's stdin (`/dev/null`).
     pub stdin: Arc<OwnedFd>,
+    /// Start it at `SCHED_IDLE` (quiet boot).
+    pub sched_idle: bool,
 }
 
 fn nonblocking_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -152,6 +154,7 @@ pub fn spawn_worker(
         nofile_soft_limit: spec.nofile_soft_limit,
         cgroup,
         program_fd: None,
+        sched_idle: spec.sched_idle,
     })
     .map_err(explain)?;
     on_forked(forked.pid());
@@ -214,6 +217,7 @@ pub fn spawn_probe(
         nofile_soft_limit,
         cgroup: None,
         program_fd: None,
+        sched_idle: false,
     })
     .map_err(|e| format!("cannot run the readiness command: {e}"))?;
     on_forked(forked.pid());

@@ -9,11 +9,13 @@
 //!   sockets at fixed numbers (3, 4, ...) and `LISTEN_PID` equal to its *own*
 //!   pid, which `std::process::Command` cannot express (it installs the
 //!   environment after `pre_exec` closures run, and `setenv` allocates, which
-//!   is not allowed between fork and exec).
+//!   is not allowed between fork and exec);
+//! * [`sched`]: a thread's CPU scheduling policy (quiet boot).
 //!
 //! Each `unsafe` block carries a `// SAFETY:` comment saying why it is sound.
 #![allow(unsafe_code)]
 
 pub mod fd;
 pub mod reexec;
+pub mod sched;
 pub mod spawn;

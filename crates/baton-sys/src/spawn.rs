@@ -180,6 +180,10 @@ pub struct Command<'a> {
     /// (`clone3` with `CLONE_INTO_CGROUP`), so nothing it starts is ever
     /// outside.
     pub cgroup: Option<BorrowedFd<'a>>,
+    /// Start the child at `SCHED_IDLE` (quiet boot): everything it starts
+    /// inherits it, until [`crate::sched::set_normal`] gives it back. Best
+    /// effort: a failure leaves the normal priority.
+    pub sched_idle: bool,
 }
 
 #[expect(
@@ -369,6 +373,7 @@ pub fn fork_exec(cmd: &Command<'_>) -> Result<Forked, SpawnError> {
                 parent_pid,
                 nofile: nofile.as_ref().map_or(std::ptr::null(), std::ptr::from_ref),
                 program_fd: cmd.program_fd.map_or(-1, |f| f.as_raw_fd()),
+                sched_idle: cmd.sched_idle,
                 err_fd: err_write_raw,
             })
         }
@@ -536,6 +541,7 @@ struct ChildPlan<'a> {
     nofile: *const libc::rlimit,
     /// The program as a descriptor (execveat), or -1.
     program_fd: RawFd,
+    sched_idle: bool,
     err_fd: RawFd,
 }
 
@@ -561,7 +567,8 @@ unsafe fn child_after_fork(p: &ChildPlan<'_>) -> ! {
     // SAFETY (whole body): every call below is async-signal-safe per
     // signal-safety(7) (prctl, getppid, getpid, setpgid, fcntl, dup2,
     // close_range via syscall, chdir, sigaction, sigprocmask, execve, write,
-    // _exit); every pointer refers to memory allocated before the fork,
+    // _exit) or a plain system call that takes no lock in the C library
+    // (sched_setscheduler, setrlimit); every pointer refers to memory allocated before the fork,
     // which this process has its own copy of.
     unsafe {
         if p.parent_death_signal != 0 {
@@ -635,6 +642,13 @@ unsafe fn child_after_fork(p: &ChildPlan<'_>) -> ! {
         );
         if !p.chdir.is_null() && libc::chdir(p.chdir) != 0 {
             fail(p.err_fd, 3);
+        }
+        // Quiet boot: the lowest CPU priority, inherited by every thread and
+        // process the program starts (sched_setscheduler is a plain system
+        // call). A failure only means a normal boot.
+        if p.sched_idle {
+            let param = libc::sched_param { sched_priority: 0 };
+            libc::sched_setscheduler(0, libc::SCHED_IDLE, &raw const param);
         }
         // Back to the limit the program would have had without baton: many
         // programs still use select(), which cannot handle fds >= 1024.
@@ -931,6 +945,7 @@ mod tests {
             nofile_soft_limit: None,
             cgroup: None,
             program_fd: None,
+            sched_idle: false,
         }
     }
 
@@ -960,6 +975,7 @@ mod tests {
             nofile_soft_limit: None,
             cgroup: None,
             program_fd: None,
+            sched_idle: false,
         })
         .expect("spawn");
         drop(w);

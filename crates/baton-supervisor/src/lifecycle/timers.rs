@@ -83,7 +83,7 @@ impl Lifecycle {
                     return;
                 };
                 if let Some(Worker {
-                    state: WorkerState::Removing { .. },
+                    state: WorkerState::Removing { .. } | WorkerState::Replaced { .. },
                     ..
                 }) = self.gens[gi].workers.get(slot)
                 {
@@ -102,8 +102,14 @@ impl Lifecycle {
                     return;
                 };
                 if w.state == WorkerState::Restarting {
-                    w.state = WorkerState::Spawning;
-                    self.out.push(Action::Spawn { generation, slot });
+                    // While a rollback makes the generation whole, a restart
+                    // waits for its turn like the others (the process
+                    // budget, or the failed generation being gone).
+                    if self.handover.as_ref().is_some_and(|h| h.old == generation) {
+                        w.state = WorkerState::Pending;
+                    } else {
+                        self.spawn_slot(gi, slot, now);
+                    }
                 }
             }
         }

@@ -191,6 +191,7 @@ impl Runtime {
             nofile_soft_limit: self.child_nofile,
             cgroup: None,
             program_fd: Some(binary.as_fd()),
+            sched_idle: false,
         })
         .map_err(|e| match e {
             baton_sys::spawn::SpawnError::Child { source, .. } => explain_exec(path, &source),
@@ -498,7 +499,8 @@ impl Runtime {
     pub(super) fn run_deferred(&mut self) {
         for d in std::mem::take(&mut self.deferred) {
             match d {
-                super::state::Deferred::Spawn(g, slot) => self.spawn(g, slot),
+                super::state::Deferred::Spawn(g, slot) => self.spawn(g, slot, false),
+                super::state::Deferred::SpawnQuiet(g, slot) => self.spawn(g, slot, true),
                 super::state::Deferred::Probe(g) => self.run_probe(g),
             }
         }

@@ -198,10 +198,14 @@ impl Runtime {
         self.generations.insert(g, rg);
     }
 
-    pub(super) fn spawn(&mut self, g: GenId, slot: Slot) {
+    pub(super) fn spawn(&mut self, g: GenId, slot: Slot, quiet: bool) {
         if self.deferring() {
             // An upgrade's exec is being prepared: the new image does it.
-            self.deferred.push(super::state::Deferred::Spawn(g, slot));
+            self.deferred.push(if quiet {
+                super::state::Deferred::SpawnQuiet(g, slot)
+            } else {
+                super::state::Deferred::Spawn(g, slot)
+            });
             return;
         }
         let rg = self.generations.get(&g);
@@ -242,6 +246,7 @@ impl Runtime {
             nofile_soft_limit: self.child_nofile,
             listeners: std::sync::Arc::clone(&spec.listeners),
             stdin: std::sync::Arc::clone(&self.stdin),
+            sched_idle: quiet && self.quiet_start(),
         })));
     }
 
