@@ -206,9 +206,11 @@ struct RunArgs {
     #[arg(long, value_name = "N", value_parser = config::parse_max_draining)]
     max_draining: Option<usize>,
 
-    /// Start each new worker at the lowest CPU priority (SCHED_IDLE, or its
-    /// cgroup's cpu.weight) until it is ready, so a booting generation does
-    /// not slow the one serving: on or off [default: on]
+    /// Start each worker of a reload's new generation at the lowest CPU
+    /// priority (SCHED_IDLE, with its whole process tree) until it is
+    /// ready, so a booting generation does not slow the one serving; needs
+    /// CAP_SYS_NICE or RLIMIT_NICE 20 to give the priority back: on or off
+    /// [default: on]
     #[arg(long, value_name = "on|off", value_parser = config::parse_switch)]
     quiet_boot: Option<bool>,
 
