@@ -51,7 +51,8 @@
 //! 9. With quiet boot ([`Policy::quiet_boot`]), a worker of a starting
 //!    generation starts at the lowest CPU priority ([`Action::Spawn`]'s
 //!    `quiet`) and gets its normal priority back ([`Action::NormalPriority`])
-//!    as soon as it, or its generation, is ready.
+//!    as soon as it, or its generation, is ready, is told to stop, or has
+//!    not been ready within [`READY_HINT_AFTER`].
 
 use std::fmt;
 use std::time::{Duration, Instant};

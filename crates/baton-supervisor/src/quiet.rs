@@ -130,8 +130,9 @@ fn raise_pass(proc: &Path, root: u32, errors: &mut Vec<String>) -> (usize, usize
             // Raise first, then read its children: a child forked after
             // the raise inherits the normal policy, one forked before is
             // in the list.
-            match baton_sys::sched::is_idle(tid) {
-                Ok(true) => match baton_sys::sched::set_normal(tid) {
+            // (A thread whose policy cannot be read is gone.)
+            if let Ok(true) = baton_sys::sched::is_idle(tid) {
+                match baton_sys::sched::set_normal(tid) {
                     Ok(()) => raised += 1,
                     Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
                     Err(e) => {
@@ -139,8 +140,7 @@ fn raise_pass(proc: &Path, root: u32, errors: &mut Vec<String>) -> (usize, usize
                             errors.push(format!("thread {tid} of pid {pid}: {e}"));
                         }
                     }
-                },
-                Ok(false) | Err(_) => {}
+                }
             }
             if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
                 todo.extend(crate::accepting::parse_children(&text));

@@ -1345,6 +1345,14 @@ fn quiet_boot_starts_a_reload_quietly_and_restores_each_ready_worker() {
     s.ready(2, [1]);
     assert!(s.quiet.is_empty());
 
+    // A boot slower than 5 s (a busy machine) goes on at the normal
+    // priority.
+    s.ev(Event::Reload);
+    assert_eq!(s.quiet.len(), 2);
+    s.advance(Duration::from_secs(5));
+    assert!(s.quiet.is_empty(), "{:?}", s.logs);
+    assert!(s.logged("generation 3: quiet boot over after 5 s"));
+
     let mut off = Sim::new(Policy {
         quiet_boot: false,
         ..policy(1, ReadyMode::Notify)

@@ -44,6 +44,20 @@ impl Lifecycle {
                         READY_HINT_AFTER.as_secs()
                     ),
                 );
+                // Quiet boot must not starve a reload on a machine that is
+                // busy with more than the serving generation (SCHED_IDLE
+                // yields to every process): past this point it boots at
+                // the normal priority.
+                if self.gens[gi].workers.iter().any(|w| w.quiet) {
+                    self.log(
+                        Level::Info,
+                        format!(
+                            "generation {generation}: quiet boot over after {} s; its workers boot at the normal CPU priority",
+                            READY_HINT_AFTER.as_secs()
+                        ),
+                    );
+                    self.end_quiet_boot(gi, None);
+                }
             }
             TimerKey::ReadyDelay(generation) => {
                 let Some(gi) = self.gen_index(generation) else {

@@ -220,7 +220,8 @@ impl Lifecycle {
             WorkerState::Removing { pid } => (pid, true, true),
             WorkerState::Replaced { pid } => {
                 w.state = WorkerState::Exited;
-                return Ok(self.on_replaced_exited(gi, slot, pid, status, now));
+                self.on_replaced_exited(gi, slot, pid, status, now);
+                return Ok(());
             }
             WorkerState::Spawning
             | WorkerState::Restarting

@@ -11,7 +11,7 @@ impl Runtime {
     /// Whether a worker the lifecycle wants quiet is started at
     /// `SCHED_IDLE`: only where baton can take it back (the first time it
     /// cannot, it says why, once).
-    pub(super) fn quiet_start(&self) -> bool {
+    pub(super) fn quiet_start() -> bool {
         match quiet::mechanism() {
             Mechanism::SchedIdle => true,
             Mechanism::Unavailable => {

@@ -246,7 +246,7 @@ impl Runtime {
             nofile_soft_limit: self.child_nofile,
             listeners: std::sync::Arc::clone(&spec.listeners),
             stdin: std::sync::Arc::clone(&self.stdin),
-            sched_idle: quiet && self.quiet_start(),
+            sched_idle: quiet && Self::quiet_start(),
         })));
     }
 
