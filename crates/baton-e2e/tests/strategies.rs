@@ -242,6 +242,7 @@ fn quiet_boot_runs_a_booting_worker_idle_and_restores_its_whole_tree() {
         .spawn();
     baton.wait_for("generation 1 ready", WAIT);
     let first = baton.workers_of(1)[0].pid;
+    let (_, first_child) = baton.wait_for_after(0, "probe: grandchild pid", WAIT);
     assert_eq!(
         policy(first),
         Some(0),
@@ -252,7 +253,9 @@ fn quiet_boot_runs_a_booting_worker_idle_and_restores_its_whole_tree() {
     let mark = baton.mark();
     baton.signal(Signal::HUP);
     baton.wait_for_after(mark, "worker 0 of generation 2 started", WAIT);
-    let (_, line) = baton.wait_for_after(mark, "probe: grandchild pid", WAIT);
+    let (_, line) = baton.wait_until_after(mark, "generation 2's grandchild", WAIT, |l| {
+        l.contains("probe: grandchild pid") && l != first_child
+    });
     let grandchild: u32 = line
         .rsplit(' ')
         .next()
