@@ -293,3 +293,40 @@ fn quiet_boot_off_boots_at_the_normal_priority() {
     baton.clear_script();
     stop_cleanly(baton);
 }
+
+/// `strategy` in the config file is read again at every reload: the very
+/// reload that reads `strategy = "rolling"` rolls, and a bad combination
+/// is refused with the file named, the serving generation untouched.
+#[test]
+fn the_config_file_strategy_applies_from_the_reload_that_reads_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("baton.toml");
+    let probe = baton_e2e::bin("baton-probe");
+    let command = format!(
+        "command = [{:?}, \"--drain-ms\", \"50\"]\nworkers = 2\n",
+        probe.display().to_string()
+    );
+    std::fs::write(&file, format!("{command}strategy = \"overlap\"\n")).expect("write");
+    let baton = BatonCmd::new().arg("--config").arg(&file).spawn();
+    baton.wait_for("generation 1 ready", WAIT);
+    std::fs::write(
+        &file,
+        format!("{command}strategy = \"rolling\"\nready = \"delay:1s\"\n"),
+    )
+    .expect("write");
+    let mark = baton.mark();
+    baton.signal(Signal::HUP);
+    baton.wait_for_after(mark, "needs to know when each one is ready", WAIT);
+    assert!(!baton.seen_after(mark, "generation 2 starting"));
+    std::fs::write(&file, format!("{command}strategy = \"rolling\"\n")).expect("write");
+    let mark = baton.mark();
+    baton.signal(Signal::HUP);
+    baton.wait_for_after(
+        mark,
+        "rolling reload: generation 2 replaces generation 1",
+        WAIT,
+    );
+    baton.wait_for_after(mark, "generation 2 ready", WAIT);
+    baton.wait_for_after(mark, "generation 1 exited", WAIT);
+    stop_cleanly(baton);
+}
