@@ -418,3 +418,53 @@ fn timers_counters_and_settings_carry_over() {
         assert!(now.contains(field), "after the upgrade, {field}: {now}");
     }
 }
+
+/// The scheduling policy of `pid` (field 41 of /proc/PID/stat; 5 is
+/// `SCHED_IDLE`).
+fn sched_policy(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(41 - 3)?.parse().ok()
+}
+
+/// A rolling reload in progress goes on across an upgrade with its
+/// settings (strategy, surge, quiet boot): the new image replaces the old
+/// workers one at a time and gives the quiet worker its priority back.
+#[test]
+fn a_rolling_reload_in_progress_goes_on_across_an_upgrade_with_its_settings() {
+    let baton = BatonCmd::new()
+        .args([
+            "--workers",
+            "2",
+            "--strategy",
+            "rolling",
+            "--max-surge",
+            "1",
+            "--max-draining",
+            "2",
+        ])
+        .probe(&["--drain-ms", "50"])
+        .spawn();
+    baton.wait_for("generation 1 ready", WAIT);
+    baton.set_script("--ready-after 1500ms");
+    let mark = baton.mark();
+    baton.signal(Signal::HUP);
+    baton.wait_for_after(mark, "worker 0 of generation 2 started", WAIT);
+    let quiet = baton.workers_of(2)[0].pid;
+    assert_eq!(sched_policy(quiet), Some(5), "booting quietly");
+    let (code, out) = ctl(&baton, &["upgrade"]);
+    assert_eq!(code, Some(0), "{out}");
+    let (upgraded, _) = baton.wait_for_after(mark, "upgraded in place", WAIT);
+    // The worker read its script (a quiet worker may start late).
+    baton.wait_for_after(mark, "probe gen=2 worker=0 pid", WAIT);
+    assert!(baton.seen_after(mark, "(script: --ready-after 1500ms)"));
+    // After the upgrade: one old worker replaced per new ready one, and
+    // the second new worker only once there is room (3 processes).
+    baton.wait_for_after(upgraded, "draining: replaced", WAIT);
+    baton.wait_for_after(upgraded, "worker 1 of generation 2 started", WAIT);
+    baton.wait_for_after(upgraded, "generation 2 ready", WAIT);
+    baton.clear_script();
+    baton.wait_for_after(upgraded, "generation 1 exited", WAIT);
+    assert_eq!(sched_policy(quiet), Some(0), "the new image restored it");
+    assert_eq!(baton.count("rolling reload: generation 2"), 1);
+}

@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::lifecycle::{Policy, ReadyMode};
+use crate::lifecycle::{Policy, ReadyMode, Strategy};
 use crate::listen::ListenSpec;
 
 /// Everything `baton run` needs, validated.
@@ -146,6 +146,82 @@ pub fn parse_metrics(s: &str) -> Result<ListenSpec, String> {
             "{s:?}: the metrics endpoint speaks HTTP over TCP, not UDP; write a TCP address, e.g. 127.0.0.1:9100"
         )),
     }
+}
+
+/// Parses `--strategy`: `overlap`, `rolling` or `restart`.
+pub fn parse_strategy(s: &str) -> Result<Strategy, String> {
+    match s {
+        "overlap" => Ok(Strategy::Overlap),
+        "rolling" => Ok(Strategy::Rolling),
+        "restart" => Ok(Strategy::Restart),
+        _ => Err(format!(
+            "unknown strategy {s:?}; use overlap (the whole new generation beside the old one), rolling (a few workers at a time, see --max-surge) or restart (stop, then start: for apps that cannot run twice)"
+        )),
+    }
+}
+
+/// The most `--max-draining` allows.
+pub const MAX_DRAINING: usize = 64;
+
+/// Parses `--max-surge`: 1 or more (at most the workers limit).
+pub fn parse_max_surge(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err(
+            "--max-surge 0 would never start a new worker: a rolling reload starts a new worker before an old one drains; use 1 or more (or --strategy restart to stop first)".into(),
+        ),
+        Ok(n) if n > crate::runtime::MAX_WORKERS => Err(format!(
+            "--max-surge {n} is more than the limit of {} workers",
+            crate::runtime::MAX_WORKERS
+        )),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a number of processes; write e.g. --max-surge 1")),
+    }
+}
+
+/// Parses `--max-draining`: 1 to [`MAX_DRAINING`].
+pub fn parse_max_draining(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err(
+            "--max-draining 0 would kill the old generation the moment the new one is ready, cutting off its requests; use 1 or more (past that many draining generations the oldest is killed)".into(),
+        ),
+        Ok(n) if n > MAX_DRAINING => Err(format!(
+            "--max-draining {n} is more than the limit of {MAX_DRAINING}"
+        )),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!(
+            "{s:?} is not a number of generations; write e.g. --max-draining 2"
+        )),
+    }
+}
+
+/// Parses an `on`/`off` switch (`--quiet-boot`).
+pub fn parse_switch(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" | "yes" => Ok(true),
+        "off" | "false" | "no" => Ok(false),
+        _ => Err(format!("{s:?} is neither on nor off")),
+    }
+}
+
+/// Why these settings cannot be used together (checked for the flags and
+/// the config file alike, at start and on every reload).
+pub fn check_policy(p: &Policy) -> Result<(), String> {
+    if p.strategy == Strategy::Rolling && (!p.ready.per_worker() || p.ready.gen_wide()) {
+        return Err(format!(
+            "--strategy rolling replaces workers one at a time, so it needs to know when each one is ready: use --ready notify, fd, accepting or notify|accepting (--ready {} tells about a whole generation)",
+            match &p.ready {
+                ReadyMode::Delay(_) => "delay:DURATION",
+                ReadyMode::Exec(_) => "exec:CMD",
+                ReadyMode::AcceptingAndExec(_) => "accepting+exec:CMD",
+                ReadyMode::Notify
+                | ReadyMode::Fd
+                | ReadyMode::Accepting
+                | ReadyMode::NotifyOrAccepting
+                | ReadyMode::Dispatch => "this mode",
+            }
+        ));
+    }
+    Ok(())
 }
 
 /// Parses `--ready`: `notify`, `fd`, `delay:DURATION`, `exec:CMD`,
@@ -421,6 +497,43 @@ mod tests {
             !e.contains("unix:"),
             "the endpoint takes no Unix socket: {e}"
         );
+    }
+
+    #[test]
+    fn strategies_and_their_numbers() {
+        assert_eq!(parse_strategy("rolling"), Ok(Strategy::Rolling));
+        assert_eq!(parse_strategy("restart"), Ok(Strategy::Restart));
+        assert_eq!(parse_strategy("overlap"), Ok(Strategy::Overlap));
+        assert!(
+            parse_strategy("rollin")
+                .expect_err("typo")
+                .contains("unknown strategy \"rollin\"; use overlap")
+        );
+        assert_eq!(parse_max_surge("2"), Ok(2));
+        assert!(parse_max_surge("0").expect_err("0").contains("never start"));
+        assert!(
+            parse_max_surge("x")
+                .expect_err("x")
+                .contains("not a number")
+        );
+        assert_eq!(parse_max_draining("3"), Ok(3));
+        assert!(
+            parse_max_draining("0")
+                .expect_err("0")
+                .contains("use 1 or more")
+        );
+        assert!(parse_max_draining("65").expect_err("65").contains("limit"));
+        assert_eq!(parse_switch("off"), Ok(false));
+        assert!(parse_switch("maybe").is_err());
+        let mut p = Policy::new(2, ReadyMode::Delay(Duration::from_secs(1)));
+        p.strategy = Strategy::Rolling;
+        assert!(
+            check_policy(&p)
+                .expect_err("rolling needs per-worker readiness")
+                .contains("--ready delay:DURATION tells about a whole generation")
+        );
+        p.ready = ReadyMode::Accepting;
+        assert_eq!(check_policy(&p), Ok(()));
     }
 
     #[test]

@@ -37,11 +37,12 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::config::{
-    CgroupMode, CommandError, Settings, parse_cgroups, parse_duration, parse_metrics, parse_ready,
-    parse_signal, resolve_program,
+    CgroupMode, CommandError, Settings, check_policy, parse_cgroups, parse_duration,
+    parse_max_draining, parse_max_surge, parse_metrics, parse_ready, parse_signal, parse_strategy,
+    parse_switch, resolve_program,
 };
 use crate::dispatch::{DispatchMode, DispatchOrder, DispatchSettings, Overload};
-use crate::lifecycle::{Policy, ReadyMode};
+use crate::lifecycle::{Policy, ReadyMode, Strategy};
 use crate::listen::ListenSpec;
 
 /// The defaults of `baton run`'s flags, in one place.
@@ -53,6 +54,9 @@ pub mod defaults {
     pub const STOP_SIGNAL: i32 = libc::SIGTERM;
     pub const WATCH_DEBOUNCE: Duration = Duration::from_millis(300);
     pub const NAME: &str = "baton";
+    pub const MAX_SURGE: usize = crate::lifecycle::DEFAULT_MAX_SURGE;
+    pub const MAX_DRAINING: usize = crate::lifecycle::DEFAULT_MAX_DRAINING;
+    pub const QUIET_BOOT: bool = true;
 }
 
 /// The flags given on the command line; `None` (or empty) when not given,
@@ -73,6 +77,14 @@ pub struct Overrides {
     pub watch_ignore: Vec<String>,
     pub watch_debounce: Option<Duration>,
     pub cgroups: Option<CgroupMode>,
+    #[serde(default)]
+    pub strategy: Option<Strategy>,
+    #[serde(default)]
+    pub max_surge: Option<usize>,
+    #[serde(default)]
+    pub max_draining: Option<usize>,
+    #[serde(default)]
+    pub quiet_boot: Option<bool>,
     /// `--env K=V`, on top of the file's `[env]`.
     pub env: Vec<(String, String)>,
     /// The command after `--` (empty: the file's `command`).
@@ -156,6 +168,22 @@ enum OneOrMany {
     Many(Vec<PathBuf>),
 }
 
+/// A number given as a TOML integer or a string (`max_surge = 2`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawCount {
+    Int(i64),
+    Text(String),
+}
+
+/// `quiet_boot = true` or `quiet_boot = "off"`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawSwitch {
+    Bool(bool),
+    Text(String),
+}
+
 /// `control = "/path"` or `control = false`.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -188,6 +216,10 @@ struct RawFile {
     watch_ignore: Option<Vec<String>>,
     watch_debounce: Option<Spanned<RawDuration>>,
     cgroups: Option<Spanned<String>>,
+    strategy: Option<Spanned<String>>,
+    max_surge: Option<Spanned<RawCount>>,
+    max_draining: Option<Spanned<RawCount>>,
+    quiet_boot: Option<Spanned<RawSwitch>>,
     env: Option<BTreeMap<String, Spanned<String>>>,
     env_file: Option<Spanned<OneOrMany>>,
     clear_env: Option<bool>,
@@ -236,6 +268,10 @@ struct FileSettings {
     watch_ignore: Option<Vec<String>>,
     watch_debounce: Option<Duration>,
     cgroups: Option<CgroupMode>,
+    strategy: Option<Strategy>,
+    max_surge: Option<usize>,
+    max_draining: Option<usize>,
+    quiet_boot: Option<bool>,
     env: Vec<(String, String)>,
     /// Relative paths made relative to the config file's directory.
     env_files: Option<Vec<PathBuf>>,
@@ -279,6 +315,27 @@ impl Source<'_> {
     fn error(&self, span: Range<usize>, message: impl std::fmt::Display) -> LoadError {
         let (line, col) = line_col(self.text, span.start);
         LoadError::usage(format!("{}:{line}:{col}: {message}", self.path.display()))
+    }
+
+    /// A count through the flag's own parser (`parser` names the flag in
+    /// its messages; here the key is named instead).
+    fn count(
+        &self,
+        v: &Spanned<RawCount>,
+        key: &str,
+        parser: fn(&str) -> Result<usize, String>,
+    ) -> Result<usize, LoadError> {
+        let text = match v.get_ref() {
+            RawCount::Int(n) => n.to_string(),
+            RawCount::Text(t) => t.clone(),
+        };
+        parser(&text).map_err(|e| {
+            let e = e.replace(
+                &format!("--{} ", key.replace('_', "-")),
+                &format!("{key} = "),
+            );
+            self.error(v.span(), format!("{key}: {e}"))
+        })
     }
 
     fn duration(&self, v: &Spanned<RawDuration>, key: &str) -> Result<Duration, LoadError> {
@@ -472,6 +529,29 @@ fn parse_file(path: &Path, text: &str) -> Result<FileSettings, LoadError> {
     }
     text.clone_into(&mut out.text);
     out.path = path.to_path_buf();
+    if let Some(v) = raw.strategy {
+        out.strategy = Some(
+            parse_strategy(v.get_ref())
+                .map_err(|e| src.error(v.span(), format!("strategy: {e}")))?,
+        );
+    }
+    if let Some(v) = &raw.max_surge {
+        out.max_surge = Some(src.count(v, "max_surge", parse_max_surge)?);
+    }
+    if let Some(v) = &raw.max_draining {
+        out.max_draining = Some(src.count(v, "max_draining", parse_max_draining)?);
+    }
+    if let Some(v) = raw.quiet_boot {
+        out.quiet_boot = Some(match v.get_ref() {
+            RawSwitch::Bool(b) => *b,
+            RawSwitch::Text(t) => parse_switch(t).map_err(|e| {
+                src.error(
+                    v.span(),
+                    format!("quiet_boot: {e}; write quiet_boot = \"on\" or \"off\""),
+                )
+            })?,
+        });
+    }
     if let Some(env) = raw.env {
         for (k, v) in env {
             if k.is_empty() || k.contains('=') {
@@ -701,6 +781,19 @@ pub fn load(file: Option<&Path>, over: &Overrides) -> Result<Settings, LoadError
                 .stop_signal
                 .or(f.stop_signal)
                 .unwrap_or(defaults::STOP_SIGNAL),
+            strategy: over.strategy.or(f.strategy).unwrap_or_default(),
+            max_surge: over
+                .max_surge
+                .or(f.max_surge)
+                .unwrap_or(defaults::MAX_SURGE),
+            max_draining: over
+                .max_draining
+                .or(f.max_draining)
+                .unwrap_or(defaults::MAX_DRAINING),
+            quiet_boot: over
+                .quiet_boot
+                .or(f.quiet_boot)
+                .unwrap_or(defaults::QUIET_BOOT),
         },
         chdir,
         control,
@@ -723,6 +816,17 @@ pub fn load(file: Option<&Path>, over: &Overrides) -> Result<Settings, LoadError
         metrics: over.metrics.clone().or(f.metrics),
         dispatch,
     };
+    check_policy(&settings.policy).map_err(|e| LoadError::usage(from_file(&e)))?;
+    let surge_given = over.max_surge.is_some() || f.max_surge.is_some();
+    if surge_given && settings.policy.strategy != Strategy::Rolling {
+        tracing::warn!(
+            "{}",
+            from_file(&format!(
+                "--max-surge applies to --strategy rolling only; with --strategy {} it changes nothing",
+                settings.policy.strategy
+            ))
+        );
+    }
     Ok(settings)
 }
 
@@ -980,6 +1084,10 @@ watch_ignore = ["*.pyc"]
 watch_debounce = "100ms"
 cgroups = "off"
 metrics = "127.0.0.1:9100"
+strategy = "rolling"
+max_surge = 2
+max_draining = "3"
+quiet_boot = "off"
 
 [[listen]]
 name = "web"
@@ -1004,6 +1112,10 @@ RUST_LOG = "info"
         assert!(matches!(f.control, Some(ControlSetting::Off)));
         assert_eq!(f.cgroups, Some(CgroupMode::Off));
         assert_eq!(f.metrics.map(|m| m.text), Some("127.0.0.1:9100".to_owned()));
+        assert_eq!(f.strategy, Some(Strategy::Rolling));
+        assert_eq!(f.max_surge, Some(2));
+        assert_eq!(f.max_draining, Some(3));
+        assert_eq!(f.quiet_boot, Some(false));
         let listen = f.listen.expect("listeners");
         assert_eq!(listen.len(), 3);
         assert!(listen[2].addr.is_datagram());
@@ -1102,6 +1214,22 @@ RUST_LOG = "info"
                 "metrics = \"unix:/tmp/m.sock\"\n",
                 "baton.toml:1:11:",
                 "needs a TCP address",
+            ),
+            (
+                "strategy = \"rollin\"\n",
+                "baton.toml:1:12:",
+                "strategy: unknown strategy \"rollin\"",
+            ),
+            (
+                "max_surge = 0\n",
+                "baton.toml:1:13:",
+                "max_surge: max_surge = 0 would never start",
+            ),
+            ("max_draining = -1\n", "baton.toml:1:16:", "max_draining:"),
+            (
+                "quiet_boot = \"maybe\"\n",
+                "baton.toml:1:14:",
+                "quiet_boot: \"maybe\" is neither on nor off",
             ),
         ];
         for (text, at, what) in cases {

@@ -162,6 +162,7 @@ impl Guard {
             program_fd: None,
             credentials: None,
             no_new_privs: false,
+            sched_idle: false,
         })
         .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
         drop(rx);

@@ -52,6 +52,7 @@ pub mod metrics;
 pub mod notify;
 pub mod output;
 pub mod privileges;
+pub mod quiet;
 pub mod runtime;
 pub mod signals;
 pub mod stamp;

@@ -7,20 +7,33 @@
 //! The whole table of transitions is the one `match (phase, event)` in
 //! `Lifecycle::step`, in this file; the handlers it calls live beside it by
 //! concern: `generations` (start, ready, retire, fail), `workers` (spawned,
-//! ready, exited, restarts), `timers`, `scale`, `stop`, `status`,
+//! ready, exited, restarts), `strategy` (rolling and restart reloads, their
+//! rollback, `--max-draining`), `timers`, `scale`, `stop`, `status`,
 //! `accepting` and `dispatch` (a worker that does not answer a dispatch).
 //!
 //! # Invariants
 //!
-//! 1. At most two generations exist at any time.
-//! 2. At most one generation is not serving (the one starting, draining or
-//!    being killed after a failed start).
+//! 1. At most one generation serves, at most one is starting, at most one
+//!    is being killed after a failed start, and at most
+//!    [`Policy::max_draining`] drain (the oldest past that is killed at once,
+//!    and only [`Role`] `Killed` ones, on their way out within moments, come
+//!    on top). With the default of one draining generation that is at most
+//!    three generations with processes that matter.
+//! 2. A reload starts while earlier generations still drain (it never waits
+//!    for a slow drain); it waits for a failed generation to be gone, and
+//!    runs one reload at a time.
 //! 3. The serving generation is told to drain only after every worker of the
 //!    new generation reported ready (or the generation-wide readiness check
-//!    passed).
+//!    passed). With `--strategy rolling`, one old worker drains for each new
+//!    worker that reported ready, and never more; with `--strategy restart`
+//!    the old generation stops first and the new one starts only once no
+//!    process of any other generation is left (an app that cannot run twice
+//!    never does).
 //! 4. A failed start (a worker exits or crashes before ready, cannot be
 //!    spawned, or the readiness deadline passes) kills the new generation and
-//!    never signals the serving one.
+//!    never signals the serving one. In a rolling or restart reload, the old
+//!    generation's workers that had already been stopped are started again
+//!    from its own release (its pinned program), and the verdict says so.
 //! 5. A reload requested while another is in flight is queued and coalesced:
 //!    exactly one more reload runs after the current one has finished, never
 //!    two at once and never none.
@@ -33,6 +46,16 @@
 //!    so no grandchild outlives its worker. (The runtime does it while the
 //!    worker is still an unreaped zombie, so the group id cannot have been
 //!    reused; see `baton_sys::spawn::Child::signal_group`.)
+//! 8. During a rolling reload, the old and the new generation together never
+//!    have more than the new generation's workers plus
+//!    [`Policy::max_surge`] live processes (its rollback included; when the
+//!    reload also scales down, the old generation's larger count replaces
+//!    the new one's).
+//! 9. With quiet boot ([`Policy::quiet_boot`]), a worker of a starting
+//!    generation starts at the lowest CPU priority ([`Action::Spawn`]'s
+//!    `quiet`) and gets its normal priority back ([`Action::NormalPriority`])
+//!    as soon as it, or its generation, is ready, is told to stop, or has
+//!    not been ready within [`READY_HINT_AFTER`].
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -100,7 +123,7 @@ pub enum ReadyMode {
 
 impl ReadyMode {
     /// Whether each worker must be found ready.
-    fn per_worker(&self) -> bool {
+    pub fn per_worker(&self) -> bool {
         matches!(
             self,
             ReadyMode::Notify
@@ -113,7 +136,7 @@ impl ReadyMode {
     }
 
     /// Whether a generation-wide check (a delay, a command) must pass.
-    fn gen_wide(&self) -> bool {
+    pub fn gen_wide(&self) -> bool {
         matches!(
             self,
             ReadyMode::Delay(_) | ReadyMode::Exec(_) | ReadyMode::AcceptingAndExec(_)
@@ -148,6 +171,9 @@ impl ReadyMode {
 }
 
 /// The lifecycle's settings.
+///
+/// Fields added after the first state schema carry a default, so a state
+/// written by an older image (an upgrade in place) still reads.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Policy {
     pub workers: usize,
@@ -155,7 +181,60 @@ pub struct Policy {
     pub ready_timeout: Duration,
     pub grace: Duration,
     pub stop_signal: i32,
+    /// How a reload replaces the serving generation (the new generation's
+    /// setting decides).
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// `--strategy rolling`: how many processes beyond `workers` the old
+    /// and the new generation may have together (so how many new workers
+    /// start at a time).
+    #[serde(default = "default_max_surge")]
+    pub max_surge: usize,
+    /// How many replaced generations may drain at once; past it the oldest
+    /// is killed (a reload never waits for a slow drain).
+    #[serde(default = "default_max_draining")]
+    pub max_draining: usize,
+    /// Start the workers of a starting generation at the lowest CPU
+    /// priority until they are ready (invariant 9).
+    #[serde(default = "default_quiet_boot")]
+    pub quiet_boot: bool,
 }
+
+/// Default of [`Policy::max_surge`].
+pub const DEFAULT_MAX_SURGE: usize = 1;
+/// Default of [`Policy::max_draining`].
+pub const DEFAULT_MAX_DRAINING: usize = 1;
+
+fn default_max_surge() -> usize {
+    DEFAULT_MAX_SURGE
+}
+
+fn default_max_draining() -> usize {
+    DEFAULT_MAX_DRAINING
+}
+
+fn default_quiet_boot() -> bool {
+    true
+}
+
+impl Policy {
+    /// The settings baton runs with when nothing else is said.
+    pub fn new(workers: usize, ready: ReadyMode) -> Self {
+        Self {
+            workers,
+            ready,
+            ready_timeout: Duration::from_secs(60),
+            grace: Duration::from_secs(30),
+            stop_signal: 15,
+            strategy: Strategy::Overlap,
+            max_surge: DEFAULT_MAX_SURGE,
+            max_draining: DEFAULT_MAX_DRAINING,
+            quiet_boot: true,
+        }
+    }
+}
+
+pub use strategy::Strategy;
 
 /// How to stop.
 #[derive(
@@ -301,9 +380,21 @@ pub enum Action {
         generation: GenId,
     },
     /// Start a worker; answer with [`Event::Spawned`] or [`Event::SpawnFailed`].
+    /// With `quiet`, at the lowest CPU priority (quiet boot), until
+    /// [`Action::NormalPriority`] names it.
     Spawn {
         generation: GenId,
         slot: Slot,
+        quiet: bool,
+    },
+    /// Quiet boot is over for these workers (each with its whole process
+    /// tree) and, with `whole`, for the generation as such (its cgroup's
+    /// CPU weight, where that is how it was kept quiet): give them their
+    /// normal CPU priority back.
+    NormalPriority {
+        generation: GenId,
+        slots: Vec<Slot>,
+        whole: bool,
     },
     /// Run the `exec:` readiness probe once; answer with [`Event::ProbeDone`].
     RunProbe {
@@ -399,10 +490,17 @@ enum Role {
     Failed,
     /// Being stopped because baton stops.
     Stopping,
+    /// Was draining, and more generations than `--max-draining` drained:
+    /// `SIGKILL`ed, on its way out.
+    Killed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum WorkerState {
+    /// Waits for its turn: a rolling reload starts it once the process
+    /// budget allows, a restart once the other generation is gone, a
+    /// rollback once the failed generation's processes make room.
+    Pending,
     /// Asked the runtime to spawn it; no answer yet.
     Spawning,
     Running {
@@ -413,6 +511,11 @@ enum WorkerState {
     Restarting,
     /// Told to stop because the generation was scaled down.
     Removing {
+        pid: u32,
+    },
+    /// Told to stop by a rolling reload (a new worker took its place) or a
+    /// restart (its generation stops before the new one starts).
+    Replaced {
         pid: u32,
     },
     Exited,
@@ -429,6 +532,10 @@ struct Worker {
     /// `--ready accepting`: what the last look found, while not ready.
     #[serde(default)]
     accept_seen: Option<String>,
+    /// Started at the lowest CPU priority (quiet boot) and not yet given
+    /// its normal one back.
+    #[serde(default)]
+    quiet: bool,
 }
 
 impl Worker {
@@ -440,13 +547,25 @@ impl Worker {
             quick_restarts: 0,
             restarts: 0,
             accept_seen: None,
+            quiet: false,
+        }
+    }
+
+    /// A slot that waits for its turn ([`WorkerState::Pending`]).
+    fn pending() -> Self {
+        Self {
+            state: WorkerState::Pending,
+            ..Self::new()
         }
     }
 
     fn alive(&self) -> bool {
         matches!(
             self.state,
-            WorkerState::Spawning | WorkerState::Running { .. } | WorkerState::Removing { .. }
+            WorkerState::Spawning
+                | WorkerState::Running { .. }
+                | WorkerState::Removing { .. }
+                | WorkerState::Replaced { .. }
         )
     }
 }
@@ -475,11 +594,33 @@ struct Generation {
     /// Some worker of it had to be sent `SIGKILL`.
     #[serde(default)]
     killed: bool,
+    /// On the serving generation: the rolling or restart reload that is
+    /// replacing it (a worker it stopped exits for good rather than being
+    /// started again).
+    #[serde(default)]
+    replacement: Option<GenId>,
+    /// On the serving generation, during a rolling reload: how many of its
+    /// workers were told to make room so far (one per new ready worker).
+    #[serde(default)]
+    rolled_out: usize,
+    /// On a restart's new generation: how long after the old one was told
+    /// to stop its first worker was ready (what clients waited at most).
+    #[serde(default)]
+    first_ready: Option<Duration>,
+    /// Quiet boot is over for the generation as such (see
+    /// [`Action::NormalPriority`]).
+    #[serde(default)]
+    quiet_over: bool,
 }
 
 impl Generation {
     fn alive(&self) -> bool {
         self.workers.iter().any(Worker::alive)
+    }
+
+    /// Its live processes (spawning, running or on their way out).
+    fn live(&self) -> usize {
+        self.workers.iter().filter(|w| w.alive()).count()
     }
 
     fn ready(&self) -> bool {
@@ -586,6 +727,9 @@ pub struct Lifecycle {
     /// When the last reload got its verdict.
     #[serde(default, with = "crate::stamp::option")]
     last_reload_at: Option<Instant>,
+    /// The rolling or restart reload in progress, or its rollback.
+    #[serde(default)]
+    handover: Option<strategy::Handover>,
     /// Actions of the step in progress (always empty between steps).
     #[serde(skip)]
     out: Vec<Action>,
@@ -621,6 +765,7 @@ impl Lifecycle {
             inflight_tickets: Vec::new(),
             last_reload: None,
             last_reload_at: None,
+            handover: None,
             out: Vec::new(),
             now: None,
         }
@@ -691,6 +836,9 @@ impl Lifecycle {
         if let Err(e) = self.step(&event, now) {
             self.log(Level::Error, e.to_string());
         }
+        // Whatever the event made possible in a rolling or restart reload
+        // (a worker to start, one to drain) happens now.
+        self.advance(now);
         self.check_invariants();
         std::mem::take(&mut self.out)
     }
@@ -710,9 +858,16 @@ impl Lifecycle {
                 self.take_ticket(event);
                 self.queue_reload("a reload is in progress");
             }
+            // Generations that only drain do not hold a reload back (it
+            // starts at once; --max-draining bounds them); a failed one, or a
+            // rollback still under way, does.
             (Retiring, Event::Reload | Event::ReloadRequest(_)) => {
                 self.take_ticket(event);
-                self.queue_reload("the previous generation is still exiting");
+                if self.can_start_reload() {
+                    self.start_generation(now);
+                } else {
+                    self.queue_reload(self.why_reload_waits());
+                }
             }
             (Stopping(_) | Done, Event::Reload) => {
                 self.log(Level::Info, "reload ignored: baton is stopping".into());
@@ -724,7 +879,7 @@ impl Lifecycle {
                 });
             }
 
-            (Booting | Serving | Reloading | Retiring, Event::Scale(n)) => self.scale(*n),
+            (Booting | Serving | Reloading | Retiring, Event::Scale(n)) => self.scale(*n, now),
             (Stopping(_) | Done, Event::Scale(_)) => {
                 self.log(Level::Info, "scale ignored: baton is stopping".into());
             }
@@ -734,6 +889,8 @@ impl Lifecycle {
             }
             (Booting | Serving | Reloading | Retiring, Event::Configure(policy)) => {
                 self.policy = policy.clone();
+                // A lower --max-draining holds at once.
+                self.enforce_max_draining();
             }
             (Stopping(_) | Done, Event::Forward(signal)) => {
                 self.log(
@@ -888,23 +1045,49 @@ impl Lifecycle {
         self.policy.workers
     }
 
-    /// Checks invariants 1 and 2 after every step (debug builds panic, so
+    /// Checks invariants 1 and 8 after every step (debug builds panic, so
     /// tests catch a violation at the transition that caused it).
     fn check_invariants(&self) {
+        let count = |role: Role| self.gens.iter().filter(|g| g.role == role).count();
+        let roles = || self.gens.iter().map(|g| (g.id, g.role)).collect::<Vec<_>>();
         debug_assert!(
-            self.gens.len() <= 2,
-            "invariant 1: at most two generations, have {:?}",
-            self.gens.iter().map(|g| (g.id, g.role)).collect::<Vec<_>>()
+            count(Role::Serving) <= 1,
+            "one serving generation: {:?}",
+            roles()
         );
         debug_assert!(
-            self.gens.iter().filter(|g| g.role == Role::Serving).count() <= 1,
-            "at most one serving generation"
+            count(Role::Starting) <= 1,
+            "one starting generation: {:?}",
+            roles()
         );
-        debug_assert!(
-            self.gens.iter().filter(|g| g.role != Role::Serving).count() <= 1
-                || matches!(self.phase, Phase::Stopping(_) | Phase::Done),
-            "invariant 2: at most one generation that is not serving"
-        );
+        if !matches!(self.phase, Phase::Stopping(_) | Phase::Done) {
+            debug_assert!(
+                count(Role::Failed) <= 1,
+                "invariant 1: one failed generation: {:?}",
+                roles()
+            );
+            debug_assert!(
+                count(Role::Draining) <= self.policy.max_draining.max(1),
+                "invariant 1: at most {} draining: {:?}",
+                self.policy.max_draining,
+                roles()
+            );
+        }
+        if let Some(h) = &self.handover
+            && h.strategy == Strategy::Rolling
+        {
+            let live: usize = self
+                .gens
+                .iter()
+                .filter(|g| g.id == h.old || g.id == h.new)
+                .map(Generation::live)
+                .sum();
+            debug_assert!(
+                live <= h.budget,
+                "invariant 8: {live} processes in a rolling reload allowed {}",
+                h.budget
+            );
+        }
     }
 }
 
@@ -925,6 +1108,7 @@ mod generations;
 mod scale;
 mod status;
 mod stop;
+mod strategy;
 mod timers;
 mod workers;
 

@@ -41,6 +41,7 @@ mod dispatch;
 mod events;
 mod metrics;
 mod privileges;
+mod quiet;
 mod readiness;
 mod reconfig;
 mod resume;
@@ -723,7 +724,16 @@ impl Runtime {
         for action in actions {
             match action {
                 Action::PrepareGeneration { generation } => self.prepare(generation),
-                Action::Spawn { generation, slot } => self.spawn(generation, slot),
+                Action::Spawn {
+                    generation,
+                    slot,
+                    quiet,
+                } => self.spawn(generation, slot, quiet),
+                Action::NormalPriority {
+                    generation,
+                    slots,
+                    whole: _,
+                } => self.normal_priority(generation, &slots),
                 Action::RunProbe { generation } => self.run_probe(generation),
                 Action::CheckAccepting { generation, after } => {
                     self.check_accepting(generation, after);

@@ -91,6 +91,8 @@ pub struct WorkerSpec {
     /// `--dispatch`: the worker gets a channel (and, in pass mode, no
     /// listener: baton accepts).
     pub dispatch: Option<crate::dispatch::DispatchMode>,
+    /// Start it at `SCHED_IDLE` (quiet boot).
+    pub sched_idle: bool,
 }
 
 fn nonblocking_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
@@ -195,6 +197,7 @@ pub fn spawn_worker(
         program_fd: None,
         credentials: credentials.as_ref(),
         no_new_privs: spec.no_new_privs,
+        sched_idle: spec.sched_idle,
     })
     .map_err(explain)?;
     on_forked(forked.pid());
@@ -325,6 +328,7 @@ pub fn spawn_probe(
         program_fd: None,
         credentials: credentials.as_ref(),
         no_new_privs,
+        sched_idle: false,
     })
     .map_err(explain)?;
     on_forked(forked.pid());

@@ -11,6 +11,7 @@
 //!   environment after `pre_exec` closures run, and `setenv` allocates, which
 //!   is not allowed between fork and exec); it also drops a worker's
 //!   privileges (`--user`) between the two;
+//! * [`sched`]: a thread's CPU scheduling policy (quiet boot);
 //! * [`user`]: looking users and groups up by name or number.
 //!
 //! Each `unsafe` block carries a `// SAFETY:` comment saying why it is sound.
@@ -18,5 +19,6 @@
 
 pub mod fd;
 pub mod reexec;
+pub mod sched;
 pub mod spawn;
 pub mod user;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use baton_supervisor::config::{self, Settings};
 use baton_supervisor::config_file::{self, LoadErrorKind, Overrides};
 use baton_supervisor::dispatch::{DispatchMode, DispatchOrder, Overload};
-use baton_supervisor::lifecycle::ReadyMode;
+use baton_supervisor::lifecycle::{ReadyMode, Strategy};
 use baton_supervisor::listen::{self, ListenSpec};
 use baton_supervisor::runtime::Runtime;
 use clap::{Parser, Subcommand};
@@ -74,6 +74,7 @@ enum Command {
 const RUN_HELP: &str = "\
 Signals:
   HUP           reload: start a new generation, wait until it is ready, drain the old one
+                (--strategy rolling: a few workers at a time; restart: stop, then start)
   TERM, INT     graceful stop (another one, once baton is stopping, stops immediately)
   PWR           graceful stop (what LXC sends its init)
   QUIT          immediate stop (SIGKILL to every worker)
@@ -284,6 +285,34 @@ struct RunArgs {
     /// --overload answers it (503, or close) [default: 1s]
     #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
     queue_timeout: Option<Duration>,
+    /// How a reload replaces the serving generation: overlap (the whole new
+    /// generation starts beside the old one, which drains once every new
+    /// worker is ready), rolling (a few workers at a time: a new worker must
+    /// be ready before an old one drains, at most workers + --max-surge
+    /// processes) or restart (stop, then start: for apps that cannot run
+    /// twice; connections wait in the listen queue meanwhile) [default:
+    /// overlap]
+    #[arg(long, value_name = "STRATEGY", value_parser = config::parse_strategy)]
+    strategy: Option<Strategy>,
+
+    /// With --strategy rolling: how many processes beyond --workers the old
+    /// and the new generation may have together, so how many new workers
+    /// start at a time [default: 1]
+    #[arg(long, value_name = "N", value_parser = config::parse_max_surge)]
+    max_surge: Option<usize>,
+
+    /// How many replaced generations may drain at once; past that, the
+    /// oldest is killed (a reload never waits for a slow drain) [default: 1]
+    #[arg(long, value_name = "N", value_parser = config::parse_max_draining)]
+    max_draining: Option<usize>,
+
+    /// Start each worker of a reload's new generation at the lowest CPU
+    /// priority (SCHED_IDLE, with its whole process tree) until it is
+    /// ready, so a booting generation does not slow the one serving; needs
+    /// CAP_SYS_NICE or RLIMIT_NICE 20 to give the priority back: on or off
+    /// [default: on]
+    #[arg(long, value_name = "on|off", value_parser = config::parse_switch)]
+    quiet_boot: Option<bool>,
 
     /// The server command and its arguments (after --)
     #[arg(trailing_var_arg = true, value_name = "COMMAND")]
@@ -308,6 +337,10 @@ impl RunArgs {
             watch_ignore: self.watch_ignore.clone(),
             watch_debounce: self.watch_debounce,
             cgroups: self.cgroups,
+            strategy: self.strategy,
+            max_surge: self.max_surge,
+            max_draining: self.max_draining,
+            quiet_boot: self.quiet_boot,
             env: self.env.clone(),
             command: self.command.clone(),
             env_files: self.env_file.clone(),

@@ -7,8 +7,8 @@ use crate::events::Notice;
 
 use super::{
     Action, GenId, Generation, Level, Lifecycle, Phase, READY_HINT_AFTER, ROLLBACK_GRACE,
-    ReadyMode, ReloadOutcome, Role, Sd, Slot, StopKind, TimerKey, Worker, WorkerState, exit, ms,
-    plural,
+    ReadyMode, ReloadOutcome, Role, Sd, Slot, StopKind, Strategy, TimerKey, Worker, WorkerState,
+    exit, ms, plural,
 };
 
 impl Lifecycle {
@@ -29,22 +29,43 @@ impl Lifecycle {
         let id = self.next_id;
         self.next_id += 1;
         let n = self.policy.workers;
+        let old = self.gens.iter().position(|g| g.role == Role::Serving);
+        let strategy = match old {
+            Some(_) => self.effective_strategy(),
+            None => Strategy::Overlap,
+        };
+        // Rolling and restart start their workers as the handover allows
+        // (see `advance`); overlap starts them all now.
+        let handover = strategy != Strategy::Overlap;
         self.gens.push(Generation {
             id,
             policy: self.policy.clone(),
             role: Role::Starting,
-            workers: (0..n).map(|_| Worker::new()).collect(),
+            workers: (0..n)
+                .map(|_| {
+                    if handover {
+                        Worker::pending()
+                    } else {
+                        Worker::new()
+                    }
+                })
+                .collect(),
             started: now,
             ready_after: None,
             gen_ready: false,
             accept_since: None,
             retired_at: None,
             killed: false,
+            replacement: None,
+            rolled_out: 0,
+            first_ready: None,
+            quiet_over: false,
         });
-        self.phase = if let Some(serving) = self.serving() {
+        let ni = self.gens.len() - 1;
+        self.phase = if let Some(oi) = old {
             self.notice(Notice::ReloadStarted {
                 generation: id,
-                serving,
+                serving: self.gens[oi].id,
             });
             self.counters.reloads_started += 1;
             self.inflight_tickets = std::mem::take(&mut self.queued_tickets);
@@ -63,11 +84,12 @@ impl Lifecycle {
             workers: n,
         });
         self.out.push(Action::PrepareGeneration { generation: id });
+        if let (true, Some(oi)) = (handover, old) {
+            self.begin_handover(oi, ni, strategy);
+            return;
+        }
         for slot in 0..n {
-            self.out.push(Action::Spawn {
-                generation: id,
-                slot,
-            });
+            self.spawn_slot(ni, slot, now);
         }
         self.set_timer(TimerKey::ReadyDeadline(id), self.policy.ready_timeout);
         self.set_timer(TimerKey::ReadyHint(id), READY_HINT_AFTER);
@@ -118,11 +140,26 @@ impl Lifecycle {
             Level::Info,
             format!("generation {generation} ready in {} ms", ms(took)),
         );
+        self.end_quiet_boot(gi, None);
         // Invariant 3: only now is the previous generation told to drain.
         let old = self
             .gens
             .iter()
             .position(|g| g.role == Role::Serving && g.id != generation);
+        let handover = self.handover.take();
+        if let Some(h) = &handover
+            && h.strategy == Strategy::Restart
+        {
+            let window = self.gens[gi].first_ready.unwrap_or(took);
+            self.log(
+                Level::Info,
+                format!(
+                    "restart: no worker served for {} ms (from generation {}'s stop signal to generation {generation}'s first ready worker); connections waited in the listen queue",
+                    ms(window),
+                    h.old
+                ),
+            );
+        }
         self.gens[gi].role = Role::Serving;
         self.gens[gi].ready_after = Some(took);
         self.notice(Notice::GenerationReady { generation, took });
@@ -131,7 +168,7 @@ impl Lifecycle {
             serving: generation,
             note: None,
         }));
-        self.apply_scale(gi);
+        self.apply_scale(gi, now);
         match old {
             Some(oi) => {
                 self.counters.reloads_succeeded += 1;
@@ -141,6 +178,8 @@ impl Lifecycle {
                     took,
                 });
                 self.last_reload_at = Some(now);
+                self.gens[oi].replacement = None;
+                self.gens[oi].rolled_out = 0;
                 let grace = self.gens[oi].policy.grace;
                 self.retire(oi, Role::Draining, grace);
                 let outcome = ReloadOutcome::Ready { generation, took };
@@ -150,11 +189,47 @@ impl Lifecycle {
                     outcome,
                 });
                 self.phase = Phase::Retiring;
+                self.enforce_max_draining();
+                // (Killing past --max-draining removes nothing: `oi` holds.)
+                // A restart's old generation has nothing left to drain: it
+                // goes now, and the phase moves on with it.
+                if self.gens[oi].alive() {
+                    self.update_phase();
+                    self.run_pending_reload(now);
+                } else {
+                    self.after_exit(oi, now);
+                }
             }
             None => {
                 self.phase = Phase::Serving;
+                self.update_phase();
                 self.run_pending_reload(now);
             }
+        }
+    }
+
+    /// Quiet boot is over for generation `gi`: for `slot` (a worker that is
+    /// ready), or with `None` for every quiet worker and the generation as
+    /// such (it is ready, or in a rolling reload its first worker is).
+    pub(super) fn end_quiet_boot(&mut self, gi: usize, slot: Option<Slot>) {
+        let g = &mut self.gens[gi];
+        let mut slots = Vec::new();
+        for (s, w) in g.workers.iter_mut().enumerate() {
+            if w.quiet && slot.is_none_or(|only| only == s) {
+                w.quiet = false;
+                slots.push(s);
+            }
+        }
+        let whole = slot.is_none() && g.policy.quiet_boot && !g.quiet_over;
+        if whole {
+            g.quiet_over = true;
+        }
+        if whole || !slots.is_empty() {
+            self.out.push(Action::NormalPriority {
+                generation: g.id,
+                slots,
+                whole,
+            });
         }
     }
 
@@ -166,6 +241,9 @@ impl Lifecycle {
         if self.gens[gi].retired_at.is_none() {
             self.gens[gi].retired_at = Some(self.clock());
         }
+        // A worker told to stop gets its CPU share to do so (and to finish
+        // its requests) at once: quiet boot is over for it.
+        self.end_quiet_boot(gi, None);
         if role == Role::Draining {
             self.log(Level::Info, format!("generation {generation} draining"));
             self.notice(Notice::GenerationDraining { generation });
@@ -190,9 +268,12 @@ impl Lifecycle {
                     });
                 }
                 // Its spawn answer will find the generation retiring and
-                // stop it then (see on_spawned); a removed worker was
-                // already told to stop.
-                WorkerState::Spawning | WorkerState::Removing { .. } => any = true,
+                // stop it then (see on_spawned); a removed or replaced
+                // worker was already told to stop.
+                WorkerState::Spawning
+                | WorkerState::Removing { .. }
+                | WorkerState::Replaced { .. } => any = true,
+                WorkerState::Pending => w.state = WorkerState::Exited,
                 WorkerState::Exited => {}
             }
         }
@@ -213,6 +294,13 @@ impl Lifecycle {
     ) {
         let generation = self.gens[gi].id;
         let serving = self.serving();
+        // A rolling or restart reload: the old generation is made whole
+        // again, and the verdict says so.
+        let reason = match self.roll_back_handover(gi) {
+            Some(note) => format!("{reason}{note}"),
+            None => reason.to_owned(),
+        };
+        let reason = reason.as_str();
         let message = match serving {
             Some(s) => format!(
                 "reload failed: generation {generation} {reason}; generation {s} keeps serving"
@@ -279,7 +367,11 @@ impl Lifecycle {
     /// generation when nothing of it is left and moves the phase on.
     pub(super) fn after_exit(&mut self, gi: usize, now: Instant) {
         let g = &self.gens[gi];
-        let gone = !g.alive() && matches!(g.role, Role::Draining | Role::Failed | Role::Stopping);
+        let gone = !g.alive()
+            && matches!(
+                g.role,
+                Role::Draining | Role::Failed | Role::Stopping | Role::Killed
+            );
         if !gone {
             return;
         }
@@ -301,8 +393,8 @@ impl Lifecycle {
         self.out.push(Action::ReleaseGeneration { generation });
         self.log(Level::Info, format!("generation {generation} exited"));
         match self.phase {
-            Phase::Retiring => {
-                self.phase = Phase::Serving;
+            Phase::Serving | Phase::Reloading | Phase::Retiring => {
+                self.update_phase();
                 self.run_pending_reload(now);
             }
             Phase::Stopping(_) => {
@@ -321,12 +413,12 @@ impl Lifecycle {
                     self.out.push(Action::Exit(code));
                 }
             }
-            Phase::Booting | Phase::Serving | Phase::Reloading | Phase::Done => {}
+            Phase::Booting | Phase::Done => {}
         }
     }
 
     pub(super) fn run_pending_reload(&mut self, now: Instant) {
-        if self.reload_pending && self.phase == Phase::Serving {
+        if self.reload_pending && self.can_start_reload() {
             self.reload_pending = false;
             self.log(Level::Info, "running the queued reload".into());
             self.start_generation(now);
@@ -339,7 +431,9 @@ impl Lifecycle {
         self.cancel_ready_timers(generation);
         for slot in 0..self.gens[gi].workers.len() {
             match self.gens[gi].workers[slot].state {
-                WorkerState::Running { .. } | WorkerState::Removing { .. } => {
+                WorkerState::Running { .. }
+                | WorkerState::Removing { .. }
+                | WorkerState::Replaced { .. } => {
                     // Only a kill that is part of a stop makes its exit code 7.
                     if matches!(self.phase, Phase::Stopping(_)) {
                         self.killed_any = true;
@@ -353,6 +447,7 @@ impl Lifecycle {
                         key: TimerKey::Restart(generation, slot),
                     });
                 }
+                WorkerState::Pending => self.gens[gi].workers[slot].state = WorkerState::Exited,
                 WorkerState::Spawning | WorkerState::Exited => {}
             }
         }

@@ -1,12 +1,14 @@
 //! Scaling: workers per generation (`ctl scale`, `TTIN`/`TTOU`).
 
+use std::time::Instant;
+
 use super::{Action, Level, Lifecycle, Role, TimerKey, Worker, WorkerState, plural};
 
 impl Lifecycle {
     /// Sets the worker count for new generations and adjusts the serving
     /// one; a generation still starting keeps its count and is adjusted
     /// once it serves.
-    pub(super) fn scale(&mut self, n: usize) {
+    pub(super) fn scale(&mut self, n: usize, now: Instant) {
         let before = self.policy.workers;
         self.policy.workers = n;
         self.notice(crate::events::Notice::Scaled {
@@ -21,12 +23,22 @@ impl Lifecycle {
             ),
         );
         if let Some(gi) = self.gens.iter().position(|g| g.role == Role::Serving) {
-            self.apply_scale(gi);
+            // A rolling or restart reload (or its rollback) is replacing
+            // the serving generation: the new count applies once it is done.
+            if self.handover.is_some() {
+                self.log(
+                    Level::Info,
+                    "the serving generation keeps its workers until the reload in progress is done"
+                        .into(),
+                );
+                return;
+            }
+            self.apply_scale(gi, now);
         }
     }
 
     /// Grows or shrinks serving generation `gi` to `policy.workers`.
-    pub(super) fn apply_scale(&mut self, gi: usize) {
+    pub(super) fn apply_scale(&mut self, gi: usize, now: Instant) {
         let want = self.policy.workers;
         self.gens[gi].policy.workers = want;
         let (stop_signal, grace) = (self.gens[gi].policy.stop_signal, self.gens[gi].policy.grace);
@@ -44,14 +56,14 @@ impl Lifecycle {
                 }
                 if self.gens[gi].workers[slot].state == WorkerState::Exited {
                     self.gens[gi].workers[slot] = Worker::new();
-                    self.out.push(Action::Spawn { generation, slot });
+                    self.spawn_slot(gi, slot, now);
                     missing -= 1;
                 }
             }
             for _ in 0..missing {
                 let slot = self.gens[gi].workers.len();
                 self.gens[gi].workers.push(Worker::new());
-                self.out.push(Action::Spawn { generation, slot });
+                self.spawn_slot(gi, slot, now);
             }
         } else if want < have {
             // Remove the highest slots first.
@@ -81,7 +93,14 @@ impl Lifecycle {
                     }
                     // A spawn in flight: its answer arrives before anything
                     // else; remove a running one instead.
-                    WorkerState::Spawning | WorkerState::Removing { .. } | WorkerState::Exited => {}
+                    WorkerState::Spawning
+                    | WorkerState::Removing { .. }
+                    | WorkerState::Replaced { .. }
+                    | WorkerState::Exited => {}
+                    WorkerState::Pending => {
+                        w.state = WorkerState::Exited;
+                        extra -= 1;
+                    }
                 }
             }
         }

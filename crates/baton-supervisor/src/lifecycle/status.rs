@@ -17,6 +17,7 @@ impl Lifecycle {
                     Role::Draining => "draining",
                     Role::Failed => "failed",
                     Role::Stopping => "stopping",
+                    Role::Killed => "killed",
                 },
                 started: g.started,
                 ready_after: g.ready_after,
@@ -27,11 +28,12 @@ impl Lifecycle {
                     .map(|(slot, w)| WorkerInfo {
                         slot,
                         pid: match w.state {
-                            WorkerState::Running { pid, .. } | WorkerState::Removing { pid } => {
-                                Some(pid)
-                            }
+                            WorkerState::Running { pid, .. }
+                            | WorkerState::Removing { pid }
+                            | WorkerState::Replaced { pid } => Some(pid),
                             WorkerState::Spawning
                             | WorkerState::Restarting
+                            | WorkerState::Pending
                             | WorkerState::Exited => None,
                         },
                         state: match w.state {
@@ -40,6 +42,8 @@ impl Lifecycle {
                             WorkerState::Running { ready: false, .. } => "running",
                             WorkerState::Restarting => "restarting",
                             WorkerState::Removing { .. } => "removing",
+                            WorkerState::Replaced { .. } => "replaced",
+                            WorkerState::Pending => "pending",
                             WorkerState::Exited => "exited",
                         },
                         restarts: w.restarts,

@@ -18,6 +18,9 @@ impl Lifecycle {
             }
             .into(),
         });
+        // A rolling or restart reload (or its rollback) ends here: nothing
+        // pending starts any more.
+        self.handover = None;
         let mut tickets = std::mem::take(&mut self.queued_tickets);
         tickets.append(&mut self.inflight_tickets);
         if !tickets.is_empty() {
@@ -32,7 +35,7 @@ impl Lifecycle {
                 for gi in 0..self.gens.len() {
                     match self.gens[gi].role {
                         // Already told to stop, with their own deadline.
-                        Role::Draining | Role::Failed | Role::Stopping => {
+                        Role::Draining | Role::Failed | Role::Stopping | Role::Killed => {
                             self.gens[gi].role = Role::Stopping;
                         }
                         Role::Starting | Role::Serving => {

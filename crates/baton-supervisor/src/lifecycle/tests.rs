@@ -34,15 +34,28 @@ struct Sim {
     /// What the lifecycle said happened (`ctl events`, the metrics).
     notices: Vec<crate::events::Notice>,
     all: Vec<Action>,
+    /// Workers spawned and not exited yet, as the runtime would see them.
+    live: std::collections::BTreeSet<(GenId, Slot)>,
+    /// The most processes alive at once during a rolling reload, as
+    /// (live, allowed).
+    peak: Option<(usize, usize)>,
+    /// Workers started quietly and not given their priority back.
+    quiet: std::collections::BTreeSet<(GenId, Slot)>,
 }
 
 fn policy(workers: usize, ready: ReadyMode) -> Policy {
     Policy {
-        workers,
-        ready,
-        ready_timeout: Duration::from_secs(60),
-        grace: Duration::from_secs(30),
         stop_signal: TERM,
+        ..Policy::new(workers, ready)
+    }
+}
+
+/// `policy` with a reload strategy.
+fn with_strategy(workers: usize, strategy: Strategy, surge: usize) -> Policy {
+    Policy {
+        strategy,
+        max_surge: surge,
+        ..policy(workers, ReadyMode::Notify)
     }
 }
 
@@ -71,6 +84,9 @@ impl Sim {
             fail_spawn,
             notices: Vec::new(),
             all: Vec::new(),
+            live: std::collections::BTreeSet::new(),
+            peak: None,
+            quiet: std::collections::BTreeSet::new(),
         };
         let actions = s.m.start(s.now);
         s.apply(actions);
@@ -86,7 +102,14 @@ impl Sim {
         while let Some(a) = queue.pop_front() {
             self.all.push(a.clone());
             match a {
-                Action::Spawn { generation, slot } => {
+                Action::Spawn {
+                    generation,
+                    slot,
+                    quiet,
+                } => {
+                    if quiet {
+                        self.quiet.insert((generation, slot));
+                    }
                     let ev = if self.fail_spawn.contains(&(generation, slot)) {
                         Event::SpawnFailed {
                             generation,
@@ -96,6 +119,7 @@ impl Sim {
                     } else {
                         self.next_pid += 1;
                         self.pids.insert((generation, slot), self.next_pid);
+                        self.live.insert((generation, slot));
                         Event::Spawned {
                             generation,
                             slot,
@@ -136,8 +160,41 @@ impl Sim {
                 Action::ReleaseGeneration { generation } => {
                     self.looks.remove(&generation);
                 }
+                Action::NormalPriority {
+                    generation, slots, ..
+                } => {
+                    for slot in slots {
+                        self.quiet.remove(&(generation, slot));
+                    }
+                }
                 Action::PrepareGeneration { .. } | Action::Serving { .. } => {}
             }
+        }
+        self.sample();
+    }
+
+    /// Invariant 8, seen from outside: during a rolling reload the old and
+    /// the new generation never have more live processes than allowed.
+    fn sample(&mut self) {
+        let Some(h) = &self.m.handover else {
+            return;
+        };
+        if h.strategy != Strategy::Rolling {
+            return;
+        }
+        let live = self
+            .live
+            .iter()
+            .filter(|(g, _)| *g == h.old || *g == h.new)
+            .count();
+        assert!(
+            live <= h.budget,
+            "{live} processes in a rolling reload that allows {}",
+            h.budget
+        );
+        let peak = self.peak.map_or(0, |(p, _)| p);
+        if live >= peak {
+            self.peak = Some((live, h.budget));
         }
     }
 
@@ -179,6 +236,7 @@ impl Sim {
     }
 
     fn exited(&mut self, generation: GenId, slot: Slot, status: ExitStatus) {
+        self.live.remove(&(generation, slot));
         self.ev(Event::WorkerExited {
             generation,
             slot,
@@ -188,9 +246,29 @@ impl Sim {
 
     /// Every live worker of `generation` exits with status 0.
     fn all_exit(&mut self, generation: GenId) {
-        for (slot, _) in self.m.worker_pids(generation) {
+        for slot in self.live_slots(generation) {
             self.exited(generation, slot, ExitStatus::Code(0));
         }
+    }
+
+    /// The slots of `generation` with a live process (running, or told to
+    /// stop and not gone yet).
+    fn live_slots(&self, generation: GenId) -> Vec<Slot> {
+        self.m
+            .gens
+            .iter()
+            .filter(|g| g.id == generation)
+            .flat_map(|g| g.workers.iter().enumerate())
+            .filter(|(_, w)| {
+                matches!(
+                    w.state,
+                    WorkerState::Running { .. }
+                        | WorkerState::Removing { .. }
+                        | WorkerState::Replaced { .. }
+                )
+            })
+            .map(|(slot, _)| slot)
+            .collect()
     }
 
     fn advance(&mut self, d: Duration) {
@@ -378,11 +456,11 @@ fn reload_during_reload_is_queued_and_coalesced() {
     assert_eq!(s.m.generation_count(), 2, "never two reloads at once");
     assert!(s.m.reload_pending());
     s.ready(2, [0]);
-    // Still draining 1: the queued reload must wait (invariant 1).
-    assert_eq!(s.spawns(3), 0);
-    s.all_exit(1);
+    // Generation 1 drains: the queued reload does not wait for it
+    // (invariant 2; --max-draining bounds the drainers).
     assert_eq!(s.spawns(3), 1, "exactly one more reload runs");
     assert!(!s.m.reload_pending());
+    s.all_exit(1);
     s.ready(3, [0]);
     s.all_exit(2);
     assert_eq!(s.spawns(4), 0, "coalesced: no fourth generation");
@@ -1220,9 +1298,246 @@ fn accepting_and_exec_needs_both() {
     );
 }
 
+/// Boots generation 1 with these settings and every worker ready.
+fn serving_with(p: Policy) -> Sim {
+    let n = p.workers;
+    let mut s = Sim::new(p);
+    s.ready(1, 0..n);
+    assert_eq!(s.m.serving(), Some(1));
+    s
+}
+
+fn stop_signals(s: &Sim, generation: GenId) -> usize {
+    s.signals
+        .iter()
+        .filter(|(g, _, _)| *g == generation)
+        .count()
+}
+
+#[test]
+fn rolling_reload_replaces_one_worker_at_a_time_within_workers_plus_surge() {
+    let mut s = serving_with(with_strategy(3, Strategy::Rolling, 1));
+    s.ev(Event::Reload);
+    assert!(
+        s.logged("1 worker at a time (at most 4 processes)"),
+        "{:?}",
+        s.logs
+    );
+    assert_eq!(
+        s.spawns(2),
+        1,
+        "one new worker: 3 old + 1 = the budget of 4"
+    );
+    assert_eq!(stop_signals(&s, 1), 0, "invariant 3: nothing drains yet");
+    s.ready(2, [0]);
+    assert_eq!(
+        stop_signals(&s, 1),
+        1,
+        "one old worker drains per new ready one"
+    );
+    assert_eq!(s.spawns(2), 1, "the replaced worker still counts");
+    s.exited(1, 2, ExitStatus::Code(0));
+    assert_eq!(s.spawns(2), 2);
+    s.ready(2, [1]);
+    assert_eq!(stop_signals(&s, 1), 2);
+    s.exited(1, 1, ExitStatus::Code(0));
+    assert_eq!(s.spawns(2), 3);
+    s.ready(2, [2]);
+    assert_eq!(s.m.serving(), Some(2));
+    assert!(matches!(
+        s.verdicts.last(),
+        Some((_, ReloadOutcome::Ready { generation: 2, .. }))
+    ));
+    assert_eq!(
+        stop_signals(&s, 1),
+        3,
+        "the last old worker drains at the end"
+    );
+    s.all_exit(1);
+    assert_eq!(s.m.generation_count(), 1);
+    assert_eq!(s.peak, Some((4, 4)), "the budget was used, never passed");
+}
+
+#[test]
+fn rolling_reload_with_a_surge_of_two_starts_two_at_a_time() {
+    let mut s = serving_with(with_strategy(4, Strategy::Rolling, 2));
+    s.ev(Event::Reload);
+    assert_eq!(s.spawns(2), 2);
+    s.ready(2, [0, 1]);
+    assert_eq!(stop_signals(&s, 1), 2);
+    s.exited(1, 3, ExitStatus::Code(0));
+    assert_eq!(s.spawns(2), 3, "one more as each replaced worker goes");
+}
+
+#[test]
+fn rolling_reload_rollback_restarts_the_replaced_old_workers_from_their_release() {
+    let mut s = serving_with(with_strategy(3, Strategy::Rolling, 1));
+    s.ev(Event::Reload);
+    s.ready(2, [0]);
+    s.exited(1, 2, ExitStatus::Code(0));
+    assert_eq!(s.spawns(2), 2);
+    assert_eq!(s.spawns(1), 3);
+    // The second new worker crashes before it is ready.
+    s.exited(2, 1, ExitStatus::Code(1));
+    let (_, outcome) = s.verdicts.last().expect("a verdict");
+    let ReloadOutcome::Failed {
+        reason, serving, ..
+    } = outcome
+    else {
+        panic!("{outcome:?}");
+    };
+    assert_eq!(*serving, 1);
+    assert!(
+        reason.contains("the 1 worker of generation 1 it had replaced starts again from generation 1's own release"),
+        "{reason}"
+    );
+    // Its ready worker is stopped; the failed generation's processes count
+    // against the budget until they are gone.
+    assert!(s.signalled(2));
+    s.all_exit(2);
+    assert_eq!(s.spawns(1), 4, "worker 2 of generation 1 started again");
+    s.ready(1, [2]);
+    assert_eq!(s.m.serving(), Some(1));
+    assert!(s.m.handover.is_none(), "the rollback is over");
+    assert_eq!(s.live_slots(1).len(), 3, "generation 1 is whole again");
+    // The next reload runs normally.
+    s.ev(Event::Reload);
+    assert_eq!(s.spawns(3), 1);
+}
+
+#[test]
+fn restart_stops_the_old_generation_before_starting_the_new_one() {
+    let mut s = serving_with(with_strategy(2, Strategy::Restart, 1));
+    s.ev(Event::Reload);
+    assert_eq!(stop_signals(&s, 1), 2, "every old worker is told to stop");
+    assert_eq!(s.spawns(2), 0, "the app never runs twice");
+    s.exited(1, 0, ExitStatus::Code(0));
+    assert_eq!(s.spawns(2), 0);
+    s.now += Duration::from_millis(40);
+    s.exited(1, 1, ExitStatus::Code(0));
+    assert_eq!(
+        s.spawns(2),
+        2,
+        "the new generation starts once the old is gone"
+    );
+    assert!(
+        !s.all
+            .iter()
+            .any(|a| matches!(a, Action::Spawn { quiet: true, .. })),
+        "nobody serves: no quiet boot"
+    );
+    s.now += Duration::from_millis(60);
+    s.ready(2, [0, 1]);
+    assert_eq!(s.m.serving(), Some(2));
+    assert!(
+        s.logged("restart: no worker served for 100 ms"),
+        "{:?}",
+        s.logs
+    );
+    assert_eq!(s.m.generation_count(), 1);
+}
+
+#[test]
+fn restart_that_fails_starts_the_old_generation_again() {
+    let mut s = serving_with(with_strategy(1, Strategy::Restart, 1));
+    s.ev(Event::Reload);
+    s.all_exit(1);
+    s.exited(2, 0, ExitStatus::Code(3));
+    assert!(s.logged("it had stopped start"), "{:?}", s.logs);
+    assert_eq!(s.spawns(1), 2, "generation 1 runs again");
+    s.ready(1, [0]);
+    assert_eq!(s.m.serving(), Some(1));
+}
+
+#[test]
+fn back_to_back_reloads_do_not_wait_for_a_slow_drain() {
+    let mut s = Sim::serving(1);
+    s.ev(Event::Reload);
+    s.ready(2, [0]);
+    assert!(s.logged("generation 1 draining"));
+    // Generation 1 holds on to a long request: the next reload starts at
+    // once, not after --grace.
+    s.ev(Event::Reload);
+    assert_eq!(
+        s.spawns(3),
+        1,
+        "the reload started while generation 1 drains"
+    );
+    s.ready(3, [0]);
+    assert_eq!(s.m.serving(), Some(3));
+    assert!(
+        s.logged("generation 1 killed while draining (1 worker left): 2 generations were draining and --max-draining is 1"),
+        "{:?}",
+        s.logs
+    );
+    assert!(
+        s.kills.contains(&(1, 0)) || s.signals.contains(&(1, 0, 9)),
+        "{:?} {:?}",
+        s.kills,
+        s.signals
+    );
+}
+
+#[test]
+fn max_draining_two_keeps_both_old_generations_draining() {
+    let mut s = Sim::new(Policy {
+        max_draining: 2,
+        ..policy(1, ReadyMode::Notify)
+    });
+    s.ready(1, [0]);
+    s.ev(Event::Reload);
+    s.ready(2, [0]);
+    s.ev(Event::Reload);
+    s.ready(3, [0]);
+    assert!(!s.logged("killed while draining"), "{:?}", s.logs);
+    s.ev(Event::Reload);
+    s.ready(4, [0]);
+    assert!(
+        s.logged("generation 1 killed while draining"),
+        "{:?}",
+        s.logs
+    );
+}
+
+#[test]
+fn quiet_boot_starts_a_reload_quietly_and_restores_each_ready_worker() {
+    let mut s = Sim::serving(2);
+    assert!(
+        s.quiet.is_empty(),
+        "the first generation has nobody to yield to"
+    );
+    s.ev(Event::Reload);
+    assert_eq!(s.quiet.len(), 2, "{:?}", s.all);
+    s.ready(2, [0]);
+    assert!(
+        !s.quiet.contains(&(2, 0)),
+        "worker 0 is ready: normal priority"
+    );
+    assert!(s.quiet.contains(&(2, 1)));
+    s.ready(2, [1]);
+    assert!(s.quiet.is_empty());
+
+    // A boot slower than 5 s (a busy machine) goes on at the normal
+    // priority.
+    s.ev(Event::Reload);
+    assert_eq!(s.quiet.len(), 2);
+    s.advance(Duration::from_secs(5));
+    assert!(s.quiet.is_empty(), "{:?}", s.logs);
+    assert!(s.logged("generation 3: quiet boot over after 5 s"));
+
+    let mut off = Sim::new(Policy {
+        quiet_boot: false,
+        ..policy(1, ReadyMode::Notify)
+    });
+    off.ready(1, [0]);
+    off.ev(Event::Reload);
+    assert!(off.quiet.is_empty(), "--quiet-boot off");
+}
+
 mod properties {
     use super::*;
-    use proptest::prelude::*;
+    use proptest::prelude::{Just, any, prop_assert, prop_assert_eq, prop_oneof, proptest};
+    use proptest::strategy::Strategy as _;
 
     #[derive(Debug, Clone)]
     enum Op {
@@ -1239,7 +1554,7 @@ mod properties {
         Advance(u16),
     }
 
-    fn op() -> impl Strategy<Value = Op> {
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
         prop_oneof![
             3 => Just(Op::Reload),
             1 => Just(Op::Request),
@@ -1262,8 +1577,17 @@ mod properties {
         /// requested at most once (checked by `Sim::apply`), and no event
         /// the runtime can produce is "impossible".
         #[test]
-        fn invariants_hold(ops in proptest::collection::vec(op(), 1..120)) {
-            let mut s = Sim::notify(2);
+        fn invariants_hold(
+            ops in proptest::collection::vec(op(), 1..120),
+            strategy in 0u8..3,
+            surge in 1usize..3,
+            max_draining in 1usize..3,
+        ) {
+            let strategy = [Strategy::Overlap, Strategy::Rolling, Strategy::Restart][usize::from(strategy)];
+            let mut s = Sim::new(Policy {
+                max_draining,
+                ..with_strategy(2, strategy, surge)
+            });
             let mut next_ticket: Ticket = 0;
             for op in ops {
                 let gens: Vec<GenId> = s.m.gens.iter().map(|g| g.id).collect();
@@ -1283,7 +1607,11 @@ mod properties {
                             2 => ReadyMode::Accepting,
                             _ => ReadyMode::NotifyOrAccepting,
                         };
-                        s.ev(Event::Configure(policy(usize::from(n), ready)));
+                        s.ev(Event::Configure(Policy {
+                            ready,
+                            max_draining,
+                            ..with_strategy(usize::from(n), strategy, surge)
+                        }));
                     }
                     Op::NotAccepting(g, w) => {
                         if let Some(&generation) = gens.get(g as usize % gens.len().max(1)) {
@@ -1297,8 +1625,10 @@ mod properties {
                     }
                     Op::Exit(g, w, ok) => {
                         if let Some(&generation) = gens.get(g as usize % gens.len().max(1)) {
-                            let pids = s.m.worker_pids(generation);
-                            if let Some(&(slot, _)) = pids.get(w as usize % pids.len().max(1)) {
+                            // Workers told to stop exit too, so that rolling
+                            // and restart reloads get on.
+                            let slots = s.live_slots(generation);
+                            if let Some(&slot) = slots.get(w as usize % slots.len().max(1)) {
                                 let status = if ok { ExitStatus::Code(0) } else { ExitStatus::Signal(9) };
                                 s.exited(generation, slot, status);
                             }
@@ -1317,7 +1647,24 @@ mod properties {
                     }
                     Op::Advance(ms) => s.advance(Duration::from_millis(u64::from(ms))),
                 }
-                prop_assert!(s.m.gens.len() <= 2);
+                // Invariant 1 (also checked inside `handle`): one serving,
+                // one starting, and at most --max-draining draining.
+                let count = |r: Role| s.m.gens.iter().filter(|g| g.role == r).count();
+                prop_assert!(count(Role::Serving) <= 1);
+                prop_assert!(count(Role::Starting) <= 1);
+                if !matches!(s.m.phase, Phase::Stopping(_) | Phase::Done) {
+                    prop_assert!(count(Role::Draining) <= max_draining, "{:?}", s.m.gens);
+                    prop_assert!(count(Role::Failed) <= 1);
+                }
+                // Invariant 9: a worker that is ready has its normal
+                // priority back.
+                for g in &s.m.gens {
+                    for (slot, w) in g.workers.iter().enumerate() {
+                        if matches!(w.state, WorkerState::Running { ready: true, .. }) && g.role != Role::Failed {
+                            prop_assert!(!s.quiet.contains(&(g.id, slot)), "worker {slot} of generation {} is ready but still quiet", g.id);
+                        }
+                    }
+                }
                 // Every ticket is answered at most once...
                 let mut answered: Vec<Ticket> = s.verdicts.iter().flat_map(|(t, _)| t.clone()).collect();
                 let n = answered.len();

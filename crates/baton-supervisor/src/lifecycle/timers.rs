@@ -44,6 +44,20 @@ impl Lifecycle {
                         READY_HINT_AFTER.as_secs()
                     ),
                 );
+                // Quiet boot must not starve a reload on a machine that is
+                // busy with more than the serving generation (SCHED_IDLE
+                // yields to every process): past this point it boots at
+                // the normal priority.
+                if self.gens[gi].workers.iter().any(|w| w.quiet) {
+                    self.log(
+                        Level::Info,
+                        format!(
+                            "generation {generation}: quiet boot over after {} s; its workers boot at the normal CPU priority",
+                            READY_HINT_AFTER.as_secs()
+                        ),
+                    );
+                    self.end_quiet_boot(gi, None);
+                }
             }
             TimerKey::ReadyDelay(generation) => {
                 let Some(gi) = self.gen_index(generation) else {
@@ -83,7 +97,7 @@ impl Lifecycle {
                     return;
                 };
                 if let Some(Worker {
-                    state: WorkerState::Removing { .. },
+                    state: WorkerState::Removing { .. } | WorkerState::Replaced { .. },
                     ..
                 }) = self.gens[gi].workers.get(slot)
                 {
@@ -102,8 +116,14 @@ impl Lifecycle {
                     return;
                 };
                 if w.state == WorkerState::Restarting {
-                    w.state = WorkerState::Spawning;
-                    self.out.push(Action::Spawn { generation, slot });
+                    // While a rollback makes the generation whole, a restart
+                    // waits for its turn like the others (the process
+                    // budget, or the failed generation being gone).
+                    if self.handover.as_ref().is_some_and(|h| h.old == generation) {
+                        w.state = WorkerState::Pending;
+                    } else {
+                        self.spawn_slot(gi, slot, now);
+                    }
                 }
             }
         }

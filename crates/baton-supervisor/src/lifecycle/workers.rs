@@ -45,7 +45,7 @@ impl Lifecycle {
         match role {
             // Spawned while being stopped (the stop came between the spawn
             // request and its answer): stop it too.
-            Role::Stopping | Role::Draining | Role::Failed => {
+            Role::Stopping | Role::Draining | Role::Failed | Role::Killed => {
                 self.out.push(Action::Signal {
                     generation,
                     slot,
@@ -70,6 +70,26 @@ impl Lifecycle {
                 if all_started {
                     self.maybe_ready(gi, now);
                 }
+            }
+            // A restarted worker whose generation is being stopped for a
+            // restart-strategy reload (the restart was in flight): it stops
+            // with the others.
+            Role::Serving
+                if self.gens[gi].replacement.is_some()
+                    && self
+                        .handover
+                        .as_ref()
+                        .is_some_and(|h| h.strategy == super::Strategy::Restart) =>
+            {
+                let g = &mut self.gens[gi];
+                g.workers[slot].state = WorkerState::Replaced { pid };
+                let (signal, grace) = (g.policy.stop_signal, g.policy.grace);
+                self.out.push(Action::Signal {
+                    generation,
+                    slot,
+                    signal,
+                });
+                self.set_timer(TimerKey::WorkerGrace(generation, slot), grace);
             }
             // A restarted worker: "ready again" once it accepts.
             Role::Serving => self.start_accept_checks(gi, now),
@@ -104,9 +124,9 @@ impl Lifecycle {
                         "worker {slot} of generation {generation} could not be restarted: {error}"
                     ),
                 );
-                self.schedule_restart(gi, slot, now);
+                self.restart_unless_replaced(gi, slot, now);
             }
-            Role::Draining | Role::Failed | Role::Stopping => {}
+            Role::Draining | Role::Failed | Role::Stopping | Role::Killed => {}
         }
         self.after_exit(gi, now);
         Ok(())
@@ -135,6 +155,9 @@ impl Lifecycle {
             .started
             .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
         g.workers[slot].accept_seen = None;
+        if g.first_ready.is_none() {
+            g.first_ready = Some(now.saturating_duration_since(g.started));
+        }
         if matches!(role, Role::Starting | Role::Serving) {
             self.notice(Notice::WorkerReady {
                 generation,
@@ -154,13 +177,34 @@ impl Lifecycle {
                         after.as_secs_f64() * 1000.0
                     ),
                 );
+                // In a rolling reload the generation serves from its first
+                // ready worker on: quiet boot is over for it as such.
+                let rolling = self
+                    .handover
+                    .as_ref()
+                    .is_some_and(|h| h.new == generation && h.strategy == super::Strategy::Rolling);
+                self.end_quiet_boot(gi, Some(slot));
+                if rolling && !self.gens[gi].quiet_over && self.gens[gi].policy.quiet_boot {
+                    self.gens[gi].quiet_over = true;
+                    self.out.push(Action::NormalPriority {
+                        generation,
+                        slots: Vec::new(),
+                        whole: true,
+                    });
+                }
                 self.maybe_ready(gi, now);
             }
-            Role::Serving => self.log(
-                Level::Info,
-                format!("worker {slot} of generation {generation} is ready again"),
-            ),
-            Role::Draining | Role::Failed | Role::Stopping => {}
+            Role::Serving => {
+                self.log(
+                    Level::Info,
+                    format!("worker {slot} of generation {generation} is ready again"),
+                );
+                self.end_quiet_boot(gi, Some(slot));
+            }
+            // Started while its generation was told to stop.
+            Role::Draining | Role::Failed | Role::Stopping | Role::Killed => {
+                self.end_quiet_boot(gi, Some(slot));
+            }
         }
     }
 
@@ -196,7 +240,15 @@ impl Lifecycle {
         let (pid, ready, removed) = match w.state {
             WorkerState::Running { pid, ready } => (pid, ready, false),
             WorkerState::Removing { pid } => (pid, true, true),
-            WorkerState::Spawning | WorkerState::Restarting | WorkerState::Exited => {
+            WorkerState::Replaced { pid } => {
+                w.state = WorkerState::Exited;
+                self.on_replaced_exited(gi, slot, pid, status, now);
+                return Ok(());
+            }
+            WorkerState::Spawning
+            | WorkerState::Restarting
+            | WorkerState::Exited
+            | WorkerState::Pending => {
                 return Err(self.impossible(event));
             }
         };
@@ -256,9 +308,9 @@ impl Lifecycle {
                     generation,
                     slot,
                 );
-                self.schedule_restart(gi, slot, now);
+                self.restart_unless_replaced(gi, slot, now);
             }
-            Role::Draining | Role::Failed | Role::Stopping => {
+            Role::Draining | Role::Failed | Role::Stopping | Role::Killed => {
                 self.log(
                     Level::Debug,
                     format!(
@@ -269,6 +321,63 @@ impl Lifecycle {
         }
         self.after_exit(gi, now);
         Ok(())
+    }
+
+    /// A worker told to stop by a rolling or restart reload exited: gone
+    /// for good while the reload goes on (or its generation drains), to be
+    /// started again when the reload was rolled back (invariant 4).
+    fn on_replaced_exited(
+        &mut self,
+        gi: usize,
+        slot: Slot,
+        pid: u32,
+        status: ExitStatus,
+        now: Instant,
+    ) {
+        let generation = self.gens[gi].id;
+        self.out.push(Action::ReapGroup { generation, slot });
+        self.out.push(Action::CancelTimer {
+            key: TimerKey::WorkerGrace(generation, slot),
+        });
+        let g = &mut self.gens[gi];
+        let again = g.role == Role::Serving && g.replacement.is_none();
+        if again {
+            g.workers[slot].state = WorkerState::Pending;
+        }
+        self.log(
+            Level::Info,
+            format!(
+                "worker {slot} of generation {generation} (pid {pid}) exited ({status}){}",
+                if again {
+                    "; it starts again (rollback)"
+                } else {
+                    ", replaced"
+                }
+            ),
+        );
+        self.after_exit(gi, now);
+    }
+
+    /// A worker of the serving generation ended: restart it, unless a
+    /// rolling or restart reload is replacing the generation (the new
+    /// generation takes its place; a restart would break the process
+    /// budget, or run the app twice).
+    fn restart_unless_replaced(&mut self, gi: usize, slot: Slot, now: Instant) {
+        let generation = self.gens[gi].id;
+        if let Some(h) = &self.handover
+            && h.old == generation
+            && !h.rolled_back
+        {
+            let new = h.new;
+            self.log(
+                Level::Info,
+                format!(
+                    "worker {slot} of generation {generation} is not restarted: generation {new} is replacing it"
+                ),
+            );
+            return;
+        }
+        self.schedule_restart(gi, slot, now);
     }
 
     pub(super) fn schedule_restart(&mut self, gi: usize, slot: Slot, now: Instant) {

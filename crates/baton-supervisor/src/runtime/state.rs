@@ -147,6 +147,8 @@ pub(super) struct GuardState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) enum Deferred {
     Spawn(GenId, Slot),
+    /// A spawn at the lowest CPU priority (quiet boot).
+    SpawnQuiet(GenId, Slot),
     Probe(GenId),
 }
 

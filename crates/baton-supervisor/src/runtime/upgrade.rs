@@ -197,6 +197,7 @@ impl Runtime {
             program_fd: Some(binary.as_fd()),
             credentials: None,
             no_new_privs: false,
+            sched_idle: false,
         })
         .map_err(|e| match e {
             baton_sys::spawn::SpawnError::Child { source, .. } => explain_exec(path, &source),
@@ -507,7 +508,8 @@ impl Runtime {
     pub(super) fn run_deferred(&mut self) {
         for d in std::mem::take(&mut self.deferred) {
             match d {
-                super::state::Deferred::Spawn(g, slot) => self.spawn(g, slot),
+                super::state::Deferred::Spawn(g, slot) => self.spawn(g, slot, false),
+                super::state::Deferred::SpawnQuiet(g, slot) => self.spawn(g, slot, true),
                 super::state::Deferred::Probe(g) => self.run_probe(g),
             }
         }

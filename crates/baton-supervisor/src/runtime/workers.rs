@@ -214,10 +214,14 @@ impl Runtime {
         self.generations.insert(g, rg);
     }
 
-    pub(super) fn spawn(&mut self, g: GenId, slot: Slot) {
+    pub(super) fn spawn(&mut self, g: GenId, slot: Slot, quiet: bool) {
         if self.deferring() {
             // An upgrade's exec is being prepared: the new image does it.
-            self.deferred.push(super::state::Deferred::Spawn(g, slot));
+            self.deferred.push(if quiet {
+                super::state::Deferred::SpawnQuiet(g, slot)
+            } else {
+                super::state::Deferred::Spawn(g, slot)
+            });
             return;
         }
         let rg = self.generations.get(&g);
@@ -261,6 +265,7 @@ impl Runtime {
             run_as: spec.run_as.clone(),
             no_new_privs: spec.no_new_privs,
             dispatch: spec.dispatch.map(|d| d.mode),
+            sched_idle: quiet && Self::quiet_start(),
         })));
     }
 
