@@ -14,9 +14,11 @@
 //!   manifests name). Signals come from outside the namespace, `kubectl
 //!   exec` is `nsenter` into it, and the preStop hook runs as written.
 //!
-//! Not here: the readiness endpoint flipping with the serving generation
-//! (it needs `--metrics`; without it in this baton the command runs
-//! without that flag, and says so).
+//!   The kubelet's probes ask baton's `--metrics` endpoint (`/ready`,
+//!   `/live` on the pod's port 9100): checked through the reloads, and
+//!   while the preStop drain runs. (That `/ready` moves exactly when the
+//!   serving generation changes is tests/metrics.rs's
+//!   `ready_follows_the_serving_generation_exactly`.)
 //!
 //! kubernetes-validate (and PyYAML, to read the manifests) come from the
 //! venv `./test` prepares; util-linux's `unshare` and `nsenter` from
@@ -458,12 +460,6 @@ fn image(app: &Path) {
     std::os::unix::fs::symlink("releases/1", app.join("current")).expect("link current");
 }
 
-/// Whether this baton has `--metrics` (the operations work).
-fn baton_has_metrics() -> bool {
-    let out = run_ok(bin("baton"), &["run", "--help"]);
-    out.contains("--metrics")
-}
-
 impl Pod {
     /// Starts the pod's container. The calling thread must be in the
     /// pod's network namespace ([`NetNs::enter`]).
@@ -491,7 +487,7 @@ impl Pod {
         let paths = Paths { map };
         image(&dir.path().join("app"));
 
-        let mut command = m.command();
+        let command = m.command();
         let config_path = command
             .iter()
             .position(|a| a == "--config")
@@ -502,17 +498,6 @@ impl Pod {
             .strip_prefix(&format!("{mount}/"))
             .expect("the config is in the ConfigMap")
             .to_owned();
-        if !baton_has_metrics() {
-            let i = command
-                .iter()
-                .position(|a| a == "--metrics")
-                .expect("--metrics in the command");
-            eprintln!(
-                "[e2e] this baton has no --metrics (the operations work): running the pod without `--metrics {}`",
-                command[i + 1]
-            );
-            command.drain(i..i + 2);
-        }
         let toml = data.get(&config_key).expect("the config key").clone();
         for s in command
             .iter()
@@ -617,6 +602,17 @@ fn the_pod_runs_baton_as_pid_1_and_reloads_in_place() {
     assert_eq!(port, 8080, "the pod's own port 8080");
     let env = http::get_ok(port, "/env");
     assert_eq!(env.var("TEST_APP_GREETING"), Some("hello"));
+    // The kubelet's probes, on the port deployment.yaml gives them.
+    let probes = 9100;
+    let ready = |g: u32| {
+        let r = http::get(probes, "/ready").expect("GET /ready");
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, format!("ready: generation {g} serves\n").as_str())
+        );
+    };
+    ready(1);
+    assert_eq!(http::get(probes, "/live").expect("GET /live").status, 200);
     let run = load(port);
 
     // SIGHUP from outside the pod (`docker kill -s HUP`, a node agent).
@@ -628,6 +624,7 @@ fn the_pod_runs_baton_as_pid_1_and_reloads_in_place() {
     );
     assert!(out.status.success(), "{}", output_text(&out));
     pod.baton.wait_for("generation 3 ready", WAIT);
+    ready(3);
 
     // The ConfigMap is edited: the kubelet swaps `..data`. One reload, with
     // the new settings, and none when the old version is removed later.
@@ -646,6 +643,7 @@ fn the_pod_runs_baton_as_pid_1_and_reloads_in_place() {
     );
     let env = http::get_ok(port, "/env");
     assert_eq!(env.generation(), Some(4));
+    ready(4);
     assert_eq!(env.var("TEST_APP_GREETING"), Some("bonjour"));
     pod.config.remove_old(&old);
     // Something the watcher sees but that changes no content, after the
@@ -742,6 +740,12 @@ fn the_prestop_hook_serves_then_drains_and_stops_cleanly() {
 
     pod.baton
         .wait_for("stopping (graceful)", Duration::from_secs(30));
+    // While it drains (the slow request holds it), the readinessProbe
+    // fails and the livenessProbe does not: the pod is leaving, not stuck.
+    let r = http::get(9100, "/ready").expect("GET /ready while draining");
+    assert_eq!(r.status, 503, "{r:?}");
+    let r = http::get(9100, "/live").expect("GET /live while draining");
+    assert_eq!(r.status, 200, "{r:?}");
     let reply = slow.finish().expect("the slow request is answered");
     assert_eq!(reply.status, 200, "{reply:?}");
     let (tx, rx) = std::sync::mpsc::channel();

@@ -572,3 +572,92 @@ fn a_reload_moves_the_metrics_endpoint_and_keeps_the_counts() {
     let r = http::get(free, "/ready").expect("the endpoint still answers");
     assert_eq!(r.status, 200, "{r:?}");
 }
+
+/// What a Kubernetes readinessProbe sees through reloads: `/ready` names
+/// the generation that serves and moves to a new one exactly when it takes
+/// over: not while it starts (it is not ready yet), as soon as baton says it
+/// is ready, never back, never a 503 in between; a reload that fails does
+/// not move it at all.
+#[test]
+fn ready_follows_the_serving_generation_exactly() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let cmd = BatonCmd::new();
+    let dir = cmd.dir().to_path_buf();
+    // Each generation is ready once its own file exists.
+    let check = format!("exec:test -e {}/go-$BATON_GENERATION", dir.display());
+    std::fs::write(dir.join("go-1"), "").expect("write go-1");
+    let mut baton = cmd
+        .args(["--metrics", "127.0.0.1:0", "--ready", &check])
+        .args(["--ready-timeout", "120s"])
+        .probe(&["--drain-ms", "50"])
+        .spawn();
+    baton.wait_for("generation 1 ready", WAIT);
+    let port = metrics::port(&baton);
+    let says = move || {
+        let r = http::get(port, "/ready").expect("GET /ready");
+        (r.status, r.body)
+    };
+    let serves = |g: u32| (200, format!("ready: generation {g} serves\n"));
+    assert_eq!(says(), serves(1));
+
+    // Every answer through the reloads, from a poller beside them.
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                seen.push(says());
+                // Pacing only: the poller must not starve the reloads.
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            seen
+        })
+    };
+
+    for next in 2..=3 {
+        let mark = baton.mark();
+        baton.signal(Signal::HUP);
+        baton.wait_for_after(
+            mark,
+            &format!("worker 0 of generation {next} started"),
+            WAIT,
+        );
+        // Started, not ready: the old generation still serves.
+        for _ in 0..10 {
+            assert_eq!(says(), serves(next - 1), "generation {next} is not ready");
+        }
+        std::fs::write(dir.join(format!("go-{next}")), "").expect("write go-N");
+        baton.wait_for_after(mark, &format!("generation {next} ready"), WAIT);
+        // baton logs it in the loop turn that makes it serve: /ready, which
+        // the same loop answers, can only say so from then on.
+        assert_eq!(says(), serves(next));
+    }
+    // A reload whose worker exits at start is rolled back: no move.
+    baton.set_script("--exit-at-start 3");
+    let mark = baton.mark();
+    baton.signal(Signal::HUP);
+    baton.wait_for_after(mark, "reload failed", WAIT);
+    baton.wait_for_after(mark, "generation 4 exited", WAIT);
+    assert_eq!(says(), serves(3));
+    baton.clear_script();
+
+    stop.store(true, Ordering::Relaxed);
+    let seen = poller.join().expect("the poller");
+    assert!(seen.len() > 10, "the poller got {} answers", seen.len());
+    let mut last = 1;
+    for (status, body) in &seen {
+        assert_eq!(*status, 200, "{body:?} in {seen:?}");
+        let g: u32 = body
+            .strip_prefix("ready: generation ")
+            .and_then(|b| b.strip_suffix(" serves\n"))
+            .and_then(|g| g.parse().ok())
+            .unwrap_or_else(|| panic!("{body:?}"));
+        assert!(g == last || g == last + 1, "generation {g} after {last}");
+        last = g;
+    }
+    assert_eq!(last, 3, "the poller ends with generation 3 serving");
+    baton.stop(Signal::TERM, WAIT);
+}

@@ -214,8 +214,17 @@ pub struct Scrape {
 /// them (the lifecycle's own names, also in `ctl status`).
 const GENERATION_STATES: &[&str] = &["starting", "serving", "draining", "failed", "stopping"];
 /// Worker states with a process or the promise of one (an exited slot is
-/// not a worker).
-const WORKER_STATES: &[&str] = &["spawning", "running", "ready", "restarting", "removing"];
+/// not a worker; `pending` waits for its turn in a rolling or restart
+/// reload, `replaced` was told to make room for a new one).
+const WORKER_STATES: &[&str] = &[
+    "pending",
+    "spawning",
+    "running",
+    "ready",
+    "restarting",
+    "removing",
+    "replaced",
+];
 
 fn unix_seconds(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH)

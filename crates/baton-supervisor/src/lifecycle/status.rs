@@ -49,9 +49,12 @@ impl Lifecycle {
                         restarts: w.restarts,
                         lifetime_restarts: self.slot_restarts.get(slot).copied().unwrap_or(0),
                         started: match w.state {
-                            WorkerState::Running { .. } | WorkerState::Removing { .. } => w.started,
+                            WorkerState::Running { .. }
+                            | WorkerState::Removing { .. }
+                            | WorkerState::Replaced { .. } => w.started,
                             WorkerState::Spawning
                             | WorkerState::Restarting
+                            | WorkerState::Pending
                             | WorkerState::Exited => None,
                         },
                     })
