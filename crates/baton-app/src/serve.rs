@@ -235,6 +235,27 @@ where
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().keep_alive(true);
     let builder = Arc::new(builder);
+    // Each connection, accepted or owed during the drain, is served alike:
+    // answered in band, and told of the drain's stages.
+    let serve_one = |io: L::Io| {
+        let http2 = Arc::new(AtomicBool::new(false));
+        let service = InBand {
+            inner: service.clone(),
+            draining: Arc::clone(&draining),
+            http2: Arc::clone(&http2),
+        };
+        tracker.spawn(connection(
+            Arc::clone(&builder),
+            io,
+            service,
+            http2,
+            Stages {
+                drain_began: drain_began.clone(),
+                close_idle: close_idle.clone(),
+                abandon: abandon.clone(),
+            },
+        ));
+    };
 
     loop {
         let accepted = tokio::select! {
@@ -243,25 +264,7 @@ where
             accepted = std::future::poll_fn(|cx| listener.poll_accept(cx)) => accepted,
         };
         match accepted {
-            Ok(io) => {
-                let http2 = Arc::new(AtomicBool::new(false));
-                let service = InBand {
-                    inner: service.clone(),
-                    draining: Arc::clone(&draining),
-                    http2: Arc::clone(&http2),
-                };
-                tracker.spawn(connection(
-                    Arc::clone(&builder),
-                    io,
-                    service,
-                    http2,
-                    Stages {
-                        drain_began: drain_began.clone(),
-                        close_idle: close_idle.clone(),
-                        abandon: abandon.clone(),
-                    },
-                ));
-            }
+            Ok(io) => serve_one(io),
             Err(e) => {
                 tracing::warn!("accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -284,25 +287,7 @@ where
             owed = std::future::poll_fn(|cx| listener.poll_drain(cx)) => owed,
         };
         match owed {
-            Some(Ok(io)) => {
-                let http2 = Arc::new(AtomicBool::new(false));
-                let service = InBand {
-                    inner: service.clone(),
-                    draining: Arc::clone(&draining),
-                    http2: Arc::clone(&http2),
-                };
-                tracker.spawn(connection(
-                    Arc::clone(&builder),
-                    io,
-                    service,
-                    http2,
-                    Stages {
-                        drain_began: drain_began.clone(),
-                        close_idle: close_idle.clone(),
-                        abandon: abandon.clone(),
-                    },
-                ));
-            }
+            Some(Ok(io)) => serve_one(io),
             Some(Err(e)) => {
                 tracing::warn!("while draining: {e}");
                 break;

@@ -55,7 +55,7 @@
 //!    generation starts at the lowest CPU priority ([`Action::Spawn`]'s
 //!    `quiet`) and gets its normal priority back ([`Action::NormalPriority`])
 //!    as soon as it, or its generation, is ready, is told to stop, or has
-//!    not been ready within [`READY_HINT_AFTER`].
+//!    not been ready within [`quiet_limit`].
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -79,6 +79,22 @@ pub const CRASH_LOOP_AFTER: u32 = 5;
 pub const ROLLBACK_GRACE: Duration = Duration::from_secs(5);
 /// How long to wait before explaining what readiness is still missing.
 pub const READY_HINT_AFTER: Duration = Duration::from_secs(5);
+
+/// How long a starting generation may boot quietly at most.
+pub const QUIET_BOOT_AT_MOST: Duration = Duration::from_secs(1);
+
+/// How long a starting generation may boot quietly before it goes on at
+/// the normal priority: [`QUIET_BOOT_AT_MOST`], or a third of its
+/// `--ready-timeout` if that is sooner. On a machine with no idle CPU (the
+/// serving generation under saturating load, or other work: `SCHED_IDLE`
+/// yields to every process) a quiet worker hardly boots at all, so quiet
+/// boot can add this much to a reload there, and never make it miss its
+/// deadline. (5 s, the first choice, made every reload under a saturating
+/// load 2 to 5 s slower: the e2e suite's 50-reload tests took 4 times as
+/// long.)
+pub fn quiet_limit(policy: &Policy) -> Duration {
+    QUIET_BOOT_AT_MOST.min(policy.ready_timeout / 3)
+}
 /// Pause between runs of an `exec:` readiness probe.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(200);
 /// `--ready accepting`: the first look at a starting worker comes this long
@@ -261,6 +277,9 @@ pub enum TimerKey {
     Restart(GenId, Slot),
     /// Grace of one worker removed by scaling down.
     WorkerGrace(GenId, Slot),
+    /// Quiet boot gives way: the generation's workers boot on at the
+    /// normal priority ([`quiet_limit`]).
+    QuietOver(GenId),
 }
 
 /// Identifies a client waiting for a reload's verdict (`baton ctl reload`).

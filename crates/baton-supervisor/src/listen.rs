@@ -347,6 +347,39 @@ pub(crate) fn explain(errno: rustix::io::Errno, addr: &str, port: Option<u16>) -
 }
 
 impl Bound {
+    /// A TCP or UDP socket bound at `addr` by `bind` (`scheme` names it in
+    /// messages and in the display).
+    fn bind_inet(
+        spec: &ListenSpec,
+        name: String,
+        addr: SocketAddr,
+        scheme: &str,
+        bind: fn(SocketAddr) -> Result<OwnedFd, rustix::io::Errno>,
+    ) -> Result<Self, BindError> {
+        let shown = if scheme == "tcp" {
+            addr.to_string()
+        } else {
+            format!("{scheme}://{addr}")
+        };
+        let fd = bind(addr).map_err(|e| BindError::Bind {
+            spec: spec.text.clone(),
+            addr: shown.clone(),
+            problem: explain(e, &shown, Some(addr.port())),
+        })?;
+        let local = rustix::net::getsockname(&fd)
+            .ok()
+            .and_then(|a| SocketAddr::try_from(a).ok())
+            .unwrap_or(addr);
+        Ok(Self {
+            spec: Some(spec.clone()),
+            adopted: false,
+            name,
+            fd,
+            display: format!("{scheme}://{local}"),
+            unix_file: None,
+        })
+    }
+
     /// Binds `spec`; `index` gives the default name `listen<index>`.
     pub fn bind(spec: &ListenSpec, index: usize) -> Result<Self, BindError> {
         let name = spec
@@ -355,44 +388,10 @@ impl Bound {
             .unwrap_or_else(|| format!("listen{index}"));
         match &spec.addr {
             ListenAddr::Tcp { host, port } => {
-                let addr = resolve(spec, host, *port)?;
-                let fd = bind_tcp(addr).map_err(|e| BindError::Bind {
-                    spec: spec.text.clone(),
-                    addr: addr.to_string(),
-                    problem: explain(e, &addr.to_string(), Some(*port)),
-                })?;
-                let local = rustix::net::getsockname(&fd)
-                    .ok()
-                    .and_then(|a| SocketAddr::try_from(a).ok())
-                    .unwrap_or(addr);
-                Ok(Self {
-                    spec: Some(spec.clone()),
-                    adopted: false,
-                    name,
-                    fd,
-                    display: format!("tcp://{local}"),
-                    unix_file: None,
-                })
+                Self::bind_inet(spec, name, resolve(spec, host, *port)?, "tcp", bind_tcp)
             }
             ListenAddr::Udp { host, port } => {
-                let addr = resolve(spec, host, *port)?;
-                let fd = bind_udp(addr).map_err(|e| BindError::Bind {
-                    spec: spec.text.clone(),
-                    addr: format!("udp://{addr}"),
-                    problem: explain(e, &format!("udp://{addr}"), Some(*port)),
-                })?;
-                let local = rustix::net::getsockname(&fd)
-                    .ok()
-                    .and_then(|a| SocketAddr::try_from(a).ok())
-                    .unwrap_or(addr);
-                Ok(Self {
-                    spec: Some(spec.clone()),
-                    adopted: false,
-                    name,
-                    fd,
-                    display: format!("udp://{local}"),
-                    unix_file: None,
-                })
+                Self::bind_inet(spec, name, resolve(spec, host, *port)?, "udp", bind_udp)
             }
             ListenAddr::Unix { path, mode } => {
                 let fd = bind_unix(spec, path, *mode)?;

@@ -879,27 +879,7 @@ mod tests {
             std::fs::write(&tmp, content).expect("write");
             std::fs::rename(&tmp, &bin).expect("rename");
             // Wait (bounded) for the debounced event to arrive.
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            let change = loop {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "no change seen for {content}"
-                );
-                let mut fds = [rustix::event::PollFd::new(
-                    &w.wake,
-                    rustix::event::PollFlags::IN,
-                )];
-                let _ = rustix::event::poll(
-                    &mut fds,
-                    Some(&rustix::time::Timespec {
-                        tv_sec: 1,
-                        tv_nsec: 0,
-                    }),
-                );
-                if let Some(c) = w.changes() {
-                    break c;
-                }
-            };
+            let change = wait_change(&mut w, content);
             assert_eq!(change.files, vec![std::path::absolute(&bin).expect("abs")]);
             assert_ne!(change.before, change.after);
         }

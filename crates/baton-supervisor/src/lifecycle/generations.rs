@@ -93,6 +93,9 @@ impl Lifecycle {
         }
         self.set_timer(TimerKey::ReadyDeadline(id), self.policy.ready_timeout);
         self.set_timer(TimerKey::ReadyHint(id), READY_HINT_AFTER);
+        if self.policy.quiet_boot && old.is_some() {
+            self.set_timer(TimerKey::QuietOver(id), super::quiet_limit(&self.policy));
+        }
         match &self.policy.ready {
             ReadyMode::Delay(d) => self.set_timer(TimerKey::ReadyDelay(id), *d),
             // The first exec: probe runs once every worker has started (see
@@ -116,6 +119,7 @@ impl Lifecycle {
         for key in [
             TimerKey::ReadyDeadline(generation),
             TimerKey::ReadyHint(generation),
+            TimerKey::QuietOver(generation),
             TimerKey::ReadyDelay(generation),
             TimerKey::ProbeRetry(generation),
         ] {

@@ -232,6 +232,10 @@ impl Lifecycle {
                 let started = self.start_pending(ni, h.budget.saturating_sub(live), now);
                 if started > 0 {
                     self.set_timer(TimerKey::ReadyHint(h.new), READY_HINT_AFTER);
+                    if self.gens[ni].policy.quiet_boot {
+                        let limit = super::quiet_limit(&self.gens[ni].policy);
+                        self.set_timer(TimerKey::QuietOver(h.new), limit);
+                    }
                 }
                 self.rearm_ready_deadline(ni, now);
             }
@@ -245,6 +249,10 @@ impl Lifecycle {
                     let timeout = self.gens[ni].policy.ready_timeout;
                     self.set_timer(TimerKey::ReadyDeadline(h.new), timeout);
                     self.set_timer(TimerKey::ReadyHint(h.new), READY_HINT_AFTER);
+                    if self.gens[ni].policy.quiet_boot {
+                        let limit = super::quiet_limit(&self.gens[ni].policy);
+                        self.set_timer(TimerKey::QuietOver(h.new), limit);
+                    }
                     if let ReadyMode::Delay(d) = self.gens[ni].policy.ready {
                         self.set_timer(TimerKey::ReadyDelay(h.new), d);
                     }

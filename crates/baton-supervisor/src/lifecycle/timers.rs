@@ -44,16 +44,24 @@ impl Lifecycle {
                         READY_HINT_AFTER.as_secs()
                     ),
                 );
-                // Quiet boot must not starve a reload on a machine that is
-                // busy with more than the serving generation (SCHED_IDLE
-                // yields to every process): past this point it boots at
-                // the normal priority.
-                if self.gens[gi].workers.iter().any(|w| w.quiet) {
+            }
+            // Quiet boot must not starve a reload on a machine that is busy
+            // with more than the serving generation (SCHED_IDLE yields to
+            // every process): past this point it boots at the normal
+            // priority.
+            TimerKey::QuietOver(generation) => {
+                let Some(gi) = self.gen_index(generation) else {
+                    return;
+                };
+                if self.gens[gi].role == Role::Starting
+                    && self.gens[gi].workers.iter().any(|w| w.quiet)
+                {
+                    let limit = super::quiet_limit(&self.gens[gi].policy);
                     self.log(
                         Level::Info,
                         format!(
-                            "generation {generation}: quiet boot over after {} s; its workers boot at the normal CPU priority",
-                            READY_HINT_AFTER.as_secs()
+                            "generation {generation}: quiet boot over after {}; its workers boot at the normal CPU priority",
+                            humantime::format_duration(limit)
                         ),
                     );
                     self.end_quiet_boot(gi, None);

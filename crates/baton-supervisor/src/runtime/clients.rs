@@ -382,37 +382,13 @@ impl Runtime {
         let Some(c) = self.clients.get_mut(&id) else {
             return;
         };
-        let mut failed = false;
-        while !c.output.is_empty() {
-            match std::io::Write::write(&mut c.stream, &c.output) {
-                Ok(0) => {
-                    failed = true;
-                    break;
-                }
-                Ok(n) => {
-                    c.output.drain(..n);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    failed = true;
-                    break;
-                }
-            }
-        }
-        let want_write = !c.output.is_empty();
-        if !failed && want_write != c.want_write {
-            c.want_write = want_write;
-            let interest = if want_write {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            let _ = self
-                .poll
-                .registry()
-                .reregister(&mut c.stream, c.token, interest);
-        }
+        let failed = write_pending(
+            &self.poll,
+            &mut c.stream,
+            c.token,
+            &mut c.output,
+            &mut c.want_write,
+        );
         if failed || (c.output.is_empty() && c.close_when_flushed) {
             self.close_client(id);
         }
@@ -570,4 +546,49 @@ impl Runtime {
             dispatch: self.dispatch_status(),
         }
     }
+}
+
+/// Writes as much of `output` as `stream` takes now, never blocking, and
+/// asks for `WRITABLE` while some is left (`want_write` is what is
+/// registered). Returns whether the peer is gone. The control socket's and
+/// the metrics endpoint's clients share it.
+pub(super) fn write_pending<S>(
+    poll: &mio::Poll,
+    stream: &mut S,
+    token: mio::Token,
+    output: &mut Vec<u8>,
+    want_write: &mut bool,
+) -> bool
+where
+    S: std::io::Write + mio::event::Source,
+{
+    let mut failed = false;
+    while !output.is_empty() {
+        match stream.write(output) {
+            Ok(0) => {
+                failed = true;
+                break;
+            }
+            Ok(n) => {
+                output.drain(..n);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    let want = !output.is_empty();
+    if !failed && want != *want_write {
+        *want_write = want;
+        let interest = if want {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        let _ = poll.registry().reregister(stream, token, interest);
+    }
+    failed
 }

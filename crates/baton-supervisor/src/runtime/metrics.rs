@@ -424,37 +424,13 @@ impl Runtime {
         let Some(c) = ep.clients.get_mut(&id) else {
             return;
         };
-        let mut failed = false;
-        while !c.output.is_empty() {
-            match std::io::Write::write(&mut c.stream, &c.output) {
-                Ok(0) => {
-                    failed = true;
-                    break;
-                }
-                Ok(n) => {
-                    c.output.drain(..n);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    failed = true;
-                    break;
-                }
-            }
-        }
-        let want_write = !c.output.is_empty();
-        if !failed && want_write != c.want_write {
-            c.want_write = want_write;
-            let interest = if want_write {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            let _ = self
-                .poll
-                .registry()
-                .reregister(&mut c.stream, c.token, interest);
-        }
+        let failed = super::clients::write_pending(
+            &self.poll,
+            &mut c.stream,
+            c.token,
+            &mut c.output,
+            &mut c.want_write,
+        );
         if failed || (c.output.is_empty() && c.close_when_flushed) {
             self.close_metrics_client(id);
         }
