@@ -14,9 +14,10 @@
 //! * `accept`: the worker has the listeners as usual (`LISTEN_FDS`) and
 //!   accepts one connection, non-blocking, each time baton tells it to.
 //!
-//! A tokio server takes its connections from [`Incoming`] (feature
-//! `tokio`), which [`serve`](crate::serve::serve) (feature `hyper`) takes
-//! like a listener: the same server runs with and without `--dispatch`,
+//! A tokio server takes its connections from `Incoming` (feature
+//! `tokio`), which `baton_app::serve::serve` (feature `hyper`) takes like
+//! a listener (plain names here: the links would break in a build without
+//! those features): the same server runs with and without `--dispatch`,
 //! telling which from its environment.
 //!
 //! ```no_run
