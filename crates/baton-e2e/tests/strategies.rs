@@ -237,7 +237,7 @@ fn back_to_back_reloads_do_not_wait_for_a_slow_drain() {
 #[test]
 fn quiet_boot_runs_a_booting_worker_idle_and_restores_its_whole_tree() {
     let baton = BatonCmd::new()
-        .args(["--workers", "1"])
+        .args(["--workers", "1", "--quiet-boot", "on"])
         .probe(&["--spawn-grandchild"])
         .spawn();
     baton.wait_for("generation 1 ready", WAIT);

@@ -442,6 +442,8 @@ fn a_rolling_reload_in_progress_goes_on_across_an_upgrade_with_its_settings() {
             "1",
             "--max-draining",
             "2",
+            "--quiet-boot",
+            "on",
         ])
         .probe(&["--drain-ms", "50"])
         .spawn();

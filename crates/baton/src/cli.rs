@@ -310,7 +310,7 @@ struct RunArgs {
     /// priority (SCHED_IDLE, with its whole process tree) until it is
     /// ready, so a booting generation does not slow the one serving; needs
     /// CAP_SYS_NICE or RLIMIT_NICE 20 to give the priority back: on or off
-    /// [default: on]
+    /// [default: off]
     #[arg(long, value_name = "on|off", value_parser = config::parse_switch)]
     quiet_boot: Option<bool>,
 
