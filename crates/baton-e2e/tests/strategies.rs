@@ -262,8 +262,13 @@ fn quiet_boot_runs_a_booting_worker_idle_and_restores_its_whole_tree() {
         .and_then(|p| p.trim().parse().ok())
         .unwrap_or_else(|| panic!("no pid in {line:?}"));
     let worker = baton.workers_of(2)[0].pid;
-    assert_eq!(policy(worker), Some(5), "booting at SCHED_IDLE");
-    assert_eq!(policy(grandchild), Some(5), "its child inherited it");
+    let (w, g) = (policy(worker), policy(grandchild));
+    // A loaded machine may reach this look after the 1 s give-way, which
+    // restores the normal priority on purpose (and says so).
+    if !baton.seen_after(mark, "quiet boot over") {
+        assert_eq!(w, Some(5), "booting at SCHED_IDLE");
+        assert_eq!(g, Some(5), "its child inherited it");
+    }
     assert_eq!(
         policy(first),
         Some(0),
