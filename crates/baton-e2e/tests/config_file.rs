@@ -161,6 +161,9 @@ fn an_added_listener_is_served_by_the_new_generation_only() {
     );
     let (code, out) = ctl(&baton, &["reload"]);
     assert_eq!(code, Some(0), "{out}");
+    // The verdict comes over the control socket; the lines naming the new
+    // workers come over baton's output and may still be on their way.
+    baton.wait_for("generation 2 ready", WAIT);
     let admin = baton.port_of("admin");
     let reply = http::get_ok(admin, "/env");
     assert_eq!(
@@ -296,6 +299,8 @@ fn flags_beat_the_file_and_changes_apply_from_the_next_generation() {
     );
     let (code, out) = ctl(&baton, &["reload"]);
     assert_eq!(code, Some(0), "{out}");
+    // The lines naming generation 2's workers all come before this one.
+    baton.wait_for("generation 2 ready", WAIT);
     assert_eq!(
         baton.workers_of(2).len(),
         2,
