@@ -664,6 +664,28 @@ impl Baton {
         parse_ready(&line).unwrap_or_else(|| panic!("cannot parse a readiness line: {line:?}"))
     }
 
+    /// Asserts that each of `pids` (a booting worker of a quiet-boot
+    /// generation, its children) runs at `SCHED_IDLE`, unless baton gave
+    /// the generation its normal priority back (`quiet boot over`, after
+    /// at most 1 s) before this look: a loaded machine may get here late.
+    /// baton logs the give-way just before it acts, so a look that finds
+    /// the normal priority waits for that line and checks, by baton's
+    /// clock, that the give-way came first.
+    pub fn assert_booting_quietly(&self, mark: usize, pids: &[u32]) {
+        let seen: Vec<Option<u32>> = pids.iter().map(|&p| procs::sched_policy(p)).collect();
+        let looked = std::time::SystemTime::now();
+        if seen.iter().all(|p| *p == Some(procs::SCHED_IDLE)) {
+            return;
+        }
+        let (_, over) = self.wait_for_after(mark, "quiet boot over", WAIT);
+        let at = log_time(&over).unwrap_or_else(|| panic!("no timestamp in {over:?}"));
+        assert!(
+            at <= looked,
+            "pids {pids:?} should boot at SCHED_IDLE (5), their policies were {seen:?} \
+             and the give-way came only after the look: {over}"
+        );
+    }
+
     /// Asserts that every process in `procs` is gone within `timeout`:
     /// exited, and not left as a zombie of baton (while baton runs).
     pub fn assert_gone(

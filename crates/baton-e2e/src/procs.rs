@@ -113,6 +113,18 @@ impl Proc {
     }
 }
 
+/// The scheduling policy of `pid` (field 41 of `/proc/PID/stat`:
+/// 0 `SCHED_OTHER`, 5 `SCHED_IDLE`), or `None` once it is gone.
+pub fn sched_policy(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count after its ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(41 - 3)?.parse().ok()
+}
+
+/// `SCHED_IDLE`, as [`sched_policy`] gives it.
+pub const SCHED_IDLE: u32 = 5;
+
 /// Whether `pid` is baton's guard (`baton guard`, see
 /// `baton_supervisor::guard`), which is a child of baton beside its workers.
 pub fn is_guard(pid: u32) -> bool {

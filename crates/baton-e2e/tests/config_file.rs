@@ -248,6 +248,10 @@ fn a_removed_listener_finishes_what_it_accepted_then_closes() {
     );
     let (code, out) = ctl(&baton, &["reload"]);
     assert_eq!(code, Some(0), "{out}");
+    // The verdict comes over the control socket; the line about the removed
+    // listener (logged before the new generation starts) comes over baton's
+    // output, and is among those before this one.
+    baton.wait_for("generation 2 ready", WAIT);
     assert!(baton.seen_after(0, "listener old"), "{:?}", baton.lines());
     let env = http::get_ok(baton.port_of("web"), "/env");
     assert_eq!(env.generation(), Some(2));

@@ -486,11 +486,10 @@ fn a_reader_that_falls_behind_is_dropped_and_counted() {
             break;
         }
     }
-    assert_eq!(
-        baton.count(needle),
-        1,
-        "20 reloads did not overflow the reader"
-    );
+    // An overflow in the last reload's final events may be logged after the
+    // lines that reload waited for.
+    baton.wait_for(needle, WAIT);
+    assert_eq!(baton.count(needle), 1, "one reader, dropped once");
     reader.signal(Signal::CONT);
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let last = rest.last().cloned().unwrap_or_default();

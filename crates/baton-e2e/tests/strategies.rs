@@ -20,15 +20,6 @@ use std::time::Duration;
 use baton_e2e::{Baton, BatonCmd, Signal, WAIT, procs};
 use common::{Load, reloads_under_load};
 
-/// The scheduling policy of `pid` (field 41 of /proc/PID/stat): 0 is
-/// `SCHED_OTHER`, 5 `SCHED_IDLE`.
-fn policy(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces: count after its ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(41 - 3)?.parse().ok()
-}
-
 /// Counts baton's children (its workers; not the guard) every few
 /// milliseconds until told to stop; returns the most seen at once.
 struct Sampler {
@@ -244,7 +235,7 @@ fn quiet_boot_runs_a_booting_worker_idle_and_restores_its_whole_tree() {
     let first = baton.workers_of(1)[0].pid;
     let (_, first_child) = baton.wait_for_after(0, "probe: grandchild pid", WAIT);
     assert_eq!(
-        policy(first),
+        procs::sched_policy(first),
         Some(0),
         "the first generation boots normally"
     );
@@ -262,21 +253,23 @@ fn quiet_boot_runs_a_booting_worker_idle_and_restores_its_whole_tree() {
         .and_then(|p| p.trim().parse().ok())
         .unwrap_or_else(|| panic!("no pid in {line:?}"));
     let worker = baton.workers_of(2)[0].pid;
-    let (w, g) = (policy(worker), policy(grandchild));
-    // A loaded machine may reach this look after the 1 s give-way, which
-    // restores the normal priority on purpose (and says so).
-    if !baton.seen_after(mark, "quiet boot over") {
-        assert_eq!(w, Some(5), "booting at SCHED_IDLE");
-        assert_eq!(g, Some(5), "its child inherited it");
-    }
+    baton.assert_booting_quietly(mark, &[worker, grandchild]);
     assert_eq!(
-        policy(first),
+        procs::sched_policy(first),
         Some(0),
         "the serving generation is untouched"
     );
     baton.wait_for_after(mark, "generation 2 ready", WAIT);
-    assert_eq!(policy(worker), Some(0), "ready: normal priority again");
-    assert_eq!(policy(grandchild), Some(0), "for its whole tree");
+    assert_eq!(
+        procs::sched_policy(worker),
+        Some(0),
+        "ready: normal priority again"
+    );
+    assert_eq!(
+        procs::sched_policy(grandchild),
+        Some(0),
+        "for its whole tree"
+    );
     baton.clear_script();
     stop_cleanly(baton);
 }
@@ -293,7 +286,7 @@ fn quiet_boot_off_boots_at_the_normal_priority() {
     baton.signal(Signal::HUP);
     baton.wait_for_after(mark, "worker 0 of generation 2 started", WAIT);
     let worker = baton.workers_of(2)[0].pid;
-    assert_eq!(policy(worker), Some(0));
+    assert_eq!(procs::sched_policy(worker), Some(0));
     baton.wait_for_after(mark, "generation 2 ready", WAIT);
     baton.clear_script();
     stop_cleanly(baton);

@@ -419,14 +419,6 @@ fn timers_counters_and_settings_carry_over() {
     }
 }
 
-/// The scheduling policy of `pid` (field 41 of /proc/PID/stat; 5 is
-/// `SCHED_IDLE`).
-fn sched_policy(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(41 - 3)?.parse().ok()
-}
-
 /// A rolling reload in progress goes on across an upgrade with its
 /// settings (strategy, surge, quiet boot): the new image replaces the old
 /// workers one at a time and gives the quiet worker its priority back.
@@ -453,7 +445,7 @@ fn a_rolling_reload_in_progress_goes_on_across_an_upgrade_with_its_settings() {
     baton.signal(Signal::HUP);
     baton.wait_for_after(mark, "worker 0 of generation 2 started", WAIT);
     let quiet = baton.workers_of(2)[0].pid;
-    assert_eq!(sched_policy(quiet), Some(5), "booting quietly");
+    baton.assert_booting_quietly(mark, &[quiet]);
     let (code, out) = ctl(&baton, &["upgrade"]);
     assert_eq!(code, Some(0), "{out}");
     let (upgraded, _) = baton.wait_for_after(mark, "upgraded in place", WAIT);
@@ -467,6 +459,10 @@ fn a_rolling_reload_in_progress_goes_on_across_an_upgrade_with_its_settings() {
     baton.wait_for_after(upgraded, "generation 2 ready", WAIT);
     baton.clear_script();
     baton.wait_for_after(upgraded, "generation 1 exited", WAIT);
-    assert_eq!(sched_policy(quiet), Some(0), "the new image restored it");
+    assert_eq!(
+        baton_e2e::procs::sched_policy(quiet),
+        Some(0),
+        "the new image restored it"
+    );
     assert_eq!(baton.count("rolling reload: generation 2"), 1);
 }
