@@ -596,7 +596,6 @@ impl Upgrader {
             program_fd: None,
             credentials: None,
             no_new_privs: false,
-            sched_idle: false,
         })
         .map_err(|source| UpgradeError::Spawn {
             program: inner.program.display().to_string(),

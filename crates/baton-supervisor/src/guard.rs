@@ -162,7 +162,6 @@ impl Guard {
             program_fd: None,
             credentials: None,
             no_new_privs: false,
-            sched_idle: false,
         })
         .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
         drop(rx);

@@ -4,9 +4,14 @@
 //! that serves does not want it.
 //!
 //! How, chosen once at start (see [`mechanism`]): **`SCHED_IDLE` per
-//! worker**, where baton may take it back. The worker is started at
-//! `SCHED_IDLE` between fork and exec, so every thread and process it starts
-//! inherits it; once the worker is ready, baton walks its tree
+//! worker**, where baton may take it back. As soon as the worker has
+//! executed its program, baton puts it at `SCHED_IDLE` ([`lower_tree`]: the
+//! process, and any thread or child it started in the microseconds before),
+//! so every thread and process it starts after inherits it. Not between
+//! fork and exec: an idle child runs only when nothing else wants the CPU,
+//! so on a saturated machine its exec could wait for seconds, with baton's
+//! spawner (which waits for each exec to know it worked) holding every other
+//! start back. Once the worker is ready, baton walks its tree
 //! ([`raise_tree`]: every thread of the worker and of its descendants, found
 //! through `/proc/PID/task/TID/children`) and puts each thread back at
 //! `SCHED_OTHER`, keeping its nice value. Leaving `SCHED_IDLE` needs
@@ -74,42 +79,62 @@ pub const PASSES: usize = 4;
 /// are).
 pub const MAX_PROCESSES: usize = 256;
 
-/// What [`raise_tree`] did.
+/// What [`raise_tree`] or [`lower_tree`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Raised {
     /// Processes seen in the tree (in the last pass).
     pub processes: usize,
-    /// Threads put back at `SCHED_OTHER`, over every pass.
+    /// Threads whose policy was changed, over every pass.
     pub threads: usize,
-    /// Threads that could not be (the first few reasons).
+    /// Threads whose policy could not be changed (the first few reasons).
     pub errors: Vec<String>,
+}
+
+/// Which way a walk moves the threads of a tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Move {
+    /// `SCHED_IDLE` to `SCHED_OTHER`.
+    Raise,
+    /// Anything but `SCHED_IDLE` to `SCHED_IDLE`.
+    Lower,
 }
 
 /// Puts every thread of `root` and of its descendants that runs at
 /// `SCHED_IDLE` back at `SCHED_OTHER`.
 pub fn raise_tree(root: u32) -> Raised {
-    raise_tree_in(Path::new("/proc"), root)
+    walk_tree(Path::new("/proc"), root, Move::Raise)
 }
 
 /// [`raise_tree`] with `/proc` at `proc` (tests).
 pub fn raise_tree_in(proc: &Path, root: u32) -> Raised {
+    walk_tree(proc, root, Move::Raise)
+}
+
+/// Puts every thread of `root` and of its descendants at `SCHED_IDLE`: a
+/// worker that has just executed its program (it may have started a thread
+/// or a child before baton got there).
+pub fn lower_tree(root: u32) -> Raised {
+    walk_tree(Path::new("/proc"), root, Move::Lower)
+}
+
+fn walk_tree(proc: &Path, root: u32, way: Move) -> Raised {
     let mut out = Raised::default();
     for _ in 0..PASSES {
-        let (processes, raised) = raise_pass(proc, root, &mut out.errors);
+        let (processes, moved) = walk_pass(proc, root, way, &mut out.errors);
         out.processes = processes;
-        out.threads += raised;
-        if raised == 0 {
+        out.threads += moved;
+        if moved == 0 {
             break;
         }
     }
     out
 }
 
-/// One walk: returns the processes seen and the threads raised.
-fn raise_pass(proc: &Path, root: u32, errors: &mut Vec<String>) -> (usize, usize) {
+/// One walk: returns the processes seen and the threads moved.
+fn walk_pass(proc: &Path, root: u32, way: Move, errors: &mut Vec<String>) -> (usize, usize) {
     let mut todo = vec![root];
     let mut seen = 0;
-    let mut raised = 0;
+    let mut moved = 0;
     while let Some(pid) = todo.pop() {
         if seen == MAX_PROCESSES {
             break;
@@ -127,27 +152,29 @@ fn raise_pass(proc: &Path, root: u32, errors: &mut Vec<String>) -> (usize, usize
             else {
                 continue;
             };
-            // Raise first, then read its children: a child forked after
-            // the raise inherits the normal policy, one forked before is
-            // in the list.
+            // Move first, then read its children: a child forked after
+            // the move inherits the new policy, one forked before is in
+            // the list.
             // (A thread whose policy cannot be read is gone.)
-            if let Ok(true) = baton_sys::sched::is_idle(tid) {
-                match baton_sys::sched::set_normal(tid) {
-                    Ok(()) => raised += 1,
-                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
-                    Err(e) => {
-                        if errors.len() < 3 {
-                            errors.push(format!("thread {tid} of pid {pid}: {e}"));
-                        }
-                    }
+            let set = match (way, baton_sys::sched::is_idle(tid)) {
+                (Move::Raise, Ok(true)) => Some(baton_sys::sched::set_normal(tid)),
+                (Move::Lower, Ok(false)) => Some(baton_sys::sched::set_idle(tid)),
+                _ => None,
+            };
+            match set {
+                Some(Ok(())) => moved += 1,
+                // Gone meanwhile (ESRCH), or enough reasons kept already.
+                Some(Err(e)) if e.raw_os_error() != Some(libc::ESRCH) && errors.len() < 3 => {
+                    errors.push(format!("thread {tid} of pid {pid}: {e}"));
                 }
+                None | Some(Err(_)) => {}
             }
             if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
                 todo.extend(crate::accepting::parse_children(&text));
             }
         }
     }
-    (seen, raised)
+    (seen, moved)
 }
 
 #[cfg(test)]
@@ -162,8 +189,8 @@ mod tests {
         assert!(!has_cap_sys_nice("CapPrm:\t0000000000800000\n"));
     }
 
-    /// A process that went idle, with a thread and a child that inherited
-    /// it, is raised whole (when this test may leave SCHED_IDLE at all).
+    /// A process with two children is lowered whole, then raised whole
+    /// (when this test may leave SCHED_IDLE at all).
     #[test]
     fn a_tree_that_went_idle_is_raised_whole() {
         if !can_leave_idle() {
@@ -186,9 +213,16 @@ mod tests {
             std::thread::yield_now();
         }
         assert_eq!(tree.len(), 3, "the shell started its two sleeps");
+        let lowered = lower_tree(pid);
+        assert_eq!(lowered.threads, 3, "{lowered:?}");
         for p in &tree {
-            set_idle(*p);
+            assert!(baton_sys::sched::is_idle(*p).expect("policy"), "pid {p}");
         }
+        assert_eq!(
+            lower_tree(pid).threads,
+            0,
+            "a second walk finds nothing to do"
+        );
         let raised = raise_tree(pid);
         assert_eq!(raised.threads, 3, "{raised:?}");
         assert!(raised.errors.is_empty(), "{raised:?}");
@@ -203,13 +237,5 @@ mod tests {
                 rustix::process::Signal::KILL,
             );
         }
-    }
-
-    fn set_idle(pid: u32) {
-        let out = std::process::Command::new("chrt")
-            .args(["--idle", "-p", "0", &pid.to_string()])
-            .output()
-            .expect("chrt (util-linux) is installed");
-        assert!(out.status.success(), "{out:?}");
     }
 }

@@ -91,7 +91,8 @@ pub struct WorkerSpec {
     /// `--dispatch`: the worker gets a channel (and, in pass mode, no
     /// listener: baton accepts).
     pub dispatch: Option<crate::dispatch::DispatchMode>,
-    /// Start it at `SCHED_IDLE` (quiet boot).
+    /// Put it at `SCHED_IDLE` once it has executed its program (quiet
+    /// boot; see [`crate::quiet`]).
     pub sched_idle: bool,
 }
 
@@ -197,12 +198,27 @@ pub fn spawn_worker(
         program_fd: None,
         credentials: credentials.as_ref(),
         no_new_privs: spec.no_new_privs,
-        sched_idle: spec.sched_idle,
     })
     .map_err(explain)?;
-    on_forked(forked.pid());
+    let pid = forked.pid();
+    on_forked(pid);
     drop((out_w, err_w));
     let child = forked.wait_exec().map_err(explain)?;
+    // Quiet boot starts here, once the program runs, not in the child
+    // between fork and exec (see `crate::quiet` for why). A worker that
+    // cannot be lowered (it exited already) only boots at the normal
+    // priority.
+    if spec.sched_idle {
+        let lowered = crate::quiet::lower_tree(pid);
+        if !lowered.errors.is_empty() {
+            tracing::debug!(
+                "worker {} of generation {} boots at its normal priority: {}",
+                spec.slot,
+                spec.generation,
+                lowered.errors.join("; ")
+            );
+        }
+    }
     Ok(Started {
         child,
         stdout: Pipe::new(out_r, Stream::Stdout),
@@ -328,7 +344,6 @@ pub fn spawn_probe(
         program_fd: None,
         credentials: credentials.as_ref(),
         no_new_privs,
-        sched_idle: false,
     })
     .map_err(explain)?;
     on_forked(forked.pid());

@@ -39,12 +39,25 @@ pub fn set_normal(tid: u32) -> io::Result<()> {
     Ok(())
 }
 
-/// Puts the calling thread at `SCHED_IDLE` (tests; workers get it between
-/// fork and exec, see `spawn::Command::sched_idle`).
+/// Puts thread `tid` at `SCHED_IDLE` (quiet boot: a worker's main thread,
+/// once it has executed its program). Going down needs no privilege for a
+/// thread of the same user; baton runs its workers as itself or, with
+/// `--user`, as root, which may change any thread.
+pub fn set_idle(tid: u32) -> io::Result<()> {
+    let tid = libc::pid_t::try_from(tid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    set_idle_raw(tid)
+}
+
+/// Puts the calling thread at `SCHED_IDLE` (tests).
 pub fn set_idle_self() -> io::Result<()> {
+    // 0 is the calling thread.
+    set_idle_raw(0)
+}
+
+fn set_idle_raw(tid: libc::pid_t) -> io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: as in `set_normal`; 0 is the calling thread.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &raw const param) };
+    // SAFETY: as in `set_normal`.
+    let rc = unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &raw const param) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }

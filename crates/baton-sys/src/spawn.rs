@@ -214,10 +214,6 @@ pub struct Command<'a> {
     /// Set `PR_SET_NO_NEW_PRIVS`: nothing the child executes (a set-user-ID
     /// program, file capabilities) can gain privileges.
     pub no_new_privs: bool,
-    /// Start the child at `SCHED_IDLE` (quiet boot): everything it starts
-    /// inherits it, until [`crate::sched::set_normal`] gives it back. Best
-    /// effort: a failure leaves the normal priority.
-    pub sched_idle: bool,
 }
 
 #[expect(
@@ -413,7 +409,6 @@ pub fn fork_exec(cmd: &Command<'_>) -> Result<Forked, SpawnError> {
                 parent_pid,
                 nofile: nofile.as_ref().map_or(std::ptr::null(), std::ptr::from_ref),
                 program_fd: cmd.program_fd.map_or(-1, |f| f.as_raw_fd()),
-                sched_idle: cmd.sched_idle,
                 err_fd: err_write_raw,
                 ids: cmd.credentials.map(|c| (c.uid, c.gid)),
                 groups: &groups,
@@ -588,7 +583,6 @@ struct ChildPlan<'a> {
     nofile: *const libc::rlimit,
     /// The program as a descriptor (execveat), or -1.
     program_fd: RawFd,
-    sched_idle: bool,
     err_fd: RawFd,
     /// The user and group to switch to.
     ids: Option<(u32, u32)>,
@@ -815,13 +809,6 @@ unsafe fn child_after_fork(p: &ChildPlan<'_>) -> ! {
         );
         if !p.chdir.is_null() && libc::chdir(p.chdir) != 0 {
             fail(p.err_fd, 3);
-        }
-        // Quiet boot: the lowest CPU priority, inherited by every thread and
-        // process the program starts (sched_setscheduler is a plain system
-        // call). A failure only means a normal boot.
-        if p.sched_idle {
-            let param = libc::sched_param { sched_priority: 0 };
-            libc::sched_setscheduler(0, libc::SCHED_IDLE, &raw const param);
         }
         // Back to the limit the program would have had without baton: many
         // programs still use select(), which cannot handle fds >= 1024.
@@ -1120,7 +1107,6 @@ mod tests {
             program_fd: None,
             credentials: None,
             no_new_privs: false,
-            sched_idle: false,
         }
     }
 
@@ -1152,7 +1138,6 @@ mod tests {
             program_fd: None,
             credentials: None,
             no_new_privs: false,
-            sched_idle: false,
         })
         .expect("spawn");
         drop(w);

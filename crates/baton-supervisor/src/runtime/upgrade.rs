@@ -197,7 +197,6 @@ impl Runtime {
             program_fd: Some(binary.as_fd()),
             credentials: None,
             no_new_privs: false,
-            sched_idle: false,
         })
         .map_err(|e| match e {
             baton_sys::spawn::SpawnError::Child { source, .. } => explain_exec(path, &source),
