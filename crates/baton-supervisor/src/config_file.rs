@@ -56,12 +56,10 @@ pub mod defaults {
     pub const NAME: &str = "baton";
     pub const MAX_SURGE: usize = crate::lifecycle::DEFAULT_MAX_SURGE;
     pub const MAX_DRAINING: usize = crate::lifecycle::DEFAULT_MAX_DRAINING;
-    // Off by default for now: under a saturating load a SCHED_IDLE worker
-    // hardly boots, its exec (which the spawner waits for) stalls the
-    // next worker's start, and reloads got slower or missed a short
-    // --ready-timeout (two e2e failures in a fresh-clone CI run), while
-    // bench/quiet-boot showed no p99 gain there. `--quiet-boot on` keeps it.
-    pub const QUIET_BOOT: bool = false;
+    // On: a reload's boot yields to the serving generation. Its cost is
+    // bounded: a generation not ready after 1 s (or a third of
+    // --ready-timeout) boots on at the normal priority.
+    pub const QUIET_BOOT: bool = true;
 }
 
 /// The flags given on the command line; `None` (or empty) when not given,
