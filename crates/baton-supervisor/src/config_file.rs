@@ -351,6 +351,35 @@ impl Source<'_> {
     }
 }
 
+/// serde's "unknown field `worker`, expected one of `command`, ..." (every
+/// key baton reads, 30 and more) turned into "unknown field `worker`; did
+/// you mean `workers`?" when one key is close to the typo; other messages
+/// are kept as they are.
+fn with_suggestion(message: &str) -> String {
+    let Some(rest) = message.strip_prefix("unknown field `") else {
+        return message.to_owned();
+    };
+    // serde says "expected `a`", "expected `a` or `b`" or "expected one
+    // of `a`, `b`, ...".
+    let Some((typo, expected)) = rest.split_once("`, expected ") else {
+        return message.to_owned();
+    };
+    let expected = expected.strip_prefix("one of ").unwrap_or(expected);
+    let best = expected
+        .split(", ")
+        .flat_map(|k| k.split(" or "))
+        .map(|k| k.trim_matches('`'))
+        .map(|k| (strsim::jaro_winkler(typo, k), k))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match best {
+        // The threshold clap uses for its flag suggestions.
+        Some((score, key)) if score > 0.7 => {
+            format!("unknown field `{typo}`; did you mean `{key}`? (every key: docs/config.md)")
+        }
+        _ => format!("unknown field `{typo}`; the keys here are {expected} (docs/config.md)"),
+    }
+}
+
 /// Reads and validates `path`.
 fn read_file(path: &Path) -> Result<FileSettings, LoadError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
@@ -365,7 +394,7 @@ fn read_file(path: &Path) -> Result<FileSettings, LoadError> {
 fn parse_file(path: &Path, text: &str) -> Result<FileSettings, LoadError> {
     let src = Source { path, text };
     let raw: RawFile = toml::from_str(text).map_err(|e| {
-        let message = e.message().trim().to_owned();
+        let message = with_suggestion(e.message().trim());
         match e.span() {
             Some(span) => src.error(span, message),
             None => LoadError::usage(format!("{}: {message}", path.display())),
@@ -1186,7 +1215,17 @@ RUST_LOG = "info"
             (
                 "workers = 2\nwokers = 3\n",
                 "baton.toml:2:1:",
-                "unknown field `wokers`",
+                "unknown field `wokers`; did you mean `workers`?",
+            ),
+            (
+                "[[listen]]\nadress = \":1\"\n",
+                "baton.toml:2:1:",
+                "did you mean `address`?",
+            ),
+            (
+                "zzz = 1\n",
+                "baton.toml:1:1:",
+                "unknown field `zzz`; the keys here are `command`",
             ),
             ("grace = \"5 parsecs\"\n", "baton.toml:1:9:", "grace:"),
             (
