@@ -307,6 +307,9 @@ fn the_config_file_strategy_applies_from_the_reload_that_reads_it() {
     std::fs::write(&file, format!("{command}strategy = \"overlap\"\n")).expect("write");
     let baton = BatonCmd::new().arg("--config").arg(&file).spawn();
     baton.wait_for("generation 1 ready", WAIT);
+    let (code, json) = baton_e2e::ctl::ctl_text(&baton, &["status", "--json"]);
+    assert_eq!(code, Some(0), "{json}");
+    assert!(json.contains("\"strategy\": \"overlap\""), "{json}");
     std::fs::write(
         &file,
         format!("{command}strategy = \"rolling\"\nready = \"delay:1s\"\n"),
@@ -326,5 +329,19 @@ fn the_config_file_strategy_applies_from_the_reload_that_reads_it() {
     );
     baton.wait_for_after(mark, "generation 2 ready", WAIT);
     baton.wait_for_after(mark, "generation 1 exited", WAIT);
+    // ctl status says how the next reload will go.
+    let (_, json) = baton_e2e::ctl::ctl_text(&baton, &["status", "--json"]);
+    for field in [
+        "\"strategy\": \"rolling\"",
+        "\"max_surge\": 1",
+        "\"max_draining\": 1",
+    ] {
+        assert!(json.contains(field), "no {field} in {json}");
+    }
+    let (_, text) = baton_e2e::ctl::ctl_text(&baton, &["status"]);
+    assert!(
+        text.contains("strategy: rolling, max surge 1, max draining 1, quiet boot"),
+        "{text}"
+    );
     stop_cleanly(baton);
 }

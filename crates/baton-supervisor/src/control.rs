@@ -221,6 +221,19 @@ pub struct Status {
     pub uptime_ms: u64,
     pub serving: Option<u64>,
     pub workers_per_generation: usize,
+    /// How a reload replaces the serving generation now: `overlap`,
+    /// `rolling` or `restart` (empty from a baton older than this field).
+    #[serde(default)]
+    pub strategy: String,
+    /// `--max-surge` (it matters with `rolling`) and `--max-draining`.
+    #[serde(default)]
+    pub max_surge: usize,
+    #[serde(default)]
+    pub max_draining: usize,
+    /// Whether a reload's new generation boots at the lowest CPU priority
+    /// (`--quiet-boot`, and baton able to give the priority back).
+    #[serde(default)]
+    pub quiet_boot: bool,
     /// Reloads that succeeded (the new generation serves).
     pub reloads: u64,
     /// Reloads that started a new generation.

@@ -1064,6 +1064,11 @@ impl Lifecycle {
         self.policy.workers
     }
 
+    /// The settings the machine runs with now (the last reload's).
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
     /// Checks invariants 1 and 8 after every step (debug builds panic, so
     /// tests catch a violation at the transition that caused it).
     fn check_invariants(&self) {

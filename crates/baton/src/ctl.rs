@@ -528,6 +528,20 @@ fn print_status(s: &Status) {
         "reloads: {} attempted, {} succeeded, {} failed{in_flight}; worker restarts: {}; reloads refused: {}; upgrades in place: {}",
         s.reloads_attempted, s.reloads, s.reloads_failed, s.restarts, s.reloads_refused, s.upgrades
     );
+    // Empty from a baton older than these fields.
+    if !s.strategy.is_empty() {
+        let surge = if s.strategy == "rolling" {
+            format!(", max surge {}", s.max_surge)
+        } else {
+            String::new()
+        };
+        println!(
+            "strategy: {}{surge}, max draining {}, quiet boot {}",
+            s.strategy,
+            s.max_draining,
+            if s.quiet_boot { "on" } else { "off" }
+        );
+    }
     match &s.last_reload {
         Some(last) => {
             let verdict = if last.ok { "ok" } else { "FAILED" };

@@ -483,6 +483,11 @@ impl Runtime {
             uptime_ms: now.saturating_duration_since(self.started).as_millis() as u64,
             serving: self.machine.serving(),
             workers_per_generation: self.machine.workers(),
+            strategy: self.machine.policy().strategy.name().to_owned(),
+            max_surge: self.machine.policy().max_surge,
+            max_draining: self.machine.policy().max_draining,
+            quiet_boot: self.machine.policy().quiet_boot
+                && crate::quiet::mechanism() == crate::quiet::Mechanism::SchedIdle,
             reloads: counters.reloads_succeeded,
             reloads_attempted: counters.reloads_started,
             reloads_failed: counters.reloads_failed,
