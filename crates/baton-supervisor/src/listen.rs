@@ -476,48 +476,36 @@ fn resolve(spec: &ListenSpec, host: &str, port: u16) -> Result<SocketAddr, BindE
 }
 
 pub(crate) fn bind_tcp(addr: SocketAddr) -> Result<OwnedFd, rustix::io::Errno> {
-    let family = if addr.is_ipv4() {
-        AddressFamily::INET
-    } else {
-        AddressFamily::INET6
-    };
-    let fd = rustix::net::socket_with(
-        family,
-        SocketType::STREAM,
-        rustix::net::SocketFlags::CLOEXEC,
-        None,
-    )?;
+    let fd = inet_socket(addr, SocketType::STREAM)?;
     // SO_REUSEADDR lets baton rebind after a restart while old connections
     // sit in TIME_WAIT; it does not let two live listeners share the port.
     rustix::net::sockopt::set_socket_reuseaddr(&fd, true)?;
-    if addr.is_ipv6() {
-        // `[::]:PORT` means IPv6 only; IPv4 needs its own --listen.
-        rustix::net::sockopt::set_ipv6_v6only(&fd, true)?;
-    }
     rustix::net::bind(&fd, &addr)?;
     rustix::net::listen(&fd, BACKLOG)?;
     Ok(fd)
 }
 
 fn bind_udp(addr: SocketAddr) -> Result<OwnedFd, rustix::io::Errno> {
+    // No SO_REUSEADDR here, unlike TCP: UDP has no TIME_WAIT to wait out,
+    // and on a UDP socket it would let another process that sets it too
+    // bind the same port and take the datagrams meant for the workers.
+    let fd = inet_socket(addr, SocketType::DGRAM)?;
+    rustix::net::bind(&fd, &addr)?;
+    Ok(fd)
+}
+
+/// A close-on-exec socket of `kind` for `addr`'s family; an IPv6 one is
+/// IPv6 only (`[::]:PORT` means IPv6 alone; IPv4 needs its own --listen).
+fn inet_socket(addr: SocketAddr, kind: SocketType) -> Result<OwnedFd, rustix::io::Errno> {
     let family = if addr.is_ipv4() {
         AddressFamily::INET
     } else {
         AddressFamily::INET6
     };
-    let fd = rustix::net::socket_with(
-        family,
-        SocketType::DGRAM,
-        rustix::net::SocketFlags::CLOEXEC,
-        None,
-    )?;
-    // No SO_REUSEADDR here, unlike TCP: UDP has no TIME_WAIT to wait out,
-    // and on a UDP socket it would let another process that sets it too
-    // bind the same port and take the datagrams meant for the workers.
+    let fd = rustix::net::socket_with(family, kind, rustix::net::SocketFlags::CLOEXEC, None)?;
     if addr.is_ipv6() {
         rustix::net::sockopt::set_ipv6_v6only(&fd, true)?;
     }
-    rustix::net::bind(&fd, &addr)?;
     Ok(fd)
 }
 
