@@ -198,6 +198,40 @@ pub fn run(args: &CtlArgs) -> u8 {
     read_replies(stream, deadline, json, &args.command)
 }
 
+/// What [`next_line`] read.
+enum Next {
+    Line(String),
+    /// `--timeout` has passed.
+    Deadline,
+    /// The supervisor closed the connection.
+    End,
+    Lost(std::io::Error),
+}
+
+/// The next line from the supervisor, waiting at most until `deadline`.
+fn next_line(reader: &mut BufReader<UnixStream>, deadline: Option<Instant>) -> Next {
+    loop {
+        if let Some(d) = deadline {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Next::Deadline;
+            }
+            let _ = reader.get_ref().set_read_timeout(Some(left));
+        }
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => return Next::End,
+            Ok(_) => return Next::Line(line),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Next::Lost(e),
+        }
+    }
+}
+
 /// `ctl events`: prints each event as one JSON line on stdout, flushed at
 /// once, until baton stops (exit 0), drops this reader (14), `--timeout`
 /// passes (0) or the connection is lost (8).
@@ -206,31 +240,13 @@ fn stream_events(stream: UnixStream, deadline: Option<Instant>) -> u8 {
     let mut out = std::io::stdout().lock();
     let mut stopped = false;
     loop {
-        if let Some(d) = deadline {
-            let left = d.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return exit::OK;
-            }
-            let _ = reader.get_ref().set_read_timeout(Some(left));
-        }
-        let mut line = String::new();
-        match reader.read_line(&mut line) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue;
-            }
-            Err(e) if stopped => {
-                let _ = e;
-                break;
-            }
-            Err(e) => return fail(exit::UNREACHABLE, format!("connection lost: {e}")),
-        }
+        let line = match next_line(&mut reader, deadline) {
+            Next::Line(line) => line,
+            Next::Deadline => return exit::OK,
+            Next::End => break,
+            Next::Lost(_) if stopped => break,
+            Next::Lost(e) => return fail(exit::UNREACHABLE, format!("connection lost: {e}")),
+        };
         let reply: Reply = match serde_json::from_str(&line) {
             Ok(r) => r,
             Err(e) => return fail(exit::REFUSED, format!("unreadable reply ({e}): {line}")),
@@ -306,33 +322,20 @@ fn read_replies(
     let mut code = None;
     let mut stopped = false;
     loop {
-        if let Some(d) = deadline {
-            let left = d.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+        let line = match next_line(&mut reader, deadline) {
+            Next::Line(line) => line,
+            Next::Deadline => {
                 return fail(
                     exit::TIMEOUT,
                     "no verdict within --timeout; the supervisor carries on (check with baton ctl status)",
                 );
             }
-            let _ = reader.get_ref().set_read_timeout(Some(left));
-        }
-        let mut line = String::new();
-        match reader.read_line(&mut line) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue;
-            }
+            Next::End => break,
             // A refusal is followed by a reset when the supervisor closes
             // with our request unread: the answer already received stands.
-            Err(_) if code.is_some() => break,
-            Err(e) => return fail(exit::UNREACHABLE, format!("connection lost: {e}")),
-        }
+            Next::Lost(_) if code.is_some() => break,
+            Next::Lost(e) => return fail(exit::UNREACHABLE, format!("connection lost: {e}")),
+        };
         let reply: Reply = match serde_json::from_str(&line) {
             Ok(r) => r,
             Err(e) => return fail(exit::REFUSED, format!("unreadable reply ({e}): {line}")),
