@@ -75,6 +75,13 @@ impl Sinks {
         }
     }
 
+    /// Waits (briefly: the sinks bound it) until what was written so far is
+    /// out of baton, before an exec in place.
+    pub fn flush(&mut self) {
+        let _ = self.stdout.flush();
+        let _ = self.stderr.flush();
+    }
+
     fn write(&mut self, stream: Stream, bytes: &[u8]) {
         // Output is best effort, supervision is not: a closed stream must
         // not take baton down.

@@ -491,6 +491,9 @@ impl Runtime {
             path.display(),
             std::process::id()
         );
+        // The lines still queued for baton's stdout and stderr (its own and
+        // its workers') would die with this image.
+        self.sinks.flush();
         let err = self.spawner.exec(binary, self.argv.clone(), env);
         // Still here: the exec failed. Put everything back.
         for fd in &keep {
