@@ -386,7 +386,13 @@ async fn connection<I, S, B>(
     // (Relaxed: the service sets the flag from within this task's own
     // poll of `conn`.)
     if !http2.load(Ordering::Relaxed) {
+        // Biased: the connection first. A worker that wakes after a stall
+        // with the grace over and a request already in its socket reads
+        // that request before it closes what is idle; hyper then finishes
+        // it (answered `Connection: close`) rather than closing the
+        // connection under it.
         tokio::select! {
+            biased;
             _ = conn.as_mut() => return,
             () = stages.close_idle.cancelled() => {}
             () = stages.abandon.cancelled() => return,

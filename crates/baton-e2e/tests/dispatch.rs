@@ -16,10 +16,18 @@ const RELOADS: u32 = 50;
 
 fn demo(mode: &str, workers: &str) -> Baton {
     let demo = baton_e2e::bin("demo-server");
+    // A draining worker answers each keep-alive connection's next request
+    // with `Connection: close` for this long, then closes what is idle (and
+    // stops waiting as soon as no connection is left, so the usual drain is
+    // much shorter). A load client that stalls past it on a busy machine
+    // (a 4 s stall was seen in a full run beside a benchmark) sends its next
+    // request on a connection closed meanwhile and reads an end of file:
+    // HTTP/1's own idle-close race, which only a retry could absorb, and
+    // the strict client does not retry.
     let baton = BatonCmd::new()
         .arg(format!("--dispatch={mode}"))
         .args(["--workers", workers])
-        .command([demo.as_os_str(), "--drain-grace".as_ref(), "200ms".as_ref()])
+        .command([demo.as_os_str(), "--drain-grace".as_ref(), "2s".as_ref()])
         .spawn();
     baton.wait_for("generation 1 ready", WAIT);
     baton

@@ -83,7 +83,10 @@ fn rolling_reloads_never_exceed_workers_plus_surge_and_fail_no_request() {
             "--max-surge",
             "1",
         ])
-        .probe(&["--drain-ms", "150"])
+        // Long enough that a load client stalled on a busy machine still
+        // finds its idle keep-alive connection answered in band (a drain
+        // ends as soon as its connections are closed, so it is short).
+        .probe(&["--drain-ms", "2000"])
         .spawn();
     baton.wait_for("generation 1 ready", WAIT);
     let sampler = Sampler::start(baton.pid());
