@@ -12,7 +12,9 @@
 //!   is not allowed between fork and exec); it also drops a worker's
 //!   privileges (`--user`) between the two;
 //! * [`sched`]: a thread's CPU scheduling policy (quiet boot);
-//! * [`user`]: looking users and groups up by name or number.
+//! * [`user`]: looking users and groups up by name or number;
+//! * `tokio_fd` (feature `tokio`): an owned descriptor on tokio's reactor
+//!   with only the readiness interest it needs.
 //!
 //! Each `unsafe` block carries a `// SAFETY:` comment saying why it is sound.
 #![allow(unsafe_code)]
@@ -21,4 +23,6 @@ pub mod fd;
 pub mod reexec;
 pub mod sched;
 pub mod spawn;
+#[cfg(feature = "tokio")]
+pub mod tokio_fd;
 pub mod user;

@@ -7,14 +7,31 @@
 //! ([`Incoming::drain_next`], which `serve` calls), it says `stopping` and
 //! hands out what baton had already sent until baton's `end`, so no
 //! connection sent just before the stop is left behind.
+//!
+//! # Fewer packets
+//!
+//! Every packet costs a `send` here, a `recv` (and often a wake-up) in
+//! baton, on the same few cores the server runs on. So:
+//!
+//! * the connections waiting on the channel are received together (up to
+//!   [`BURST`]) and answered with one `taken A B C`, sent before any of
+//!   them is handed to the server (baton must know a connection is taken
+//!   before the server reads from it: it would otherwise give it to another
+//!   worker should this one die);
+//! * `done` is not urgent (it only frees a credit): it waits in the outbox
+//!   for a flusher task, which runs after the tasks already woken (so the
+//!   connections closed meanwhile share its packet), or for the next
+//!   `taken`, which carries it.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll, ready};
 
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::sync::Notify;
 
 use super::channel::{self, Channel, DispatchError, Received, Stream};
 use super::proto::{FromWorker, Mode};
@@ -23,29 +40,63 @@ use crate::Listener;
 /// Connections an async server takes at once unless told otherwise.
 pub const DEFAULT_CREDITS: u32 = 1024;
 
+/// The most connections received from the channel in one go (and answered
+/// in one `taken` packet).
+pub const BURST: usize = 32;
+
 /// The channel and the answers waiting to go out on it, shared with every
 /// connection (which says `done` from its `Drop`).
 #[derive(Debug)]
 struct Shared {
-    /// The channel, registered with tokio's reactor. tokio has no
-    /// `SOCK_SEQPACKET` type, and registering a raw descriptor
-    /// (`AsyncFd::register`) is `unsafe` since tokio 1.54 (tokio#8587); a
-    /// `UnixDatagram` is registered safely from an `OwnedFd`, and its
-    /// readiness is the descriptor's own. Only `recvmsg` and `send` are
-    /// called on it, which a connected `SOCK_SEQPACKET` socket answers as
-    /// a datagram socket would.
-    fd: tokio::net::UnixDatagram,
-    /// Messages not sent yet: the channel was full (baton is not reading).
-    /// They go out with the next message.
+    /// The channel, registered with tokio's reactor for reading only
+    /// (`baton_sys::tokio_fd`: tokio has no `SOCK_SEQPACKET` type, and its
+    /// socket types would also register for writing, which wakes this
+    /// worker for nothing each time baton reads one of its packets). Sends
+    /// never wait: what the channel cannot take stays in the outbox.
+    fd: AsyncFd<OwnedFd>,
+    /// Messages not sent yet: `done`s waiting for the flusher (or the next
+    /// message), or anything the channel was too full for (baton is not
+    /// reading). They go out with the next message.
     outbox: Mutex<Vec<FromWorker>>,
+    /// Wakes the flusher task: a `done` waits in the outbox.
+    flush: Arc<Notify>,
 }
 
 impl Shared {
     /// Queues `msg` and sends everything queued, without waiting.
     fn post(&self, msg: FromWorker) {
+        self.post_all(std::iter::once(msg));
+    }
+
+    /// Queues `msgs` and sends everything queued (in as few packets as
+    /// fit), without waiting.
+    fn post_all(&self, msgs: impl IntoIterator<Item = FromWorker>) {
         let mut outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
-        outbox.push(msg);
-        match channel::send_on(self.fd.as_fd(), &outbox) {
+        outbox.extend(msgs);
+        Self::send_outbox(&self.fd, &mut outbox);
+    }
+
+    /// Queues `msg` for the flusher: it goes out at the end of this tick
+    /// of the runtime, or sooner with another message.
+    fn post_later(&self, msg: FromWorker) {
+        self.outbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(msg);
+        // A permit is kept if the flusher is busy: none is lost.
+        self.flush.notify_one();
+    }
+
+    /// Sends what the outbox holds, if anything.
+    fn flush(&self) {
+        let mut outbox = self.outbox.lock().unwrap_or_else(PoisonError::into_inner);
+        if !outbox.is_empty() {
+            Self::send_outbox(&self.fd, &mut outbox);
+        }
+    }
+
+    fn send_outbox(fd: &AsyncFd<OwnedFd>, outbox: &mut Vec<FromWorker>) {
+        match channel::send_on(fd.as_fd(), outbox) {
             Ok(()) => outbox.clear(),
             // Kept for the next message; baton's dispatch timeout bounds
             // what a stuck channel costs.
@@ -56,6 +107,32 @@ impl Shared {
                 outbox.clear();
             }
         }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // The last connection (or the Incoming) is gone: what waits goes
+        // now, and the flusher, finding nothing to flush for, ends.
+        self.flush();
+        self.flush.notify_one();
+    }
+}
+
+/// Sends the `done`s the outbox holds once the tasks woken before it have
+/// run (see the module docs). Ends with the channel.
+///
+/// Woken by the first `done`, it runs after the tasks already queued: the
+/// connections that became readable in the same poll of the reactor, which
+/// often close too. (`yield_now` would wait for the end of the tick, but
+/// costs one more `epoll_wait` each time.)
+async fn flusher(shared: Weak<Shared>, flush: Arc<Notify>) {
+    loop {
+        flush.notified().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        shared.flush();
     }
 }
 
@@ -71,6 +148,8 @@ pub struct Incoming {
     ended: bool,
     /// Accept mode: the inherited listeners by index, non-blocking.
     listeners: Vec<Option<Listener>>,
+    /// Connections received (and answered) and not handed out yet.
+    handed: std::collections::VecDeque<io::Result<Connection>>,
 }
 
 impl Incoming {
@@ -114,18 +193,23 @@ impl Incoming {
         }
         let mode = chan.mode();
         let fd: OwnedFd = chan.into();
-        let sock = tokio::net::UnixDatagram::from_std(std::os::unix::net::UnixDatagram::from(fd))?;
+        let sock = baton_sys::tokio_fd::register(fd, Interest::READABLE)?;
+        let flush = Arc::new(Notify::new());
+        let shared = Arc::new(Shared {
+            fd: sock,
+            outbox: Mutex::new(Vec::new()),
+            flush: Arc::clone(&flush),
+        });
+        tokio::spawn(flusher(Arc::downgrade(&shared), flush));
         Ok(Self {
-            shared: Arc::new(Shared {
-                fd: sock,
-                outbox: Mutex::new(Vec::new()),
-            }),
+            shared,
             mode,
             credits: credits.clamp(1, super::proto::MAX_CREDITS),
             said_ready: false,
             said_stopping: false,
             ended: false,
             listeners,
+            handed: std::collections::VecDeque::new(),
         })
     }
 
@@ -180,6 +264,9 @@ impl Incoming {
             });
         }
         loop {
+            if let Some(conn) = self.handed.pop_front() {
+                return Poll::Ready(Some(conn));
+            }
             if self.ended {
                 return if draining {
                     Poll::Ready(None)
@@ -187,45 +274,73 @@ impl Incoming {
                     Poll::Pending
                 };
             }
-            ready!(self.shared.fd.poll_recv_ready(cx))?;
+            // Dropped at once: `receive_burst` clears the readiness when
+            // it has read everything.
+            let _ = ready!(self.shared.fd.poll_read_ready(cx))?;
+            self.receive_burst();
+        }
+    }
+
+    /// Receives what waits on the channel (at most [`BURST`] messages),
+    /// answers every connection in one `taken` packet, and queues them in
+    /// `handed`, followed by an error the server must hear, if one ended
+    /// the burst. Otherwise it ends when the channel has nothing more (its
+    /// readiness is then cleared), or after `BURST` messages.
+    fn receive_burst(&mut self) {
+        let mut conns: Vec<(u64, String, Stream)> = Vec::new();
+        let mut failed = None;
+        for _ in 0..BURST {
             let sock = &self.shared.fd;
             // `try_io` clears the readiness on WouldBlock (read
             // everything there was: poll again) and passes the rest on.
-            let got = match sock.try_io(Interest::READABLE, || channel::recv_on(sock.as_fd())) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                got => got,
-            };
-            match got {
+            match sock.try_io(Interest::READABLE, |fd| channel::recv_on(fd.as_fd())) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Ok(Some(Received::Conn {
                     id,
                     listener,
                     stream,
-                })) => {
-                    self.shared.post(FromWorker::Taken(id));
-                    return Poll::Ready(Some(self.connection(id, &listener, stream)));
-                }
+                })) => conns.push((id, listener, stream)),
                 Ok(Some(Received::Accept {
                     id,
                     index,
                     listener,
                 })) => {
                     if let Some(conn) = self.accept_one(id, index, &listener) {
-                        return Poll::Ready(Some(conn));
+                        self.handed.push_back(conn);
                     }
                 }
-                Ok(Some(Received::End)) => self.ended = true,
+                Ok(Some(Received::End)) => {
+                    self.ended = true;
+                    break;
+                }
                 Ok(None) => {
                     tracing::warn!(
                         "baton closed the dispatch channel: no more connections will come"
                     );
                     self.ended = true;
+                    break;
                 }
                 // A message this worker cannot read is skipped, said once.
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                     tracing::warn!("dispatch channel: {e}");
                 }
-                Err(e) => return Poll::Ready(Some(Err(e))),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
             }
+        }
+        if !conns.is_empty() {
+            // Said before any of them reaches the server (module docs).
+            self.shared
+                .post_all(conns.iter().map(|(id, _, _)| FromWorker::Taken(*id)));
+            for (id, listener, stream) in conns {
+                let conn = self.connection(id, &listener, stream);
+                self.handed.push_back(conn);
+            }
+        }
+        if let Some(e) = failed {
+            self.handed.push_back(Err(e));
         }
     }
 
@@ -298,7 +413,7 @@ struct DoneGuard {
 
 impl Drop for DoneGuard {
     fn drop(&mut self) {
-        self.shared.post(FromWorker::Done(self.id));
+        self.shared.post_later(FromWorker::Done(self.id));
     }
 }
 
@@ -427,6 +542,65 @@ mod tests {
 
     /// The whole life of a connection, and a drain that collects the one
     /// baton sent before it heard `stopping`.
+    /// What the worker says next, from inside its runtime: a `done` goes
+    /// out only once the flusher task has run, so this yields to it
+    /// instead of blocking the runtime (bounded: a lost `done` fails).
+    async fn worker_says(from: &OwnedFd) -> String {
+        let mut buf = [0u8; 1024];
+        let wait = async {
+            loop {
+                match rustix::net::recv(from, &mut buf, RecvFlags::DONTWAIT) {
+                    Ok((n, _)) => return String::from_utf8_lossy(&buf[..n]).into_owned(),
+                    Err(rustix::io::Errno::AGAIN) => tokio::task::yield_now().await,
+                    Err(e) => panic!("recv: {e}"),
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), wait)
+            .await
+            .expect("the worker said nothing within 10 s")
+    }
+
+    /// Connections waiting together are answered with one `taken`, and
+    /// the `done`s of connections closed in one tick share a packet: a
+    /// packet per message costs baton a `recv` (and often a wake-up) each.
+    #[test]
+    fn a_burst_of_connections_is_answered_in_one_packet_and_their_dones_in_another() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (baton, worker) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .expect("socketpair");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        rt.block_on(async {
+            let chan = Channel::new(worker, Mode::Pass).expect("channel");
+            let mut incoming = Incoming::new(chan, Vec::new(), 8).expect("incoming");
+            let mut clients = Vec::new();
+            for id in 1..=3 {
+                clients.push(std::net::TcpStream::connect(addr).expect("connect"));
+                let (accepted, _) = listener.accept().expect("accept");
+                baton_says(&baton, &format!("conn {id} web"), Some(accepted.as_fd()));
+            }
+            let mut conns = Vec::new();
+            for _ in 0..3 {
+                conns.push(incoming.accept().await.expect("a connection"));
+            }
+            let ids: Vec<u64> = conns.iter().map(Connection::id).collect();
+            assert_eq!(ids, [1, 2, 3], "in the order baton sent them");
+            assert_eq!(worker_says(&baton).await, "ready 8");
+            assert_eq!(worker_says(&baton).await, "taken 1 2 3");
+            drop(conns);
+            assert_eq!(worker_says(&baton).await, "done 1 2 3");
+        });
+    }
+
     #[test]
     fn ready_taken_done_and_a_drain_that_leaves_nothing_behind() {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -458,7 +632,7 @@ mod tests {
             conn.read_exact(&mut buf).await.expect("read");
             conn.write_all(b"ok").await.expect("write");
             drop(conn);
-            assert_eq!(worker_said(&baton), "done 1");
+            assert_eq!(worker_says(&baton).await, "done 1");
 
             // Sent before baton heard the worker stop: still served.
             let _late = std::net::TcpStream::connect(addr).expect("connect");
@@ -472,7 +646,7 @@ mod tests {
             baton_says(&baton, "end", None);
             assert!(incoming.drain_next().await.is_none(), "end ends the drain");
             drop(owed);
-            assert_eq!(worker_said(&baton), "done 2");
+            assert_eq!(worker_says(&baton).await, "done 2");
         });
     }
 

@@ -136,6 +136,24 @@ fn number(packet: &[u8], word: &str) -> Result<u64, ProtoError> {
 /// Parses a worker's packet into its messages, in order.
 pub fn parse_worker(packet: &[u8]) -> Result<Vec<FromWorker>, ProtoError> {
     let mut out = Vec::new();
+    parse_worker_into(packet, &mut out)?;
+    Ok(out)
+}
+
+/// [`parse_worker`], appending to `out` (a buffer a reader keeps: baton
+/// reads a packet or two per connection). On an error, `out` is left as
+/// it was: a packet is acted on whole or not at all.
+pub fn parse_worker_into(packet: &[u8], out: &mut Vec<FromWorker>) -> Result<(), ProtoError> {
+    let start = out.len();
+    let parsed = parse_appending(packet, out);
+    if parsed.is_err() {
+        out.truncate(start);
+    }
+    parsed
+}
+
+fn parse_appending(packet: &[u8], out: &mut Vec<FromWorker>) -> Result<(), ProtoError> {
+    let start = out.len();
     let mut it = words(packet)?.peekable();
     let is_number = |w: &&str| w.bytes().all(|b| b.is_ascii_digit());
     while let Some(verb) = it.next() {
@@ -189,10 +207,10 @@ pub fn parse_worker(packet: &[u8]) -> Result<Vec<FromWorker>, ProtoError> {
             }
         }
     }
-    if out.is_empty() {
+    if out.len() == start {
         return Err(error(packet, "empty"));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// A worker's messages as one packet (several verbs may share it).
@@ -274,6 +292,27 @@ impl ToWorker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reader's buffer gets each packet's messages appended, and a bad
+    /// packet leaves it as it was (acted on whole or not at all).
+    #[test]
+    fn parse_worker_into_appends_and_leaves_the_buffer_alone_on_an_error() {
+        let mut out = vec![FromWorker::Done(1)];
+        parse_worker_into(b"taken 2 3 done 2", &mut out).expect("parses");
+        assert_eq!(
+            out,
+            [
+                FromWorker::Done(1),
+                FromWorker::Taken(2),
+                FromWorker::Taken(3),
+                FromWorker::Done(2)
+            ]
+        );
+        assert!(parse_worker_into(b"done 4 taken x", &mut out).is_err());
+        assert_eq!(out.len(), 4, "nothing of the bad packet: {out:?}");
+        assert!(parse_worker_into(b"", &mut out).is_err(), "an empty packet");
+        assert_eq!(out.len(), 4);
+    }
 
     #[test]
     fn worker_messages_round_trip_and_share_packets() {

@@ -50,7 +50,7 @@
 //!   closed at the exec.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::IoSlice;
+use std::io::{IoSlice, Write as _};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
@@ -228,6 +228,12 @@ pub(super) struct Dispatcher {
     /// previous one (listener name, worker, id): restored into the watched
     /// listeners once they are watched again.
     pub(super) carried_orders: Vec<(String, (GenId, Slot), u64)>,
+    /// The packet being sent (see `send_conn`).
+    packet: Vec<u8>,
+    /// What the channel being read said (see `on_channel`).
+    inbox: Vec<Result<FromWorker, String>>,
+    /// One packet's messages, as parsed.
+    parsed: Vec<FromWorker>,
 }
 
 impl Runtime {
@@ -324,11 +330,15 @@ pub(super) fn micros(d: Duration) -> u64 {
 
 /// Sends `msg` (with `conn`'s descriptor, if any) on a channel.
 fn send(fd: &OwnedFd, msg: &ToWorker, conn: Option<&OwnedFd>) -> rustix::io::Result<()> {
-    let text = msg.encode();
-    let iov = [IoSlice::new(text.as_bytes())];
+    send_text(fd, msg.encode().as_bytes(), conn)
+}
+
+/// Sends one encoded packet (with `conn`'s descriptor, if any).
+fn send_text(fd: &OwnedFd, text: &[u8], conn: Option<&OwnedFd>) -> rustix::io::Result<()> {
+    let iov = [IoSlice::new(text)];
     let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
     match conn {
-        None => rustix::net::send(fd, text.as_bytes(), flags).map(|_| ()),
+        None => rustix::net::send(fd, text, flags).map(|_| ()),
         Some(c) => {
             let fds = [c.as_fd()];
             let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
@@ -391,9 +401,15 @@ impl Runtime {
         let key = (g, slot);
         let mut buf = [0u8; proto::MAX_MESSAGE + 1];
         let mut eof = false;
-        let mut packets: Vec<Result<Vec<FromWorker>, String>> = Vec::new();
+        // Every message of every packet, in order (an unreadable packet as
+        // its error), in a buffer kept between calls: this runs for about
+        // every connection.
+        let mut inbox = std::mem::take(&mut self.dispatch.inbox);
+        let mut parsed = std::mem::take(&mut self.dispatch.parsed);
         {
             let Some(chan) = self.dispatch.chans.get_mut(&key) else {
+                self.dispatch.inbox = inbox;
+                self.dispatch.parsed = parsed;
                 return;
             };
             loop {
@@ -404,12 +420,14 @@ impl Runtime {
                         eof = true;
                         break;
                     }
-                    Ok((n, len)) if len > n || n > proto::MAX_MESSAGE => packets.push(Err(
-                        format!("a message longer than {} bytes", proto::MAX_MESSAGE),
-                    )),
-                    Ok((n, _)) => {
-                        packets.push(proto::parse_worker(&buf[..n]).map_err(|e| e.to_string()));
-                    }
+                    Ok((n, len)) if len > n || n > proto::MAX_MESSAGE => inbox.push(Err(format!(
+                        "a message longer than {} bytes",
+                        proto::MAX_MESSAGE
+                    ))),
+                    Ok((n, _)) => match proto::parse_worker_into(&buf[..n], &mut parsed) {
+                        Ok(()) => inbox.extend(parsed.drain(..).map(Ok)),
+                        Err(e) => inbox.push(Err(e.to_string())),
+                    },
                     Err(rustix::io::Errno::AGAIN) => break,
                     Err(rustix::io::Errno::INTR) => {}
                     Err(_) => {
@@ -418,20 +436,18 @@ impl Runtime {
                     }
                 }
             }
-            if !packets.is_empty() {
+            if !inbox.is_empty() {
                 chan.full = false;
             }
         }
-        for packet in packets {
-            match packet {
-                Ok(msgs) => {
-                    for m in msgs {
-                        self.on_worker_message(key, m);
-                    }
-                }
+        for m in inbox.drain(..) {
+            match m {
+                Ok(m) => self.on_worker_message(key, m),
                 Err(e) => self.protocol_error(key, &e),
             }
         }
+        self.dispatch.inbox = inbox;
+        self.dispatch.parsed = parsed;
         if eof && let Some(chan) = self.dispatch.chans.get_mut(&key) {
             // Its end is closed: it exited (its pidfd says so next), or it
             // closed the descriptor. Either way nothing can be sent to it.
@@ -462,11 +478,6 @@ impl Runtime {
 
     fn on_worker_message(&mut self, key: (GenId, Slot), msg: FromWorker) {
         let (g, slot) = key;
-        let ready_mode = self
-            .generations
-            .get(&g)
-            .and_then(|r| r.spec.as_ref())
-            .map(|s| s.ready.clone());
         let Some(chan) = self.dispatch.chans.get_mut(&key) else {
             return;
         };
@@ -480,7 +491,12 @@ impl Runtime {
                         "worker {slot} of generation {g} (pid {}) is ready for connections ({credits} at once)",
                         chan.pid
                     );
-                    if ready_mode == Some(ReadyMode::Dispatch) {
+                    let by_dispatch = self
+                        .generations
+                        .get(&g)
+                        .and_then(|r| r.spec.as_ref())
+                        .is_some_and(|s| s.ready == ReadyMode::Dispatch);
+                    if by_dispatch {
                         self.queue.push_back(Event::WorkerReady {
                             generation: g,
                             slot,
@@ -916,21 +932,22 @@ impl Runtime {
     fn send_conn(&mut self, key: (GenId, Slot), q: Queued) -> Result<(), Queued> {
         let id = self.dispatch.next_id;
         let stamp = self.dispatch.tick();
-        let Some(chan) = self.dispatch.chans.get_mut(&key) else {
+        let d = &mut self.dispatch;
+        let Some(chan) = d.chans.get_mut(&key) else {
             return Err(q);
         };
-        let msg = ToWorker::Conn {
-            id,
-            listener: q.listener.to_string(),
-        };
-        match send(&chan.fd, &msg, Some(&q.fd)) {
+        // `ToWorker::Conn`'s packet, written into a buffer kept for it:
+        // this runs once per connection, and needs no allocation.
+        d.packet.clear();
+        let _ = write!(d.packet, "conn {id} {}", q.listener);
+        match send_text(&chan.fd, &d.packet, Some(&q.fd)) {
             Ok(()) => {
-                self.dispatch.next_id += 1;
+                d.next_id += 1;
                 chan.in_use += 1;
                 chan.dispatched += 1;
                 chan.stamp = stamp;
                 if q.tries == 0 {
-                    self.dispatch.counts.dispatched += 1;
+                    d.counts.dispatched += 1;
                 }
                 tracing::trace!(
                     "connection {id} to worker {} of generation {}",
