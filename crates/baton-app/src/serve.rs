@@ -246,7 +246,7 @@ where
         };
         tracker.spawn(connection(
             Arc::clone(&builder),
-            io,
+            Lingering::new(io, Arc::clone(&draining)),
             service,
             http2,
             Stages {
@@ -405,6 +405,103 @@ async fn connection<I, S, B>(
     }
 }
 
+/// How long a connection closed during the drain is read from after its
+/// end of file was sent, at most.
+const LINGER: Duration = Duration::from_millis(500);
+
+/// A connection that, once the drain began, closes gently: when hyper shuts
+/// it down (after a `Connection: close` answer, or an HTTP/2 `GOAWAY` and
+/// the last stream), it sends its end of file and then reads and discards
+/// what the client still sends until the client closes too (at most
+/// [`LINGER`]).
+///
+/// Closing a socket with unread data in it makes the kernel answer with a
+/// reset, and a reset can destroy what the client had not read yet: the
+/// `GOAWAY` that told it to go elsewhere (an HTTP/2 client that was sending
+/// new streams at that moment saw a broken pipe instead, in a run of
+/// `tests/http2.rs`), or the last response. hyper closes the socket as soon
+/// as it is done with it, so the waiting is done here, inside its shutdown.
+struct Lingering<I> {
+    io: I,
+    draining: Arc<AtomicBool>,
+    /// Set once the end of file is sent and the drain had begun.
+    until: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<I> Lingering<I> {
+    fn new(io: I, draining: Arc<AtomicBool>) -> Self {
+        Self {
+            io,
+            draining,
+            until: None,
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Lingering<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Lingering<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.until.is_none() {
+            ready!(Pin::new(&mut this.io).poll_shutdown(cx))?;
+            if !this.draining.load(Ordering::Relaxed) {
+                return Poll::Ready(Ok(()));
+            }
+            this.until = Some(Box::pin(tokio::time::sleep(LINGER)));
+        }
+        let mut scratch = [0u8; 1024];
+        loop {
+            let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.io).poll_read(cx, &mut buf) {
+                // Data the client sent after all: discard it, read on.
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {}
+                // Its end of file, or an error: nothing more to wait for.
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => {
+                    let until = this.until.as_mut().expect("set above");
+                    return match until.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Ok(())),
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            }
+        }
+    }
+}
+
 /// Wraps a service so that, once draining, every HTTP/1 response says
 /// `Connection: close`, and notes whether its connection speaks HTTP/2.
 #[derive(Debug, Clone)]
@@ -494,6 +591,53 @@ mod tests {
             got += n;
         }
         String::from_utf8_lossy(&buf[..got]).to_lowercase()
+    }
+
+    /// Once the drain began, a shutdown waits for the client's end of file
+    /// (discarding what it still sends) before it lets the socket be
+    /// closed, so the kernel does not answer late bytes with a reset; at
+    /// most `LINGER`. Before the drain it returns at once.
+    #[test]
+    fn a_connection_closed_while_draining_waits_for_the_client_to_close() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            // Not draining: nothing to wait for.
+            let (ours, _theirs) = tokio::io::duplex(1024);
+            let mut conn = Lingering::new(ours, Arc::new(AtomicBool::new(false)));
+            tokio::time::timeout(Duration::from_millis(100), conn.shutdown())
+                .await
+                .expect("returns at once")
+                .expect("shut down");
+
+            // Draining: the client's late bytes are read, and the shutdown
+            // ends when the client closes.
+            let (ours, mut theirs) = tokio::io::duplex(1024);
+            let mut conn = Lingering::new(ours, Arc::new(AtomicBool::new(true)));
+            let shut = tokio::spawn(async move { conn.shutdown().await });
+            let mut eof = Vec::new();
+            theirs.read_to_end(&mut eof).await.expect("our end of file");
+            assert!(eof.is_empty());
+            theirs.write_all(b"late request").await.expect("still open");
+            tokio::task::yield_now().await;
+            assert!(!shut.is_finished(), "waited for the client");
+            drop(theirs);
+            tokio::time::timeout(Duration::from_millis(400), shut)
+                .await
+                .expect("done once the client closed")
+                .expect("join")
+                .expect("shut down");
+
+            // A client that never closes is given up on after LINGER.
+            let (ours, _theirs) = tokio::io::duplex(1024);
+            let mut conn = Lingering::new(ours, Arc::new(AtomicBool::new(true)));
+            let began = Instant::now();
+            conn.shutdown().await.expect("shut down");
+            assert!(began.elapsed() >= LINGER, "{:?}", began.elapsed());
+        });
     }
 
     #[test]
