@@ -311,7 +311,7 @@ struct RunArgs {
     /// ready, so a booting generation does not slow the one serving; needs
     /// CAP_SYS_NICE or RLIMIT_NICE 20 to give the priority back (without
     /// either, baton warns once and boots normally); at most 1 s, or a third
-    /// of --ready-timeout: on or off [default: on]
+    /// of --ready-timeout: on or off [default: off]
     #[arg(long, value_name = "on|off", value_parser = config::parse_switch)]
     quiet_boot: Option<bool>,
 

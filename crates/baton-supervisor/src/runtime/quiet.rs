@@ -16,12 +16,9 @@ impl Runtime {
             Mechanism::SchedIdle => true,
             Mechanism::Unavailable => {
                 static SAID: std::sync::Once = std::sync::Once::new();
-                // Info, not a warning: quiet boot is on by default, and most
-                // batons run by a user without CAP_SYS_NICE cannot use it;
-                // nothing is wrong, a reload only boots at full speed.
                 SAID.call_once(|| {
-                    tracing::info!(
-                        "quiet boot is off: baton cannot take a worker out of SCHED_IDLE again (it needs CAP_SYS_NICE, or a soft RLIMIT_NICE of 20: `ulimit -e 20`, LimitNICE=20 in a systemd unit); workers start at their normal priority. Turn this message off with --quiet-boot off"
+                    tracing::warn!(
+                        "quiet boot is off: baton cannot take a worker out of SCHED_IDLE again (it needs CAP_SYS_NICE, or a soft RLIMIT_NICE of 20: `ulimit -e 20`, LimitNICE=20 in a systemd unit); workers start at their normal priority. Turn this warning off with --quiet-boot off"
                     );
                 });
                 false
