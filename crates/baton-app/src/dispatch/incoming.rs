@@ -518,6 +518,39 @@ mod tests {
     use std::mem::MaybeUninit;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// What each test starts from: a runtime, the two ends of a channel
+    /// (baton's and the worker's) and a listener clients connect to.
+    struct Setup {
+        rt: tokio::runtime::Runtime,
+        baton: OwnedFd,
+        worker: OwnedFd,
+        listener: std::net::TcpListener,
+        addr: std::net::SocketAddr,
+    }
+
+    fn setup() -> Setup {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (baton, worker) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .expect("socketpair");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        Setup {
+            rt,
+            baton,
+            worker,
+            listener,
+            addr,
+        }
+    }
+
     fn baton_says(to: &OwnedFd, text: &str, fd: Option<std::os::fd::BorrowedFd<'_>>) {
         let fds: Vec<_> = fd.into_iter().collect();
         let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
@@ -566,19 +599,13 @@ mod tests {
     /// packet per message costs baton a `recv` (and often a wake-up) each.
     #[test]
     fn a_burst_of_connections_is_answered_in_one_packet_and_their_dones_in_another() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let (baton, worker) = rustix::net::socketpair(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .expect("socketpair");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
+        let Setup {
+            rt,
+            baton,
+            worker,
+            listener,
+            addr,
+        } = setup();
         rt.block_on(async {
             let chan = Channel::new(worker, Mode::Pass).expect("channel");
             let mut incoming = Incoming::new(chan, Vec::new(), 8).expect("incoming");
@@ -603,19 +630,13 @@ mod tests {
 
     #[test]
     fn ready_taken_done_and_a_drain_that_leaves_nothing_behind() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let (baton, worker) = rustix::net::socketpair(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .expect("socketpair");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
+        let Setup {
+            rt,
+            baton,
+            worker,
+            listener,
+            addr,
+        } = setup();
         rt.block_on(async {
             let chan = Channel::new(worker, Mode::Pass).expect("channel");
             let mut incoming = Incoming::new(chan, Vec::new(), 8).expect("incoming");
@@ -652,19 +673,13 @@ mod tests {
 
     #[test]
     fn accept_mode_accepts_when_told_and_says_none_when_there_is_nothing() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let (baton, worker) = rustix::net::socketpair(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .expect("socketpair");
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
+        let Setup {
+            rt,
+            baton,
+            worker,
+            listener,
+            addr,
+        } = setup();
         // baton's side, on a thread of its own: it waits for each answer.
         let baton_side = std::thread::spawn(move || {
             baton_says(&baton, "accept 5 0 web", None);
