@@ -169,6 +169,18 @@ fn dispatch_channels_and_counts_survive_an_in_place_upgrade() {
         let before = status(&baton);
         let dispatched = before["dispatch"]["dispatched"].as_u64().expect("count");
         assert!(dispatched >= 20, "{mode}: {before}");
+        // The demo server asks for batches in pass mode (baton_app's
+        // `batch 16`); what it said is carried like the rest.
+        let batch = if mode == "pass" { 16 } else { 1 };
+        let batches = |s: &serde_json::Value| -> Vec<u64> {
+            s["generations"][0]["workers"]
+                .as_array()
+                .expect("workers")
+                .iter()
+                .map(|w| w["dispatch"]["batch"].as_u64().expect("batch"))
+                .collect()
+        };
+        assert_eq!(batches(&before), [batch, batch], "{mode}: {before}");
         let out = ctl::ctl(&baton, &["upgrade"]);
         assert!(out.status.success(), "{mode}: ctl upgrade: {out:?}");
         let pids: Vec<u32> = baton.workers_of(1).iter().map(|w| w.pid).collect();
@@ -181,6 +193,7 @@ fn dispatch_channels_and_counts_survive_an_in_place_upgrade() {
         }
         let after = status(&baton);
         assert_eq!(after["upgrades"], 1, "{mode}: {after}");
+        assert_eq!(batches(&after), [batch, batch], "{mode}: {after}");
         let now = after["dispatch"]["dispatched"].as_u64().expect("count");
         assert!(now >= dispatched + 20, "{mode}: {dispatched} then {after}");
         let sum: u64 = per_worker(&after, 1).values().sum();

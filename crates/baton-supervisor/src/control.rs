@@ -135,10 +135,18 @@ pub struct WorkerDispatch {
     pub ready: bool,
     /// How many connections it takes at once.
     pub credits: u32,
+    /// Pass mode: how many connections baton may put in one packet to it
+    /// (its `batch N`; 1 if it never said it).
+    #[serde(default = "one")]
+    pub batch: u32,
     /// Connections it holds now (sent and not `done`).
     pub active: u32,
     /// Connections it was given, over its life.
     pub dispatched: u64,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Dispatching as a whole (`--dispatch`): the settings in force and what

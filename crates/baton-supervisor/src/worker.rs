@@ -14,7 +14,7 @@ use crate::output::{Pipe, Stream};
 
 /// Variables baton sets for workers; inherited values are dropped so a
 /// worker never sees baton's own `LISTEN_*` or `NOTIFY_SOCKET`.
-const OWN_VARS: [&str; 9] = [
+const OWN_VARS: [&str; 10] = [
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
@@ -24,6 +24,7 @@ const OWN_VARS: [&str; 9] = [
     "BATON_WORKER",
     baton_app::dispatch::proto::FD_VAR,
     baton_app::dispatch::proto::MODE_VAR,
+    baton_app::dispatch::proto::BATCH_VAR,
 ];
 
 /// baton's environment as read once at start, minus the variables it sets
@@ -160,6 +161,14 @@ pub fn spawn_worker(
             (3 + fds.len()).to_string(),
         ));
         env.push(var(baton_app::dispatch::proto::MODE_VAR, mode.as_str()));
+        if mode == crate::dispatch::DispatchMode::Pass {
+            // This baton puts up to this many connections in one packet
+            // for a worker that says `batch N`.
+            env.push(var(
+                baton_app::dispatch::proto::BATCH_VAR,
+                baton_app::dispatch::proto::MAX_BATCH.to_string(),
+            ));
+        }
         fds.push(theirs.as_fd());
     }
 

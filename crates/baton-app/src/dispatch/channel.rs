@@ -3,9 +3,11 @@
 //! connections (pass mode) or orders to accept (accept mode) from baton,
 //! and carries the worker's answers back.
 
+use std::collections::VecDeque;
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::Mutex;
 
 use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendFlags,
@@ -84,6 +86,21 @@ pub enum Received {
 pub struct Channel {
     fd: OwnedFd,
     mode: Mode,
+    /// Messages of a packet already read, not handed out yet.
+    pending: Mutex<VecDeque<Received>>,
+}
+
+/// How many connections per packet the baton running this worker may send
+/// (`BATON_DISPATCH_BATCH`, capped at [`proto::MAX_BATCH`]); `None` when it
+/// sends one per packet.
+pub(crate) fn batch_from_env() -> Option<u32> {
+    std::env::var(proto::BATCH_VAR)
+        .ok()?
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|&n| n > 1)
+        .map(|n| n.min(proto::MAX_BATCH))
 }
 
 fn invalid(e: impl std::fmt::Display) -> io::Error {
@@ -140,7 +157,11 @@ impl Channel {
             };
             return Err(format!("a {family} {kind} socket"));
         }
-        Ok(Self { fd, mode })
+        Ok(Self {
+            fd,
+            mode,
+            pending: Mutex::new(VecDeque::new()),
+        })
     }
 
     /// Pass or accept.
@@ -165,17 +186,45 @@ impl Channel {
         self.send(&[FromWorker::Ready { credits }])
     }
 
+    /// `batch N`, if the baton running this worker understands it (it set
+    /// `BATON_DISPATCH_BATCH`): baton may then send up to N connections in
+    /// one packet (at most that variable's value), which [`Channel::recv`]
+    /// hands out one at a time. Returns the N announced, or `None` (the
+    /// baton sends one per packet; nothing was said).
+    pub fn offer_batch(&self, n: u32) -> io::Result<Option<u32>> {
+        let Some(max) = batch_from_env() else {
+            return Ok(None);
+        };
+        let n = n.clamp(1, max);
+        self.send(&[FromWorker::Batch { max: n }])?;
+        Ok(Some(n))
+    }
+
     /// The next message from baton; `None` when baton closed its end (it
     /// is gone: finish what you hold and exit).
     pub fn recv(&self) -> io::Result<Option<Received>> {
-        recv_on(self.fd.as_fd())
+        let mut pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        loop {
+            if let Some(m) = pending.pop_front() {
+                return Ok(Some(m));
+            }
+            if !recv_into(self.fd.as_fd(), &mut pending)? {
+                return Ok(None);
+            }
+        }
     }
 }
 
-/// Reads one message from baton on `fd` (see [`Channel::recv`]).
-pub(crate) fn recv_on(fd: BorrowedFd<'_>) -> io::Result<Option<Received>> {
+/// Reads one packet from baton on `fd` and appends its messages to `out`
+/// (more than one only after this worker said `batch`); `false` when baton
+/// closed its end.
+pub(crate) fn recv_into(fd: BorrowedFd<'_>, out: &mut VecDeque<Received>) -> io::Result<bool> {
     let mut buf = [0u8; MAX_MESSAGE + 1];
-    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut space =
+        [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(proto::MAX_BATCH as usize))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let got = loop {
         let mut iov = [io::IoSliceMut::new(&mut buf)];
@@ -191,14 +240,15 @@ pub(crate) fn recv_on(fd: BorrowedFd<'_>) -> io::Result<Option<Received>> {
             Err(e) => return Err(e.into()),
         }
     };
-    let mut fds: Vec<OwnedFd> = Vec::new();
+    // Owned at once: whatever goes wrong below closes them.
+    let mut fds: VecDeque<OwnedFd> = VecDeque::new();
     for m in control.drain() {
         if let RecvAncillaryMessage::ScmRights(rights) = m {
             fds.extend(rights);
         }
     }
     if got.bytes == 0 && fds.is_empty() {
-        return Ok(None);
+        return Ok(false);
     }
     if got.flags.contains(ReturnFlags::TRUNC) || got.bytes > MAX_MESSAGE {
         return Err(invalid(format!(
@@ -206,31 +256,54 @@ pub(crate) fn recv_on(fd: BorrowedFd<'_>) -> io::Result<Option<Received>> {
         )));
     }
     if got.flags.contains(ReturnFlags::CTRUNC) {
-        return Err(invalid("baton sent more than one descriptor in a message"));
+        return Err(invalid(format!(
+            "baton sent more than {} descriptors in a message",
+            proto::MAX_BATCH
+        )));
     }
-    let msg = ToWorker::parse(&buf[..got.bytes]).map_err(invalid)?;
-    Ok(Some(match msg {
-        ToWorker::Conn { id, listener } => {
-            let fd = fds.into_iter().next().ok_or_else(|| {
-                invalid(format!("baton sent connection {id} without its descriptor"))
-            })?;
-            Received::Conn {
-                id,
-                listener,
-                stream: Stream::from_fd(fd)?,
+    let msgs = ToWorker::parse_all(&buf[..got.bytes]).map_err(invalid)?;
+    let conns = msgs
+        .iter()
+        .filter(|m| matches!(m, ToWorker::Conn { .. }))
+        .count();
+    if conns != fds.len() {
+        return Err(invalid(format!(
+            "baton sent {conns} connection(s) with {} descriptor(s): each needs its own",
+            fds.len()
+        )));
+    }
+    let start = out.len();
+    for msg in msgs {
+        out.push_back(match msg {
+            ToWorker::Conn { id, listener } => {
+                let fd = fds
+                    .pop_front()
+                    .expect("counted: one descriptor per connection");
+                match Stream::from_fd(fd) {
+                    Ok(stream) => Received::Conn {
+                        id,
+                        listener,
+                        stream,
+                    },
+                    Err(e) => {
+                        out.truncate(start);
+                        return Err(e);
+                    }
+                }
             }
-        }
-        ToWorker::Accept {
-            id,
-            index,
-            listener,
-        } => Received::Accept {
-            id,
-            index,
-            listener,
-        },
-        ToWorker::End => Received::End,
-    }))
+            ToWorker::Accept {
+                id,
+                index,
+                listener,
+            } => Received::Accept {
+                id,
+                index,
+                listener,
+            },
+            ToWorker::End => Received::End,
+        });
+    }
+    Ok(true)
 }
 
 /// Sends `msgs` on `fd`, in as few packets as fit [`MAX_MESSAGE`].
@@ -341,7 +414,52 @@ mod tests {
         let (baton, chan) = pair();
         rustix::net::send(&baton, b"conn 1 web", SendFlags::empty()).expect("send");
         let e = chan.recv().expect_err("no fd");
-        assert!(e.to_string().contains("without its descriptor"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("1 connection(s) with 0 descriptor(s)"),
+            "{e}"
+        );
+    }
+
+    /// A packet of several connections (after `batch`) comes out of
+    /// `recv` one at a time, in order, each with its own descriptor.
+    #[test]
+    fn a_batch_is_received_one_connection_at_a_time() {
+        let (baton, chan) = pair();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut clients = Vec::new();
+        let mut accepted = Vec::new();
+        for _ in 0..2 {
+            clients.push(std::net::TcpStream::connect(addr).expect("connect"));
+            accepted.push(listener.accept().expect("accept").0);
+        }
+        let fds = [accepted[0].as_fd(), accepted[1].as_fd()];
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(2))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+        rustix::net::sendmsg(
+            &baton,
+            &[io::IoSlice::new(b"conn 1 web\nconn 2 admin\n")],
+            &mut control,
+            SendFlags::empty(),
+        )
+        .expect("sendmsg");
+        for (want, name, client) in [(1, "web", &clients[0]), (2, "admin", &clients[1])] {
+            let Some(Received::Conn {
+                id,
+                listener,
+                stream: Stream::Tcp(s),
+            }) = chan.recv().expect("recv")
+            else {
+                panic!("not a TCP connection");
+            };
+            assert_eq!((id, listener.as_str()), (want, name));
+            assert_eq!(
+                s.peer_addr().expect("peer"),
+                client.local_addr().expect("addr")
+            );
+        }
     }
 
     #[test]

@@ -142,6 +142,9 @@ pub struct Incoming {
     shared: Arc<Shared>,
     mode: Mode,
     credits: u32,
+    /// What `batch N` to say with `ready` (pass mode, when baton set
+    /// `BATON_DISPATCH_BATCH`): connections baton may put in one packet.
+    batch: Option<u32>,
     said_ready: bool,
     said_stopping: bool,
     /// baton said `end`, or closed the channel: nothing more comes.
@@ -192,6 +195,14 @@ impl Incoming {
             }
         }
         let mode = chan.mode();
+        let credits = credits.clamp(1, super::proto::MAX_CREDITS);
+        let batch = if mode == Mode::Pass {
+            channel::batch_from_env()
+                .map(|b| b.min(credits))
+                .filter(|&b| b > 1)
+        } else {
+            None
+        };
         let fd: OwnedFd = chan.into();
         let sock = baton_sys::tokio_fd::register(fd, Interest::READABLE)?;
         let flush = Arc::new(Notify::new());
@@ -204,7 +215,8 @@ impl Incoming {
         Ok(Self {
             shared,
             mode,
-            credits: credits.clamp(1, super::proto::MAX_CREDITS),
+            credits,
+            batch,
             said_ready: false,
             said_stopping: false,
             ended: false,
@@ -259,9 +271,14 @@ impl Incoming {
             }
         } else if !self.said_ready {
             self.said_ready = true;
-            self.shared.post(FromWorker::Ready {
+            // One packet: `ready 1024 batch 16`.
+            let ready = FromWorker::Ready {
                 credits: self.credits,
-            });
+            };
+            match self.batch {
+                Some(max) => self.shared.post_all([ready, FromWorker::Batch { max }]),
+                None => self.shared.post(ready),
+            }
         }
         loop {
             if let Some(conn) = self.handed.pop_front() {
@@ -289,31 +306,19 @@ impl Incoming {
     fn receive_burst(&mut self) {
         let mut conns: Vec<(u64, String, Stream)> = Vec::new();
         let mut failed = None;
-        for _ in 0..BURST {
+        // One packet's messages (several after `batch`).
+        let mut packet = std::collections::VecDeque::new();
+        let mut messages = 0;
+        while messages < BURST && !self.ended {
             let sock = &self.shared.fd;
             // `try_io` clears the readiness on WouldBlock (read
             // everything there was: poll again) and passes the rest on.
-            match sock.try_io(Interest::READABLE, |fd| channel::recv_on(fd.as_fd())) {
+            match sock.try_io(Interest::READABLE, |fd| {
+                channel::recv_into(fd.as_fd(), &mut packet)
+            }) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Ok(Some(Received::Conn {
-                    id,
-                    listener,
-                    stream,
-                })) => conns.push((id, listener, stream)),
-                Ok(Some(Received::Accept {
-                    id,
-                    index,
-                    listener,
-                })) => {
-                    if let Some(conn) = self.accept_one(id, index, &listener) {
-                        self.handed.push_back(conn);
-                    }
-                }
-                Ok(Some(Received::End)) => {
-                    self.ended = true;
-                    break;
-                }
-                Ok(None) => {
+                Ok(true) => {}
+                Ok(false) => {
                     tracing::warn!(
                         "baton closed the dispatch channel: no more connections will come"
                     );
@@ -323,10 +328,32 @@ impl Incoming {
                 // A message this worker cannot read is skipped, said once.
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                     tracing::warn!("dispatch channel: {e}");
+                    messages += 1;
+                    continue;
                 }
                 Err(e) => {
                     failed = Some(e);
                     break;
+                }
+            }
+            for m in packet.drain(..) {
+                messages += 1;
+                match m {
+                    Received::Conn {
+                        id,
+                        listener,
+                        stream,
+                    } => conns.push((id, listener, stream)),
+                    Received::Accept {
+                        id,
+                        index,
+                        listener,
+                    } => {
+                        if let Some(conn) = self.accept_one(id, index, &listener) {
+                            self.handed.push_back(conn);
+                        }
+                    }
+                    Received::End => self.ended = true,
                 }
             }
         }
@@ -553,10 +580,15 @@ mod tests {
 
     fn baton_says(to: &OwnedFd, text: &str, fd: Option<std::os::fd::BorrowedFd<'_>>) {
         let fds: Vec<_> = fd.into_iter().collect();
-        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        baton_sends(to, text, &fds);
+    }
+
+    fn baton_sends(to: &OwnedFd, text: &str, fds: &[std::os::fd::BorrowedFd<'_>]) {
+        let mut space = [MaybeUninit::<u8>::uninit();
+            rustix::cmsg_space!(ScmRights(super::super::proto::MAX_BATCH as usize))];
         let mut control = SendAncillaryBuffer::new(&mut space);
         if !fds.is_empty() {
-            assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+            assert!(control.push(SendAncillaryMessage::ScmRights(fds)));
         }
         rustix::net::sendmsg(
             to,
@@ -625,6 +657,45 @@ mod tests {
             assert_eq!(worker_says(&baton).await, "taken 1 2 3");
             drop(conns);
             assert_eq!(worker_says(&baton).await, "done 1 2 3");
+        });
+    }
+
+    /// After `batch N` (said with `ready`), baton may put several
+    /// connections in one packet, a line each with its descriptor in the
+    /// same order: all arrive, in order, answered with one `taken`. A packet
+    /// whose lines and descriptors do not match is skipped whole (its
+    /// descriptors closed), and what follows still arrives.
+    #[test]
+    fn batched_connections_arrive_in_order_and_are_answered_together() {
+        let Setup {
+            rt,
+            baton,
+            worker,
+            listener,
+            addr,
+        } = setup();
+        rt.block_on(async {
+            let chan = Channel::new(worker, Mode::Pass).expect("channel");
+            let mut incoming = Incoming::new(chan, Vec::new(), 8).expect("incoming");
+            incoming.batch = Some(4);
+            let mut clients = Vec::new();
+            let mut accepted = Vec::new();
+            for _ in 0..5 {
+                clients.push(std::net::TcpStream::connect(addr).expect("connect"));
+                accepted.push(listener.accept().expect("accept").0);
+            }
+            let fds: Vec<_> = accepted.iter().map(AsFd::as_fd).collect();
+            baton_sends(&baton, "conn 1 web\nconn 2 admin\nconn 3 web", &fds[..3]);
+            baton_sends(&baton, "conn 4 web\nconn 5 web", &fds[3..4]);
+            baton_sends(&baton, "conn 6 web", &fds[4..5]);
+            let mut conns = Vec::new();
+            for _ in 0..4 {
+                conns.push(incoming.accept().await.expect("a connection"));
+            }
+            let got: Vec<(u64, &str)> = conns.iter().map(|c| (c.id(), c.listener())).collect();
+            assert_eq!(got, [(1, "web"), (2, "admin"), (3, "web"), (6, "web")]);
+            assert_eq!(worker_says(&baton).await, "ready 8 batch 4");
+            assert_eq!(worker_says(&baton).await, "taken 1 2 3 6");
         });
     }
 

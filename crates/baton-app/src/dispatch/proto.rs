@@ -14,12 +14,19 @@
 //! | worker | `done ID...` | these connections are closed: their credits are free |
 //! | worker | `got ID` / `none ID` | (accept) I accepted one / there was nothing to accept |
 //! | worker | `stopping` | send me nothing more; answer `end` |
+//! | worker | `batch N` | (pass) you may send me up to N connections in one packet |
 //! | baton | `conn ID LISTENER` + the descriptor | (pass) a connection from listener LISTENER |
 //! | baton | `accept ID INDEX LISTENER` | (accept) accept one connection on fd 3+INDEX now |
 //! | baton | `end` | nothing more will come: the last message |
 //!
 //! A worker may put several of its messages in one packet (`done 4 taken
 //! 9`): a word that is not a number starts the next message.
+//!
+//! baton sends one message per packet, except to a worker that said
+//! `batch N` (which it may only say when baton set [`BATCH_VAR`]): then a
+//! packet may hold up to N `conn` lines, one per line, with their
+//! descriptors in the same order. One packet for several connections is
+//! one `sendmsg` and one wake-up of the worker instead of several.
 
 use std::fmt;
 use std::fmt::Write as _;
@@ -28,6 +35,12 @@ use std::fmt::Write as _;
 pub const FD_VAR: &str = "BATON_DISPATCH_FD";
 /// The environment variable naming the mode: `pass` or `accept`.
 pub const MODE_VAR: &str = "BATON_DISPATCH";
+/// Set by a baton that understands `batch` (pass mode only): the most
+/// connections it puts in one packet.
+pub const BATCH_VAR: &str = "BATON_DISPATCH_BATCH";
+/// The most connections baton puts in one packet (and so the most
+/// descriptors a worker must make room for).
+pub const MAX_BATCH: u32 = 16;
 /// The longest packet either side sends or accepts; longer is an error.
 pub const MAX_MESSAGE: usize = 1024;
 /// The most connections a worker may ask for at once.
@@ -103,6 +116,8 @@ pub enum FromWorker {
     Nothing(u64),
     /// `stopping`: the worker drains; baton answers [`ToWorker::End`].
     Stopping,
+    /// `batch N`: baton may send up to `max` connections in one packet.
+    Batch { max: u32 },
 }
 
 /// What baton says.
@@ -197,11 +212,22 @@ fn parse_appending(packet: &[u8], out: &mut Vec<FromWorker>) -> Result<(), Proto
                 });
             }
             "stopping" => out.push(FromWorker::Stopping),
+            "batch" => {
+                let n = it
+                    .next_if(is_number)
+                    .ok_or_else(|| error(packet, "batch needs a number"))?;
+                let max = n
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|m| (1..=MAX_BATCH).contains(m))
+                    .ok_or_else(|| error(packet, format!("batch {n} is not 1 to {MAX_BATCH}")))?;
+                out.push(FromWorker::Batch { max });
+            }
             other => {
                 return Err(error(
                     packet,
                     format!(
-                        "unknown message {other:?} (a worker says ready, taken, done, got, none or stopping)"
+                        "unknown message {other:?} (a worker says ready, taken, done, got, none, stopping or batch)"
                     ),
                 ));
             }
@@ -226,6 +252,7 @@ pub fn encode_worker(msgs: &[FromWorker]) -> String {
             FromWorker::Got(id) => ("got", Some(*id)),
             FromWorker::Nothing(id) => ("none", Some(*id)),
             FromWorker::Stopping => ("stopping", None),
+            FromWorker::Batch { max } => ("batch", Some(u64::from(*max))),
         };
         let shares = matches!(verb, "taken" | "done") && last == Some(verb);
         if !shares {
@@ -256,7 +283,24 @@ impl ToWorker {
         }
     }
 
-    /// Parses a packet from baton.
+    /// Parses a packet from baton into its messages: one per line (more
+    /// than one only after the worker said `batch`).
+    pub fn parse_all(packet: &[u8]) -> Result<Vec<Self>, ProtoError> {
+        if packet.len() > MAX_MESSAGE {
+            return Err(error(packet, format!("longer than {MAX_MESSAGE} bytes")));
+        }
+        let out = packet
+            .split(|&b| b == b'\n')
+            .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+            .map(Self::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        if out.is_empty() {
+            return Err(error(packet, "empty"));
+        }
+        Ok(out)
+    }
+
+    /// Parses one message from baton (one line of its packet).
     pub fn parse(packet: &[u8]) -> Result<Self, ProtoError> {
         let mut it = words(packet)?;
         let verb = it.next().ok_or_else(|| error(packet, "empty"))?;
@@ -327,6 +371,20 @@ mod tests {
         ];
         let text = encode_worker(&msgs);
         assert_eq!(text, "done 4 5 taken 9 ready 64 got 1 none 2 stopping");
+        assert_eq!(
+            parse_worker(b"ready 64 batch 16"),
+            Ok(vec![
+                FromWorker::Ready { credits: 64 },
+                FromWorker::Batch { max: 16 }
+            ])
+        );
+        assert_eq!(
+            encode_worker(&[
+                FromWorker::Ready { credits: 8 },
+                FromWorker::Batch { max: 4 }
+            ]),
+            "ready 8 batch 4"
+        );
         assert_eq!(parse_worker(text.as_bytes()), Ok(msgs.to_vec()));
         assert_eq!(
             parse_worker(b"ready\n"),
@@ -349,6 +407,9 @@ mod tests {
             (b"none -1", "not a connection id"),
             (b"ready 0", "credits 0 are not 1 to"),
             (b"ready 99999999", "credits 99999999 are not"),
+            (b"batch", "batch needs a number"),
+            (b"batch 0", "batch 0 is not 1 to"),
+            (b"batch 17", "batch 17 is not 1 to"),
             (b"hello", "unknown message \"hello\""),
             (b"\xff", "not ASCII"),
         ] {
@@ -376,6 +437,22 @@ mod tests {
             assert_eq!(ToWorker::parse(m.encode().as_bytes()), Ok(m));
         }
         assert!(ToWorker::parse(b"conn x web").is_err());
+        assert_eq!(
+            ToWorker::parse_all(b"conn 1 web\nconn 2 admin\n"),
+            Ok(vec![
+                ToWorker::Conn {
+                    id: 1,
+                    listener: "web".into()
+                },
+                ToWorker::Conn {
+                    id: 2,
+                    listener: "admin".into()
+                }
+            ])
+        );
+        assert_eq!(ToWorker::parse_all(b"end"), Ok(vec![ToWorker::End]));
+        assert!(ToWorker::parse_all(b"conn 1 web\nconn x web").is_err());
+        assert!(ToWorker::parse_all(b"\n").is_err(), "empty");
         assert!(ToWorker::parse(b"end now").is_err());
         assert!(ToWorker::parse(b"accept 1").is_err());
     }

@@ -52,7 +52,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{IoSlice, Write as _};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -144,6 +144,8 @@ pub(super) struct Chan {
     /// It said `ready`.
     pub(super) ready: bool,
     pub(super) credits: u32,
+    /// Pass mode: how many connections may share one packet (`batch N`).
+    pub(super) batch: u32,
     /// Connections (or orders) sent and not `done` (or `none`) yet.
     pub(super) in_use: u32,
     pub(super) unacked: VecDeque<Sent>,
@@ -165,6 +167,12 @@ pub(super) struct Chan {
 impl Chan {
     fn free(&self) -> u32 {
         self.credits.saturating_sub(self.in_use)
+    }
+
+    /// How many connections one packet to it may carry: what it said with
+    /// `batch`, within its free credits (at least 1).
+    fn per_packet(&self) -> usize {
+        self.batch.min(self.free()).max(1) as usize
     }
 
     fn eligible(&self) -> bool {
@@ -228,7 +236,7 @@ pub(super) struct Dispatcher {
     /// previous one (listener name, worker, id): restored into the watched
     /// listeners once they are watched again.
     pub(super) carried_orders: Vec<(String, (GenId, Slot), u64)>,
-    /// The packet being sent (see `send_conn`).
+    /// The packet being sent (see `send_conns`).
     packet: Vec<u8>,
     /// What the channel being read said (see `on_channel`).
     inbox: Vec<Result<FromWorker, String>>,
@@ -249,6 +257,7 @@ impl Runtime {
         (Some(c.pid) == pid).then_some(crate::control::WorkerDispatch {
             ready: c.ready,
             credits: c.credits,
+            batch: c.batch,
             active: c.in_use,
             dispatched: c.dispatched,
         })
@@ -335,18 +344,23 @@ fn send(fd: &OwnedFd, msg: &ToWorker, conn: Option<&OwnedFd>) -> rustix::io::Res
 
 /// Sends one encoded packet (with `conn`'s descriptor, if any).
 fn send_text(fd: &OwnedFd, text: &[u8], conn: Option<&OwnedFd>) -> rustix::io::Result<()> {
+    match conn {
+        None => rustix::net::send(fd, text, SendFlags::NOSIGNAL | SendFlags::DONTWAIT).map(|_| ()),
+        Some(c) => send_fds(fd, text, &[c.as_fd()]),
+    }
+}
+
+/// Sends one packet with descriptors (at most [`proto::MAX_BATCH`]).
+fn send_fds(fd: &OwnedFd, text: &[u8], fds: &[BorrowedFd<'_>]) -> rustix::io::Result<()> {
     let iov = [IoSlice::new(text)];
     let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
-    match conn {
-        None => rustix::net::send(fd, text, flags).map(|_| ()),
-        Some(c) => {
-            let fds = [c.as_fd()];
-            let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
-            let mut control = SendAncillaryBuffer::new(&mut space);
-            control.push(SendAncillaryMessage::ScmRights(&fds));
-            rustix::net::sendmsg(fd, &iov, &mut control, flags).map(|_| ())
-        }
+    let mut space =
+        [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(proto::MAX_BATCH as usize))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(rustix::io::Errno::INVAL);
     }
+    rustix::net::sendmsg(fd, &iov, &mut control, flags).map(|_| ())
 }
 
 /// Whether `fd` has a connection waiting (a zero-timeout poll).
@@ -382,6 +396,7 @@ impl Runtime {
                 spawned: Instant::now(),
                 ready: false,
                 credits: 1,
+                batch: 1,
                 in_use: 0,
                 unacked: VecDeque::new(),
                 ended: false,
@@ -538,6 +553,7 @@ impl Runtime {
                     }
                 }
             }
+            FromWorker::Batch { max } => chan.batch = max.clamp(1, proto::MAX_BATCH),
             FromWorker::Stopping => {
                 chan.stopping = true;
                 tracing::debug!(
@@ -797,17 +813,14 @@ impl Runtime {
 
     fn pump_pass(&mut self, target: &Target) {
         loop {
-            // Queued connections first, in order.
+            // Queued connections first, in order: each free worker gets as
+            // many as one of its packets takes. A worker that cannot take
+            // them is left out by `pick` from then on (full or dead).
             while !self.dispatch.queue.is_empty() {
                 let Some(key) = self.dispatch.pick(target) else {
                     break;
                 };
-                let Some(q) = self.dispatch.queue.pop_front() else {
-                    break;
-                };
-                if let Err(q) = self.send_conn(key, q) {
-                    self.dispatch.queue.push_front(q);
-                }
+                self.send_conns(key);
             }
             if self.accept_paused() {
                 return;
@@ -815,9 +828,20 @@ impl Runtime {
             let Some(li) = self.next_readable() else {
                 return;
             };
-            let free = self.dispatch.queue.is_empty() && self.dispatch.pick(target).is_some();
+            let free = if self.dispatch.queue.is_empty() {
+                self.dispatch.pick(target)
+            } else {
+                None
+            };
+            if let Some(key) = free {
+                // As many as the free worker takes in one packet (those
+                // waiting now, up to that): sent at the top of the loop.
+                let want = self.dispatch.chans.get(&key).map_or(1, Chan::per_packet);
+                self.accept_into_queue(li, want);
+                continue;
+            }
             let room = self.dispatch.queue.len() < target.settings.queue;
-            if !free && !room && target.settings.overload == Overload::Wait {
+            if !room && target.settings.overload == Overload::Wait {
                 // The kernel's backlog holds them until a worker is free.
                 return;
             }
@@ -825,10 +849,8 @@ impl Runtime {
                 continue;
             };
             let name = Arc::clone(&self.dispatch.watched[li].name);
-            if free || room {
-                if !free {
-                    self.dispatch.counts.queued += 1;
-                }
+            if room {
+                self.dispatch.counts.queued += 1;
                 self.dispatch.queue.push_back(Queued {
                     fd,
                     listener: name,
@@ -837,6 +859,36 @@ impl Runtime {
                 });
             } else {
                 self.reject(fd, target.settings.overload);
+            }
+        }
+    }
+
+    /// Accepts up to `want` connections, from listener `li` first, then
+    /// from the other readable ones, into the queue (for a free worker:
+    /// they are not counted as queued).
+    fn accept_into_queue(&mut self, mut li: usize, want: usize) {
+        let mut got = 0;
+        loop {
+            if let Some(fd) = self.accept_on(li) {
+                let name = Arc::clone(&self.dispatch.watched[li].name);
+                self.dispatch.queue.push_back(Queued {
+                    fd,
+                    listener: name,
+                    since: Instant::now(),
+                    tries: 0,
+                });
+                got += 1;
+                if got >= want {
+                    return;
+                }
+                continue;
+            }
+            if self.accept_paused() {
+                return;
+            }
+            match self.next_readable() {
+                Some(next) => li = next,
+                None => return,
             }
         }
     }
@@ -926,42 +978,62 @@ impl Runtime {
         }
     }
 
-    /// Sends connection `q` to worker `key`; gives it back if the channel
-    /// cannot take it (the worker is then left out until it speaks, or for
-    /// good if the channel broke).
-    fn send_conn(&mut self, key: (GenId, Slot), q: Queued) -> Result<(), Queued> {
-        let id = self.dispatch.next_id;
+    /// Sends worker `key` the connections at the front of the queue, as
+    /// many as one packet to it takes (see [`Chan::per_packet`]); they stay
+    /// queued if the channel cannot take them (the worker is then left out
+    /// until it speaks, or for good if the channel broke).
+    fn send_conns(&mut self, key: (GenId, Slot)) {
         let stamp = self.dispatch.tick();
         let d = &mut self.dispatch;
         let Some(chan) = d.chans.get_mut(&key) else {
-            return Err(q);
+            return;
         };
-        // `ToWorker::Conn`'s packet, written into a buffer kept for it:
-        // this runs once per connection, and needs no allocation.
+        let Some(first) = d.queue.front() else {
+            return;
+        };
+        // The packet: `conn ID LISTENER` lines, written into a buffer kept
+        // for it, with the descriptors in the same order. This runs for
+        // about every connection, and allocates nothing.
+        let mut fds = [first.fd.as_fd(); proto::MAX_BATCH as usize];
+        let mut n = 0;
         d.packet.clear();
-        let _ = write!(d.packet, "conn {id} {}", q.listener);
-        match send_text(&chan.fd, &d.packet, Some(&q.fd)) {
+        for q in d.queue.iter().take(chan.per_packet()) {
+            // The longest line: "conn", an id of 20 digits, the name.
+            let line = 27 + q.listener.len();
+            if n > 0 && d.packet.len() + line > proto::MAX_MESSAGE {
+                break;
+            }
+            if n > 0 {
+                d.packet.push(b'\n');
+            }
+            let _ = write!(d.packet, "conn {} {}", d.next_id + n as u64, q.listener);
+            fds[n] = q.fd.as_fd();
+            n += 1;
+        }
+        match send_fds(&chan.fd, &d.packet, &fds[..n]) {
             Ok(()) => {
-                d.next_id += 1;
-                chan.in_use += 1;
-                chan.dispatched += 1;
+                chan.in_use += n as u32;
+                chan.dispatched += n as u64;
                 chan.stamp = stamp;
-                if q.tries == 0 {
-                    d.counts.dispatched += 1;
+                for q in d.queue.drain(..n) {
+                    let id = d.next_id;
+                    d.next_id += 1;
+                    if q.tries == 0 {
+                        d.counts.dispatched += 1;
+                    }
+                    tracing::trace!(
+                        "connection {id} to worker {} of generation {}",
+                        key.1,
+                        key.0
+                    );
+                    chan.unacked.push_back(Sent {
+                        id,
+                        conn: Some(q.fd),
+                        listener: q.listener,
+                        at: Instant::now(),
+                        tries: q.tries,
+                    });
                 }
-                tracing::trace!(
-                    "connection {id} to worker {} of generation {}",
-                    key.1,
-                    key.0
-                );
-                chan.unacked.push_back(Sent {
-                    id,
-                    conn: Some(q.fd),
-                    listener: q.listener,
-                    at: Instant::now(),
-                    tries: q.tries,
-                });
-                Ok(())
             }
             Err(rustix::io::Errno::AGAIN) => {
                 chan.full = true;
@@ -970,7 +1042,6 @@ impl Runtime {
                     key.1,
                     key.0
                 );
-                Err(q)
             }
             Err(e) => {
                 chan.dead = true;
@@ -979,7 +1050,6 @@ impl Runtime {
                     key.1,
                     key.0
                 );
-                Err(q)
             }
         }
     }

@@ -14,12 +14,17 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use baton_app::dispatch::proto;
 use mio::Token;
 use serde::{Deserialize, Serialize};
 
 use super::{Chan, Counts, Dispatcher, Queued, Sent, micros};
 use crate::lifecycle::{GenId, Slot};
 use crate::runtime::Runtime;
+
+fn one() -> u32 {
+    1
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(in crate::runtime) struct SentState {
@@ -41,6 +46,9 @@ pub(in crate::runtime) struct ChanState {
     age_us: u64,
     ready: bool,
     credits: u32,
+    /// Connections it takes per packet (`batch N`); 1 before it was carried.
+    #[serde(default = "one")]
+    batch: u32,
     in_use: u32,
     ended: bool,
     stopping: bool,
@@ -108,6 +116,7 @@ impl Runtime {
                 age_us: age(c.spawned),
                 ready: c.ready,
                 credits: c.credits,
+                batch: c.batch,
                 in_use: c.in_use,
                 ended: c.ended,
                 stopping: c.stopping,
@@ -192,6 +201,7 @@ pub(in crate::runtime) fn restore(
                 spawned: back(c.age_us),
                 ready: c.ready,
                 credits: c.credits,
+                batch: c.batch.clamp(1, proto::MAX_BATCH),
                 in_use: c.in_use,
                 unacked,
                 ended: c.ended,
