@@ -20,12 +20,26 @@
 //! * **A thread blocked in `accept`/`accept4`** on the listener (blocking
 //!   servers): `/proc/PID/task/TID/syscall` names the call and its first
 //!   argument, the fd, which `/proc/PID/fd/FD` resolves to `socket:[INODE]`.
+//! * **A thread blocked in `poll`/`ppoll` or `select`/`pselect6`** with the
+//!   listener in its set for input (pre-forking servers such as gunicorn's
+//!   sync workers, small C servers): the set is in the process's memory, at
+//!   the address the call's arguments give, and is read from
+//!   `/proc/PID/mem` (the `pollfd` array, or the first `nfds` bits of the
+//!   read set). The kernel lets a process read the memory of its own
+//!   descendants of the same user (and root any process); the set is read
+//!   while the thread is blocked in the call, so it is the one it waits on.
+//! * **A connection accepted on the listener**, held by a process of the
+//!   tree: a busy blocking server (every sync worker serving) is seldom
+//!   caught waiting, but it is plainly serving from the listener. When no
+//!   process was seen waiting, each socket of a process that holds a
+//!   listener is copied into baton (`pidfd_getfd`) and closed again after
+//!   a `getsockname`: one that is not listening and has the listener's
+//!   local address was accepted on it (TCP and Unix alike).
 //!
 //! What it cannot see, and reports as such when a generation times out:
-//! a server that waits in `poll`/`select` (the set of fds is in the
-//! process's memory, which baton does not read), in io_uring (the accept is
-//! a request inside the ring), or on a socket it opened itself instead of
-//! baton's. Those apps need `--ready notify`, `fd` or `exec:`.
+//! a server that waits in io_uring (the accept is a request inside the
+//! ring), or on a socket it opened itself instead of baton's. Those apps
+//! need `--ready notify`, `fd` or `exec:`.
 //!
 //! The descendants come from `/proc/PID/task/TID/children` (every thread's
 //! children: a child belongs to the thread that forked it). Reading another
@@ -55,6 +69,10 @@ pub const MAX_FDS: usize = 4096;
 
 /// `EPOLLIN`: the watched file is waited on for input.
 const EPOLLIN: u32 = 0x1;
+/// `POLLIN`, in a `struct pollfd`'s `events`.
+const POLLIN: i16 = 0x1;
+/// The bytes of one `struct pollfd` (`int fd; short events; short revents`).
+const POLLFD_SIZE: usize = 8;
 
 /// A socket as the kernel names it: its inode and its filesystem's device
 /// (sockfs), in the kernel's own encoding, the one epoll's fdinfo prints as
@@ -89,6 +107,9 @@ pub struct Listener {
     pub id: SocketId,
     /// `tcp://127.0.0.1:8080`, for messages.
     pub display: String,
+    /// Its local address (`getsockname`): a connection accepted on it has
+    /// the same one. `None` if it could not be read.
+    pub local: Option<rustix::net::SocketAddrAny>,
 }
 
 /// One file watched by an epoll set (a line of its fdinfo).
@@ -224,6 +245,17 @@ pub enum Accepting {
         tid: u32,
         listener: String,
     },
+    /// Process `pid` holds a connection accepted on the listener: it is
+    /// serving from it (a busy blocking server is seldom caught waiting).
+    Serves { pid: u32, listener: String },
+    /// Thread `tid` of process `pid` waits in `call` (`poll`, `select`,
+    /// ...) with the listener in its set for input.
+    Polls {
+        pid: u32,
+        tid: u32,
+        call: &'static str,
+        listener: String,
+    },
 }
 
 impl std::fmt::Display for Accepting {
@@ -235,6 +267,18 @@ impl std::fmt::Display for Accepting {
             Accepting::Accept { pid, tid, listener } => {
                 write!(f, "thread {tid} of pid {pid} is in accept on {listener}")
             }
+            Accepting::Serves { pid, listener } => {
+                write!(f, "pid {pid} holds a connection accepted on {listener}")
+            }
+            Accepting::Polls {
+                pid,
+                tid,
+                call,
+                listener,
+            } => write!(
+                f,
+                "thread {tid} of pid {pid} waits in {call}() for {listener}"
+            ),
         }
     }
 }
@@ -255,8 +299,10 @@ pub struct Seen {
     pub holds_listener: bool,
     /// Threads in `accept` on a socket that is not one of the listeners.
     pub accept_elsewhere: usize,
-    /// Calls threads wait in that baton cannot look into (`poll`, ...).
+    /// Calls threads wait in that baton cannot look into (io_uring).
     pub opaque: Vec<&'static str>,
+    /// `poll`/`select` calls (by name) whose sets do not hold a listener.
+    pub polling_elsewhere: Vec<&'static str>,
     /// The first thing that could not be read, if any (`/proc/42/fd:
     /// permission denied`).
     pub unreadable: Option<String>,
@@ -303,11 +349,23 @@ impl Seen {
                 if self.other_watched == 1 { "" } else { "s" }
             );
         }
+        if !self.polling_elsewhere.is_empty() {
+            let calls: Vec<String> = self
+                .polling_elsewhere
+                .iter()
+                .map(|c| format!("{c}()"))
+                .collect();
+            let _ = write!(
+                s,
+                "; a thread waits in {} on other descriptors",
+                calls.join(", ")
+            );
+        }
         if !self.opaque.is_empty() {
             let calls: Vec<String> = self.opaque.iter().map(|c| format!("{c}()")).collect();
             let _ = write!(
                 s,
-                "; a thread waits in {}, which baton cannot look into: poll- and select-based servers and io_uring are not seen",
+                "; a thread waits in {}, which baton cannot look into: io_uring servers are not seen",
                 calls.join(", ")
             );
         }
@@ -339,10 +397,13 @@ pub fn scan_in(proc: &Path, pid: u32, listeners: &[Listener]) -> Seen {
     let inodes: HashMap<u64, &Listener> = listeners.iter().map(|l| (l.id.ino, l)).collect();
     let mut todo = vec![pid];
     let mut i = 0;
+    // Processes holding a listener and other sockets: looked into at the
+    // end, if no process was seen waiting.
+    let mut holders: Vec<Holder<'_>> = Vec::new();
     while i < todo.len() {
         let p = todo[i];
         i += 1;
-        let Some(children) = scan_process(proc, p, &inodes, &mut seen) else {
+        let Some(children) = scan_process(proc, p, &inodes, &mut seen, &mut holders) else {
             if p == pid {
                 seen.gone = true;
                 return seen;
@@ -363,16 +424,35 @@ pub fn scan_in(proc: &Path, pid: u32, listeners: &[Listener]) -> Seen {
             }
         }
     }
+    // Only in the real /proc: the copies are taken from live processes.
+    if proc == Path::new("/proc")
+        && seen.accepting.is_none()
+        && let Some((pid, l)) = serves_from(&holders)
+    {
+        seen.accepting = Some(Accepting::Serves {
+            pid,
+            listener: l.display.clone(),
+        });
+    }
     seen
+}
+
+/// A process that holds a listener and other sockets (see [`serves_from`]).
+struct Holder<'a> {
+    pid: u32,
+    listeners: Vec<&'a Listener>,
+    /// Its other sockets' fds.
+    sockets: Vec<i32>,
 }
 
 /// Scans one process into `seen`; returns its children, or `None` if it is
 /// gone.
-fn scan_process(
+fn scan_process<'a>(
     proc: &Path,
     pid: u32,
-    listeners: &HashMap<u64, &Listener>,
+    listeners: &HashMap<u64, &'a Listener>,
     seen: &mut Seen,
+    holders: &mut Vec<Holder<'a>>,
 ) -> Option<Vec<u32>> {
     let base = proc.join(pid.to_string());
     let tasks = std::fs::read_dir(base.join("task")).ok()?;
@@ -381,8 +461,9 @@ fn scan_process(
         .collect();
     tids.sort_unstable();
     // Its fds: the listeners it holds (fd -> listener), and its epoll sets.
-    let mut held: HashMap<i32, &Listener> = HashMap::new();
-    let mut sockets: Vec<i32> = Vec::new();
+    let mut held: HashMap<i32, &'a Listener> = HashMap::new();
+    // Its other sockets: (fd, inode).
+    let mut sockets: Vec<(i32, u64)> = Vec::new();
     let mut epolls = Vec::new();
     match std::fs::read_dir(base.join("fd")) {
         Ok(fds) => {
@@ -398,7 +479,7 @@ fn scan_process(
                     if let Some(l) = listeners.get(&ino) {
                         held.insert(fd, l);
                     } else {
-                        sockets.push(fd);
+                        sockets.push((fd, ino));
                     }
                 } else if is_epoll(&link) {
                     epolls.push(fd);
@@ -466,21 +547,173 @@ fn scan_process(
                         return Some(Vec::new());
                     }
                     None => {
-                        if fd.is_some_and(|fd| sockets.contains(&fd)) {
+                        if fd.is_some_and(|fd| sockets.iter().any(|(s, _)| *s == fd)) {
                             seen.accept_elsewhere += 1;
                         }
                     }
                 }
             }
-            Some(name @ ("poll" | "ppoll" | "select" | "pselect6" | "io_uring_enter"))
-                if !seen.opaque.contains(&name) =>
-            {
+            Some(call @ ("poll" | "ppoll" | "select" | "pselect6")) => {
+                match polled_listener(&base, call, &args, &held, seen) {
+                    Some(l) => {
+                        seen.accepting = Some(Accepting::Polls {
+                            pid,
+                            tid,
+                            call,
+                            listener: l.display.clone(),
+                        });
+                        return Some(Vec::new());
+                    }
+                    None if !seen.polling_elsewhere.contains(&call) => {
+                        seen.polling_elsewhere.push(call);
+                    }
+                    None => {}
+                }
+            }
+            Some(name @ "io_uring_enter") if !seen.opaque.contains(&name) => {
                 seen.opaque.push(name);
             }
             _ => {}
         }
     }
+    if !held.is_empty() && !sockets.is_empty() {
+        holders.push(Holder {
+            pid,
+            listeners: held.values().copied().collect(),
+            sockets: sockets.iter().map(|(fd, _)| *fd).collect(),
+        });
+    }
     Some(children)
+}
+
+/// The most sockets of one process a look takes a copy of.
+pub const MAX_SOCKETS: usize = 64;
+
+/// A holder (and the listener) with a socket accepted on one of its
+/// listeners: each of its sockets (up to [`MAX_SOCKETS`]) is copied into
+/// baton with `pidfd_getfd` (the same right to ptrace as the rest of a
+/// look), and one whose local address is a listener's, and which is not
+/// listening itself, came from that listener. The copy is closed at once:
+/// the connection stays the holder's.
+fn serves_from<'a>(holders: &[Holder<'a>]) -> Option<(u32, &'a Listener)> {
+    use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open};
+    for h in holders {
+        let mine: Vec<(&'a Listener, rustix::net::SocketAddrAny)> = h
+            .listeners
+            .iter()
+            .filter_map(|l| Some((*l, l.local.clone()?)))
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let pid = Pid::from_raw(i32::try_from(h.pid).ok()?)?;
+        let Ok(pidfd) = pidfd_open(pid, PidfdFlags::empty()) else {
+            continue;
+        };
+        for &fd in h.sockets.iter().take(MAX_SOCKETS) {
+            let Ok(copy) = pidfd_getfd(&pidfd, fd, PidfdGetfdFlags::empty()) else {
+                continue;
+            };
+            let listening = rustix::net::sockopt::socket_acceptconn(&copy).unwrap_or(true);
+            let Ok(local) = rustix::net::getsockname(&copy) else {
+                continue;
+            };
+            drop(copy);
+            if listening {
+                continue;
+            }
+            if let Some((l, _)) = mine.iter().find(|(_, addr)| accepted_on(addr, &local)) {
+                return Some((h.pid, *l));
+            }
+        }
+    }
+    None
+}
+
+/// Whether a connection whose local address is `local` can have been
+/// accepted on a listener bound to `listener`: the same address, or the
+/// same port on any address for a wildcard listener (`0.0.0.0`, `[::]`,
+/// which also takes IPv4 connections as `::ffff:a.b.c.d`).
+fn accepted_on(listener: &rustix::net::SocketAddrAny, local: &rustix::net::SocketAddrAny) -> bool {
+    if listener == local {
+        return true;
+    }
+    match (
+        std::net::SocketAddr::try_from(listener.clone()),
+        std::net::SocketAddr::try_from(local.clone()),
+    ) {
+        (Ok(l), Ok(c)) => l.ip().is_unspecified() && l.port() == c.port(),
+        _ => false,
+    }
+}
+
+/// The listener a thread blocked in `call` waits on for input, if any: its
+/// set, read from the process's memory at the address in the call's
+/// arguments (`poll(fds, nfds, ..)`, `select(nfds, readfds, ..)`), holds
+/// one of the fds in `held`. Hand-written: no crate reads another
+/// process's poll set, and the layouts are the kernel's ABI.
+fn polled_listener<'a>(
+    base: &Path,
+    call: &str,
+    args: &[u64],
+    held: &HashMap<i32, &'a Listener>,
+    seen: &mut Seen,
+) -> Option<&'a Listener> {
+    use std::os::unix::fs::FileExt as _;
+    if held.is_empty() {
+        return None;
+    }
+    let path = base.join("mem");
+    let read = |addr: u64, len: usize, seen: &mut Seen| -> Option<Vec<u8>> {
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                note_unreadable(seen, &path, &e);
+                return None;
+            }
+        };
+        let mut buf = vec![0u8; len];
+        match file.read_exact_at(&mut buf, addr) {
+            Ok(()) => Some(buf),
+            Err(e) => {
+                note_unreadable(seen, &path, &e);
+                None
+            }
+        }
+    };
+    match call {
+        "poll" | "ppoll" => {
+            let (addr, nfds) = (*args.first()?, usize::try_from(*args.get(1)?).ok()?);
+            if addr == 0 || nfds == 0 || nfds > MAX_FDS {
+                return None;
+            }
+            let set = read(addr, nfds * POLLFD_SIZE, seen)?;
+            set.chunks_exact(POLLFD_SIZE).find_map(|p| {
+                let fd = i32::from_ne_bytes([p[0], p[1], p[2], p[3]]);
+                let events = i16::from_ne_bytes([p[4], p[5]]);
+                held.get(&fd).filter(|_| events & POLLIN != 0).copied()
+            })
+        }
+        "select" | "pselect6" => {
+            let (nfds, addr) = (usize::try_from(*args.first()?).ok()?, *args.get(1)?);
+            if addr == 0 || nfds == 0 || nfds > MAX_FDS {
+                return None;
+            }
+            // An fd_set is an array of longs, bit N of the set is bit
+            // N % 64 of long N / 64: in bytes, bit N % 8 of byte N / 8 on a
+            // little-endian machine; read whole longs to stay right on a
+            // big-endian one.
+            let longs = nfds.div_ceil(64);
+            let set = read(addr, longs * 8, seen)?;
+            held.iter().find_map(|(&fd, l)| {
+                let fd = usize::try_from(fd).ok().filter(|&fd| fd < nfds)?;
+                let word = set.get(fd / 64 * 8..fd / 64 * 8 + 8)?;
+                let word = u64::from_ne_bytes(word.try_into().ok()?);
+                (word >> (fd % 64) & 1 == 1).then_some(*l)
+            })
+        }
+        _ => None,
+    }
 }
 
 fn note_unreadable(seen: &mut Seen, path: &Path, e: &std::io::Error) {

@@ -10,7 +10,9 @@ MODE is how it waits on baton's socket (fd 3):
 * accept: blocked in accept(2) on fd 3, in a thread of its own;
 * prefork: forks 2 children that each serve fd 3 from an epoll set, while
   the parent only waits for them (a pre-forking master);
-* poll, select: in poll(2) / select(2) on fd 3 (not visible in /proc);
+* poll, select: in poll(2) / select(2) on fd 3 (baton reads the set from
+  the process's memory);
+* poll-other: in poll(2) on a pipe only, fd 3 open (not waiting on it);
 * own: closes fd 3 and serves a socket of its own from an epoll set (not
   baton's socket: not visible either);
 * never: sleeps forever with fd 3 open, never waiting on it.
@@ -103,6 +105,16 @@ def serve_select(listener):
             pass
 
 
+def serve_poll_other(listener):
+    """Polls a pipe, never the listener, with the listener open: not
+    waiting for connections, whatever it holds."""
+    r, _w = os.pipe()
+    p = select.poll()
+    p.register(r, select.POLLIN)
+    while True:
+        p.poll()
+
+
 def serve_prefork(listener):
     children = []
     for _ in range(2):
@@ -152,6 +164,7 @@ def main():
         "prefork": serve_prefork,
         "poll": serve_poll,
         "select": serve_select,
+        "poll-other": serve_poll_other,
         "own": serve_own,
     }[mode](listener)
 

@@ -118,6 +118,19 @@ impl FakeProc {
         self
     }
 
+    /// Process `pid`'s memory: `bytes` at address `addr` (zeros before).
+    fn mem(&self, pid: u32, addr: u64, bytes: &[u8]) -> &Self {
+        use std::os::unix::fs::FileExt as _;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.path().join(format!("{pid}/mem")))
+            .expect("mem");
+        f.write_all_at(bytes, addr).expect("write mem");
+        self
+    }
+
     fn scan(&self, pid: u32, listeners: &[Listener]) -> Seen {
         scan_in(self.dir.path(), pid, listeners)
     }
@@ -127,6 +140,7 @@ fn listener(ino: u64) -> Listener {
     Listener {
         id: SocketId { ino, sdev: 9 },
         display: "tcp://127.0.0.1:8080".into(),
+        local: None,
     }
 }
 
@@ -197,21 +211,112 @@ fn a_thread_in_accept_on_the_listener_makes_the_worker_accepting() {
     );
 }
 
+/// `struct pollfd` entries, as the kernel lays them out.
+fn pollfds(entries: &[(i32, i16)]) -> Vec<u8> {
+    entries
+        .iter()
+        .flat_map(|&(fd, events)| {
+            let mut e = fd.to_ne_bytes().to_vec();
+            e.extend(events.to_ne_bytes());
+            e.extend(0i16.to_ne_bytes());
+            e
+        })
+        .collect()
+}
+
+/// A thread in poll(2) or select(2) (pselect6 under glibc) is accepting
+/// when its set, read from the process's memory, holds the listener for
+/// input; otherwise it is said to wait on other descriptors.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn a_thread_in_poll_or_select_with_the_listener_in_its_set_is_accepting() {
+    let l = listener(0x0052_47d0);
+    // poll(fds = 0x1000, nfds = 2, -1): fd 5 for output, fd 3 for input.
+    let p = FakeProc::new();
+    p.process(
+        100,
+        &[],
+        "7 0x1000 0x2 0xffffffff 0x0 0x0 0x0 0x7ffc 0x7f02\n",
+    )
+    .fd(100, 3, "socket:[5392336]", None)
+    .mem(100, 0x1000, &pollfds(&[(5, 0x4), (3, 0x1)]));
+    let seen = p.scan(100, std::slice::from_ref(&l));
+    assert_eq!(
+        seen.accepting,
+        Some(Accepting::Polls {
+            pid: 100,
+            tid: 100,
+            call: "poll",
+            listener: l.display.clone()
+        })
+    );
+    assert_eq!(
+        seen.accepting.expect("accepting").to_string(),
+        "thread 100 of pid 100 waits in poll() for tcp://127.0.0.1:8080"
+    );
+
+    // The listener only for output: not waited on for connections.
+    let p = FakeProc::new();
+    p.process(
+        100,
+        &[],
+        "7 0x1000 0x2 0xffffffff 0x0 0x0 0x0 0x7ffc 0x7f02\n",
+    )
+    .fd(100, 3, "socket:[5392336]", None)
+    .mem(100, 0x1000, &pollfds(&[(5, 0x1), (3, 0x4)]));
+    let seen = p.scan(100, std::slice::from_ref(&l));
+    assert_eq!(seen.accepting, None);
+    assert_eq!(seen.polling_elsewhere, vec!["poll"]);
+    let text = seen.describe(0, 100, std::slice::from_ref(&l));
+    assert!(
+        text.contains("a thread waits in poll() on other descriptors"),
+        "{text}"
+    );
+
+    // pselect6(nfds = 4, readfds = 0x2000, ...): bit 3 set.
+    let p = FakeProc::new();
+    p.process(100, &[], "270 0x4 0x2000 0x0 0x0 0x0 0x0 0x7ffc 0x7f02\n")
+        .fd(100, 3, "socket:[5392336]", None)
+        .mem(100, 0x2000, &(1u64 << 3).to_ne_bytes());
+    let seen = p.scan(100, std::slice::from_ref(&l));
+    assert!(
+        matches!(
+            &seen.accepting,
+            Some(Accepting::Polls {
+                call: "pselect6",
+                ..
+            })
+        ),
+        "{seen:?}"
+    );
+    // ... bit 3 clear (fd 1 only); and bit 3 set but beyond nfds = 3.
+    for (nfds, bits) in [(4, 1u64 << 1), (3, 1u64 << 3)] {
+        let p = FakeProc::new();
+        p.process(
+            100,
+            &[],
+            &format!("270 {nfds:#x} 0x2000 0x0 0x0 0x0 0x0 0x7ffc 0x7f02\n"),
+        )
+        .fd(100, 3, "socket:[5392336]", None)
+        .mem(100, 0x2000, &bits.to_ne_bytes());
+        let seen = p.scan(100, std::slice::from_ref(&l));
+        assert_eq!(seen.accepting, None, "nfds {nfds}, bits {bits:#b}");
+        assert_eq!(seen.polling_elsewhere, vec!["pselect6"]);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn what_cannot_be_seen_is_said() {
     let l = listener(0x0052_47d0);
     let p = FakeProc::new();
-    // poll(2) (nr 7) with the listener open: not seen, and said so.
-    p.process(
-        100,
-        &[],
-        "7 0x7ffc 0x1 0xffffffff 0x0 0x0 0x0 0x7ffc 0x7f02\n",
-    )
-    .fd(100, 3, "socket:[5392336]", None);
+    // io_uring_enter(2) (nr 426) with the listener open: not seen, and
+    // said so.
+    p.process(100, &[], "426 0x5 0x0 0x1 0x1 0x0 0x0 0x7ffc 0x7f02\n")
+        .fd(100, 3, "socket:[5392336]", None);
     let seen = p.scan(100, std::slice::from_ref(&l));
     assert_eq!(seen.accepting, None);
-    assert_eq!(seen.opaque, vec!["poll"]);
+    assert_eq!(seen.opaque, vec!["io_uring_enter"]);
     let text = seen.describe(0, 100, std::slice::from_ref(&l));
     assert!(
         text.starts_with(
@@ -220,7 +325,7 @@ fn what_cannot_be_seen_is_said() {
         "{text}"
     );
     assert!(
-        text.contains("a thread waits in poll(), which baton cannot look into"),
+        text.contains("a thread waits in io_uring_enter(), which baton cannot look into"),
         "{text}"
     );
 
@@ -267,15 +372,17 @@ fn a_huge_tree_is_cut_at_max_processes() {
 }
 
 /// The real thing, on this test process: a listener in an epoll set (added
-/// as a dup), one a thread is blocked in accept on, one nobody waits on.
+/// as a dup), one a thread is blocked in accept on, one nobody waits on,
+/// one a thread polls.
 #[test]
-fn this_process_is_seen_waiting_in_epoll_and_in_accept() {
+fn this_process_is_seen_waiting_in_epoll_in_accept_and_in_poll() {
     use std::net::TcpListener;
     let pid = std::process::id();
     let listen = || TcpListener::bind("127.0.0.1:0").expect("bind");
     let named = |l: &TcpListener, what: &str| Listener {
         id: SocketId::of(l).expect("fstat"),
         display: what.into(),
+        local: rustix::net::getsockname(l).ok(),
     };
 
     let polled = listen();
@@ -320,6 +427,56 @@ fn this_process_is_seen_waiting_in_epoll_and_in_accept() {
     // Let the thread go.
     let _ = std::net::TcpStream::connect(addr);
     let _ = t.join();
+
+    // A thread in poll(2) on a listener: its set is read from this
+    // process's memory.
+    let in_poll = listen();
+    let addr = in_poll.local_addr().expect("addr");
+    let id = named(&in_poll, "in_poll");
+    let t = std::thread::spawn(move || {
+        let mut fds = [rustix::event::PollFd::new(
+            &in_poll,
+            rustix::event::PollFlags::IN,
+        )];
+        rustix::event::poll(&mut fds, None).map(|_| ())
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let seen = loop {
+        let seen = scan(pid, std::slice::from_ref(&id));
+        if seen.accepting.is_some() || std::time::Instant::now() > deadline {
+            break seen;
+        }
+        std::thread::yield_now();
+    };
+    assert!(
+        matches!(&seen.accepting, Some(Accepting::Polls { pid: p, .. }) if *p == pid),
+        "{seen:?}"
+    );
+    let _ = std::net::TcpStream::connect(addr);
+    let _ = t.join();
+
+    // Holding a connection accepted on a listener nobody waits on: serving
+    // from it. Bound to the wildcard address, reached on 127.0.0.1.
+    let busy = TcpListener::bind("0.0.0.0:0").expect("bind");
+    let port = busy.local_addr().expect("addr").port();
+    let id = named(&busy, "busy");
+    let seen = scan(pid, std::slice::from_ref(&id));
+    assert_eq!(seen.accepting, None, "nothing accepted yet: {seen:?}");
+    let client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    let (conn, _) = busy.accept().expect("accept");
+    let seen = scan(pid, std::slice::from_ref(&id));
+    assert!(
+        matches!(&seen.accepting, Some(Accepting::Serves { pid: p, .. }) if *p == pid),
+        "{seen:?}"
+    );
+    // The connection is untouched by the look.
+    drop(client);
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        std::io::Read::read(&mut &conn, &mut buf).expect("read"),
+        0,
+        "EOF"
+    );
 }
 
 #[test]

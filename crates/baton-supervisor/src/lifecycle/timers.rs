@@ -147,10 +147,10 @@ impl Lifecycle {
                 "; if the app cannot write to BATON_READY_FD, use --ready delay:DURATION or --ready exec:CMD"
             }
             ReadyMode::Accepting | ReadyMode::AcceptingAndExec(_) => {
-                "; --ready accepting sees a server wait for connections in epoll or accept(2) on baton's listeners; one that waits in poll/select or io_uring, or listens on a socket of its own, needs --ready notify, fd or exec:CMD"
+                "; --ready accepting sees a server wait for connections on baton's listeners (in epoll, accept(2), poll or select) or hold one it accepted there; one that waits in io_uring, or listens on a socket of its own, needs --ready notify, fd or exec:CMD"
             }
             ReadyMode::NotifyOrAccepting => {
-                "; --ready accepting sees a server wait for connections in epoll or accept(2) on baton's listeners; one that does not (poll/select, io_uring, a socket of its own) and sends no READY=1 needs --ready fd or exec:CMD"
+                "; --ready accepting sees a server wait for connections on baton's listeners (in epoll, accept(2), poll or select) or hold one it accepted there; one that does not (io_uring, a socket of its own) and sends no READY=1 needs --ready fd or exec:CMD"
             }
             ReadyMode::Dispatch => {
                 "; under --dispatch a worker asks for connections with `ready` on the channel in BATON_DISPATCH_FD (the protocol is in docs/dispatch.md; baton_app::dispatch speaks it for tokio servers); an app that does not speak it needs baton without --dispatch"

@@ -72,6 +72,7 @@ impl Runtime {
                 Ok(id) => Some(Listener {
                     id,
                     display: b.display.clone(),
+                    local: rustix::net::getsockname(&b.fd).ok(),
                 }),
                 Err(e) => {
                     tracing::warn!("cannot identify listener {}: {e}", b.display);
