@@ -157,6 +157,42 @@ fn signals_a_supervisor_may_send_never_take_the_service_down() {
     assert_eq!(baton.count("generation 2"), 0, "no reload");
 }
 
+/// The README's USR1 ("forwarded to the serving generation's workers:
+/// most servers reopen their logs on it"), tried on the bundled demo
+/// server: it had no handler, so every worker died of the signal at once,
+/// dropping its connections, and was restarted. It must serve on.
+#[test]
+fn usr1_does_not_kill_the_demo_servers_workers() {
+    let demo = bin("demo-server");
+    let baton = BatonCmd::new()
+        .args(["--workers", "2"])
+        .command([demo.as_os_str()])
+        .spawn();
+    baton.wait_for("generation 1 ready", WAIT);
+    let pids: Vec<u32> = baton.workers_of(1).iter().map(|w| w.pid).collect();
+    let mut conn = http::KeepAlive::connect(baton.port()).expect("connect");
+    assert_eq!(conn.get("/").expect("before USR1").status, 200);
+    let mark = baton.mark();
+    baton.signal(Signal::USR1);
+    baton.wait_for_after(mark, "SIGUSR1 forwarded to 2 workers of generation 1", WAIT);
+    for pid in &pids {
+        baton.wait_for_after(
+            mark,
+            &format!("pid {pid}]: SIGUSR1: no log file to reopen"),
+            WAIT,
+        );
+    }
+    // The connection opened before the signal is still served.
+    assert_eq!(conn.get("/").expect("after USR1").status, 200);
+    for pid in &pids {
+        assert!(
+            Proc::find(*pid).is_some_and(|p| p.is_alive()),
+            "worker {pid} died of SIGUSR1"
+        );
+    }
+    assert!(!baton.seen_after(mark, "exited with signal SIGUSR1"));
+}
+
 /// Sends signal number `sig` (real-time ones included, which have no
 /// name in rustix) with kill(1).
 fn send_raw(pid: u32, sig: i32) {
