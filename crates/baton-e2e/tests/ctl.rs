@@ -220,6 +220,38 @@ fn ctl_without_a_supervisor_says_so() {
     );
 }
 
+/// `baton ctl reload --timeout 90s` or `baton ctl status --control PATH`
+/// (the options after the command, as most CLIs allow) was a usage error,
+/// "unexpected argument '--control' found", with no hint: the options were
+/// accepted only before the command.
+#[test]
+fn ctl_options_after_the_command_are_accepted() {
+    let baton = started();
+    let socket = control_path(&baton);
+    let mut cmd = Command::new(bin("baton"));
+    cmd.args(["ctl", "status", "--json", "--control"])
+        .arg(&socket)
+        .args(["--timeout", "30s"]);
+    let out = run_bounded(cmd);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"serving\": 1"),
+        "{}",
+        text(&out)
+    );
+    let mut cmd = Command::new(bin("baton"));
+    cmd.args(["ctl", "reload", "--timeout", "30s", "--control"])
+        .arg(&socket);
+    let out = run_bounded(cmd);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // --name after the command picks the socket as it does before it.
+    let mut cmd = Command::new(bin("baton"));
+    cmd.env("XDG_RUNTIME_DIR", baton.dir())
+        .args(["ctl", "status", "--name", "baton"]);
+    let out = run_bounded(cmd);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
 #[test]
 fn second_supervisor_with_the_same_name_is_refused() {
     let baton = started();

@@ -47,16 +47,16 @@ exited on its own, 7 when some had to be killed (see baton run --help)";
 #[derive(Debug, clap::Args)]
 pub struct CtlArgs {
     /// The supervisor's --name
-    #[arg(long, value_name = "NAME", default_value = "baton", value_parser = crate::cli::parse_name)]
+    #[arg(long, global = true, value_name = "NAME", default_value = "baton", value_parser = crate::cli::parse_name)]
     name: String,
 
     /// The supervisor's control socket path (overrides --name)
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, global = true, value_name = "PATH")]
     control: Option<PathBuf>,
 
     /// How long to wait for the verdict of reload and stop, or to stream
     /// events (default: no limit)
-    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = config::parse_duration)]
     timeout: Option<Duration>,
 
     #[command(subcommand)]
