@@ -193,6 +193,45 @@ fn usr1_does_not_kill_the_demo_servers_workers() {
     assert!(!baton.seen_after(mark, "exited with signal SIGUSR1"));
 }
 
+/// Starts baton under `sh -c 'ulimit -n LIMIT && exec baton run ...'` and
+/// waits for it to exit.
+fn run_with_nofile(cmd: BatonCmd, limit: u32) -> (Option<i32>, Vec<String>) {
+    let script = format!("ulimit -n {limit} && exec \"$@\"");
+    let mut baton = cmd.spawn_under(|argv, _| {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(&script).arg("sh").args(argv);
+        c
+    });
+    let status = baton.wait_exit(WAIT);
+    baton.wait_output_closed(Duration::from_secs(5));
+    (status.code(), baton.lines())
+}
+
+/// With a small open-files limit (`ulimit -n 40`) baton failed half-way,
+/// "cannot install the handler for signal 21: Too many open files" (exit 1)
+/// or "worker 0 could not be started: cannot create a pipe: Too many open
+/// files" (exit 4); neither said it was the limit, nor how to raise it.
+#[test]
+fn a_small_open_files_limit_is_named_with_the_fix() {
+    let (code, lines) = run_with_nofile(BatonCmd::new().probe(&[]), 40);
+    let all = lines.join("\n");
+    assert_eq!(code, Some(1), "{all}");
+    assert!(
+        all.contains("open-files limit is 40 (ulimit -n), too low to start")
+            && all.contains("LimitNOFILE="),
+        "{all}"
+    );
+    // Enough to start, not for 40 workers: the worker that cannot be
+    // started says why.
+    let (code, lines) = run_with_nofile(BatonCmd::new().args(["--workers", "40"]).probe(&[]), 64);
+    let all = lines.join("\n");
+    assert_eq!(code, Some(4), "{all}");
+    assert!(
+        all.contains("baton is out of file descriptors: its open-files limit is 64"),
+        "{all}"
+    );
+}
+
 /// Sends signal number `sig` (real-time ones included, which have no
 /// name in rustix) with kill(1).
 fn send_raw(pid: u32, sig: i32) {

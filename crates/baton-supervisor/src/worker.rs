@@ -119,7 +119,12 @@ pub fn spawn_worker(
     cgroup: Option<BorrowedFd<'_>>,
     on_forked: impl FnOnce(u32),
 ) -> Result<Started, SpawnFailure> {
-    let pipe_error = |e: std::io::Error| SpawnFailure::Other(format!("cannot create a pipe: {e}"));
+    let pipe_error = |e: std::io::Error| {
+        SpawnFailure::Other(format!(
+            "cannot create a pipe: {e}{}",
+            out_of_descriptors(e.raw_os_error())
+        ))
+    };
     let (out_r, out_w) = nonblocking_pipe().map_err(pipe_error)?;
     let (err_r, err_w) = nonblocking_pipe().map_err(pipe_error)?;
     let ready_pipe = if spec.ready_fd {
@@ -129,7 +134,10 @@ pub fn spawn_worker(
     };
     let channel = match spec.dispatch {
         Some(_) => Some(dispatch_channel().map_err(|e| {
-            SpawnFailure::Other(format!("cannot create the dispatch channel: {e}"))
+            SpawnFailure::Other(format!(
+                "cannot create the dispatch channel: {e}{}",
+                out_of_descriptors(e.raw_os_error())
+            ))
         })?),
         None => None,
     };
@@ -168,7 +176,7 @@ pub fn spawn_worker(
             step: baton_sys::spawn::Step::Cgroup,
             source,
         } => SpawnFailure::Cgroup(source.to_string()),
-        e => SpawnFailure::Other(explain_spawn_error(
+        e => SpawnFailure::Other(explain_spawn_error_with_limit(
             &e,
             &spec.program,
             spec.chdir.as_deref(),
@@ -242,6 +250,47 @@ fn dispatch_channel() -> std::io::Result<(OwnedFd, OwnedFd)> {
     )?;
     rustix::io::ioctl_fionbio(&ours, true)?;
     Ok((ours, theirs))
+}
+
+/// What to add to an error that says baton ran out of descriptors:
+/// `EMFILE`, or `EINVAL` where the child moves a descriptor above those it
+/// places and the next free number is past the limit.
+fn out_of_descriptors(errno: Option<i32>) -> String {
+    if errno != Some(libc::EMFILE) && errno != Some(libc::ENFILE) {
+        return String::new();
+    }
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
+    format!(
+        " (baton is out of file descriptors: its open-files limit is {limit}; raise it with ulimit -n or LimitNOFILE=, or run fewer workers)"
+    )
+}
+
+/// [`explain_spawn_error`], with the hint of [`out_of_descriptors`] when
+/// that is why.
+fn explain_spawn_error_with_limit(
+    e: &baton_sys::spawn::SpawnError,
+    program: &Path,
+    chdir: Option<&Path>,
+    run_as: Option<&crate::privileges::RunAs>,
+) -> String {
+    use baton_sys::spawn::{SpawnError, Step};
+    let errno = match e {
+        SpawnError::Child {
+            step: Step::Descriptors,
+            source,
+        } if source.raw_os_error() == Some(libc::EINVAL) => Some(libc::EMFILE),
+        SpawnError::Child { source, .. } | SpawnError::Setup(source) | SpawnError::Fork(source) => {
+            source.raw_os_error()
+        }
+        SpawnError::Nul(_) => None,
+    };
+    format!(
+        "{}{}",
+        explain_spawn_error(e, program, chdir, run_as),
+        out_of_descriptors(errno)
+    )
 }
 
 fn explain_spawn_error(

@@ -23,7 +23,7 @@ pub mod exit {
 const EXIT_CODES: &str = "\
 Exit codes:
   0  stopped cleanly: every worker exited on its own
-  1  internal error
+  1  internal error, or an open-files limit below 64 (ulimit -n)
   2  usage: a bad flag or value (listen spec, duration, signal, --workers 0)
   3  a listener, the control socket or the metrics endpoint cannot be set up (address
      in use, permission denied, unsafe path, another baton with the same --name)
