@@ -252,6 +252,53 @@ fn ctl_options_after_the_command_are_accepted() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
 
+/// `baton ctl status | head -1` (or `ctl events | jq`, once jq exits):
+/// the write to the closed pipe made `println!` panic, printing a
+/// backtrace and exiting 101. It must end quietly, as `cat` does: killed
+/// by SIGPIPE, nothing on stderr.
+#[test]
+fn ctl_writing_to_a_closed_pipe_ends_quietly_without_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    let baton = started();
+    for args in [&["status"][..], &["status", "--json"], &["events"]] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        // The reader is gone before baton ctl writes anything.
+        drop(reader);
+        let mut cmd = Command::new(bin("baton"));
+        cmd.arg("ctl")
+            .arg("--control")
+            .arg(control_path(&baton))
+            .args(["--timeout", "30s"])
+            .args(args);
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped());
+        let child = cmd.spawn().expect("start baton ctl");
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        let out = match rx.recv_timeout(Duration::from_secs(40)) {
+            Ok(out) => out.expect("baton ctl ran"),
+            Err(_) => {
+                if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+                    let _ = rustix::process::kill_process(p, Signal::KILL);
+                }
+                panic!("baton ctl {args:?} (pid {pid}) did not end within 40 s");
+            }
+        };
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {:?}, stderr:\n{stderr}",
+            out.status
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
 #[test]
 fn second_supervisor_with_the_same_name_is_refused() {
     let baton = started();

@@ -415,8 +415,17 @@ pub fn parse() -> Args {
 pub fn execute(args: Args, sinks: baton_supervisor::output::Sinks) -> Result<u8, Failure> {
     match args.command {
         Command::Run(run) => run_command(*run, sinks),
-        Command::Ctl(ctl) => Ok(crate::ctl::run(&ctl)),
-        Command::CheckConfig { file } => Ok(check_config(&file)),
+        Command::Ctl(ctl) => {
+            // `baton ctl status | head -3`, `baton ctl events | jq ...`:
+            // when the reader goes, end quietly (a panic with a backtrace
+            // on a broken pipe otherwise).
+            baton_sys::spawn::default_sigpipe();
+            Ok(crate::ctl::run(&ctl))
+        }
+        Command::CheckConfig { file } => {
+            baton_sys::spawn::default_sigpipe();
+            Ok(check_config(&file))
+        }
         Command::UpgradeCheck => {
             println!("{}", baton_supervisor::runtime::check_answer());
             Ok(0)
