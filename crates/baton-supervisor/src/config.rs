@@ -262,6 +262,19 @@ pub fn parse_ready(s: &str) -> Result<ReadyMode, String> {
 /// Parses a duration such as `30s`, `500ms`, `1m30s` (humantime syntax);
 /// a bare number means seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Some(rest) = s.trim_start().strip_prefix('-') {
+        // Flags take a value that may start with '-' so that `--grace -1`
+        // is read as the value it is meant to be.
+        return Err(
+            if rest.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
+                format!("{s:?}: a duration cannot be negative; write e.g. 0s, 500ms, 30s")
+            } else {
+                format!(
+                    "{s:?} is not a duration (the flag before it needs one); write e.g. 500ms, 30s, 2m"
+                )
+            },
+        );
+    }
     if let Ok(secs) = s.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
@@ -541,6 +554,8 @@ mod tests {
         assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("-1").is_err_and(|e| e.contains("cannot be negative")));
+        assert!(parse_duration("--workers").is_err_and(|e| e.contains("needs one")));
     }
 
     #[test]

@@ -56,7 +56,7 @@ pub struct CtlArgs {
 
     /// How long to wait for the verdict of reload and stop, or to stream
     /// events (default: no limit)
-    #[arg(long, global = true, value_name = "DURATION", value_parser = config::parse_duration)]
+    #[arg(long, global = true, allow_hyphen_values = true, value_name = "DURATION", value_parser = config::parse_duration)]
     timeout: Option<Duration>,
 
     #[command(subcommand)]
@@ -92,7 +92,7 @@ enum CtlCommand {
     /// Set the number of workers per generation (the serving one at once)
     Scale {
         /// Workers per generation
-        #[arg(value_name = "N")]
+        #[arg(value_name = "N", allow_negative_numbers = true, value_parser = crate::cli::parse_workers)]
         workers: usize,
     },
     /// Upgrade baton itself in place: check the new binary, then execute it
@@ -149,12 +149,8 @@ pub fn run(args: &CtlArgs) -> u8 {
         CtlCommand::Status { .. } => Command::Status,
         CtlCommand::Events { buffer } => Command::Events { buffer: *buffer },
         CtlCommand::Stop { fast } => Command::Stop { fast: *fast },
-        CtlCommand::Scale { workers } => {
-            if *workers == 0 {
-                return fail(exit::USAGE, "scale needs at least 1 worker");
-            }
-            Command::Scale { workers: *workers }
-        }
+        // 0 and too many are refused by the parser (parse_workers).
+        CtlCommand::Scale { workers } => Command::Scale { workers: *workers },
         CtlCommand::Upgrade { binary, failpoint } => Command::Upgrade {
             binary: match binary {
                 Some(b) => match std::path::absolute(b) {
