@@ -206,6 +206,20 @@ pub fn parse_switch(s: &str) -> Result<bool, String> {
 /// Why these settings cannot be used together (checked for the flags and
 /// the config file alike, at start and on every reload).
 pub fn check_policy(p: &Policy) -> Result<(), String> {
+    let timeout = humantime::format_duration(p.ready_timeout);
+    if p.ready_timeout.is_zero() {
+        return Err(
+            "--ready-timeout 0 fails every start before a worker can be ready: give it time, e.g. --ready-timeout 30s (the default is 60s)".into(),
+        );
+    }
+    if let ReadyMode::Delay(d) = &p.ready
+        && *d >= p.ready_timeout
+    {
+        return Err(format!(
+            "--ready delay:{} is not shorter than --ready-timeout {timeout}: every start would time out; raise --ready-timeout above the delay",
+            humantime::format_duration(*d)
+        ));
+    }
     if p.strategy == Strategy::Rolling && (!p.ready.per_worker() || p.ready.gen_wide()) {
         return Err(format!(
             "--strategy rolling replaces workers one at a time, so it needs to know when each one is ready: use --ready notify, fd, accepting or notify|accepting (--ready {} tells about a whole generation)",
@@ -546,6 +560,30 @@ mod tests {
                 .contains("--ready delay:DURATION tells about a whole generation")
         );
         p.ready = ReadyMode::Accepting;
+        assert_eq!(check_policy(&p), Ok(()));
+    }
+
+    /// `--ready-timeout 0` was taken, and every start failed at once with
+    /// "was not ready within 0s" (exit 6); `--ready delay:90s` with the
+    /// default 60 s timeout could never be ready either. Both are mistakes
+    /// in the settings, refused as such (exit 2, or a refused reload).
+    #[test]
+    fn a_ready_timeout_no_start_can_meet_is_refused() {
+        let mut p = Policy::new(1, ReadyMode::Notify);
+        p.ready_timeout = Duration::ZERO;
+        assert!(
+            check_policy(&p)
+                .expect_err("0")
+                .contains("--ready-timeout 0 fails every start")
+        );
+        p.ready_timeout = Duration::from_secs(60);
+        p.ready = ReadyMode::Delay(Duration::from_secs(90));
+        assert!(
+            check_policy(&p)
+                .expect_err("delay past the timeout")
+                .contains("--ready delay:1m 30s is not shorter than --ready-timeout 1m")
+        );
+        p.ready = ReadyMode::Delay(Duration::from_secs(5));
         assert_eq!(check_policy(&p), Ok(()));
     }
 
