@@ -202,6 +202,19 @@ fn parse_unix(text: &str, at: usize, rest: &str) -> Result<ListenAddr, SpecError
         }
         None => (rest, None),
     };
+    // `?mod=0660`, `?perm=0660`: an option baton does not
+    // know would otherwise be part of the path, silently.
+    if let Some(q) = path.find('?') {
+        let option = &path[q + 1..];
+        return Err(err(
+            text,
+            at + q + 1,
+            format!(
+                "unknown option {:?} after '?': the one option is mode (unix:PATH?mode=0660); a '?' cannot be part of a socket path here",
+                option.split('=').next().unwrap_or(option)
+            ),
+        ));
+    }
     if path.is_empty() {
         return Err(err(text, at, "missing socket path after 'unix:'"));
     }
@@ -820,6 +833,25 @@ mod tests {
                 mode: Some(0o660)
             }
         );
+    }
+
+    /// A misspelt option was part of the path, silently: the socket
+    /// was bound at "/a.sock?mod=0660" with the default mode.
+    #[test]
+    fn a_misspelt_unix_socket_option_is_refused_not_made_part_of_the_path() {
+        for typo in [
+            "unix:/a.sock?mod=0660",
+            "unix:/a.sock?foo",
+            "unix:/a?x=1?mode=0660",
+        ] {
+            assert!(
+                parse(typo)
+                    .expect_err(typo)
+                    .problem
+                    .contains("unknown option"),
+                "{typo}"
+            );
+        }
     }
 
     #[test]
