@@ -337,8 +337,13 @@ pub fn parse_signal(s: &str) -> Result<i32, String> {
 pub enum CommandError {
     #[error("no command given: write it after --, e.g. baton run -l :8080 -- ./server")]
     Missing,
-    #[error("command {cmd:?} not found in PATH ({path})")]
-    NotFound { cmd: String, path: String },
+    #[error("command {cmd:?} not found in PATH ({path}){hint}")]
+    NotFound {
+        cmd: String,
+        path: String,
+        /// Where the name is a file in the working directory: how to run it.
+        hint: String,
+    },
     #[error("{path} does not exist")]
     NoSuchFile { path: String },
     #[error("{path} is not executable (mode {mode:o}); fix it with chmod +x {path}")]
@@ -398,9 +403,21 @@ pub fn resolve_program(
             return Ok(std::path::absolute(&candidate).unwrap_or(candidate));
         }
     }
+    // `--chdir /srv/app -- server` for `./server`: a name without a '/'
+    // is looked up in PATH only, as execvp does.
+    let here = chdir.unwrap_or(Path::new(".")).join(cmd);
+    let hint = if here.is_file() {
+        format!(
+            "; {} is there: write ./{cmd} to run it (a name without a '/' is looked up in PATH only)",
+            here.display()
+        )
+    } else {
+        String::new()
+    };
     Err(CommandError::NotFound {
         cmd: cmd.to_owned(),
         path: path_var,
+        hint,
     })
 }
 
@@ -607,6 +624,25 @@ mod tests {
                 .contains("unknown signal")
         );
         assert!(parse_signal("0").is_err());
+    }
+
+    /// `--chdir /srv/app/current -- server` (the program is
+    /// `/srv/app/current/server`) said only "command \"server\" not found
+    /// in PATH (...)": nothing about the file right there, or the `./`.
+    #[test]
+    fn a_program_in_the_working_directory_given_without_dot_slash_gets_the_fix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("server"), "#!/bin/sh\n").expect("write");
+        let e = resolve_program("server", Some(dir.path()), Some(OsStr::new("/nonexistent")))
+            .expect_err("not in PATH");
+        assert!(
+            e.to_string()
+                .contains("server is there: write ./server to run it"),
+            "{e}"
+        );
+        let e = resolve_program("other", Some(dir.path()), Some(OsStr::new("/nonexistent")))
+            .expect_err("nowhere");
+        assert!(!e.to_string().contains("is there"), "{e}");
     }
 
     #[test]
