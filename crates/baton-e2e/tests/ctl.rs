@@ -299,6 +299,31 @@ fn ctl_writing_to_a_closed_pipe_ends_quietly_without_a_panic() {
     }
 }
 
+/// `baton ctl status` against a baton that is stopped (SIGSTOP, Ctrl-Z in
+/// its terminal) waited forever: no --timeout meant no limit even for a
+/// command that is answered at once. It must give up (exit 11) and say
+/// why.
+#[test]
+fn ctl_status_against_a_stopped_baton_gives_up_instead_of_hanging() {
+    let baton = started();
+    baton.signal(Signal::STOP);
+    let mut cmd = Command::new(bin("baton"));
+    cmd.args(["ctl", "--control"])
+        .arg(control_path(&baton))
+        .arg("status");
+    let out = run_bounded(cmd);
+    baton.signal(Signal::CONT);
+    assert_eq!(out.status.code(), Some(11), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no answer within the timeout"),
+        "{}",
+        text(&out)
+    );
+    // Going again, it answers.
+    let out = ctl(&baton, &["status"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
 #[test]
 fn second_supervisor_with_the_same_name_is_refused() {
     let baton = started();
