@@ -402,17 +402,25 @@ fn top_level_keys() -> &'static [String] {
     })
 }
 
-/// A top-level key written after a table header (`workers = 4` appended
-/// to a file that ends with `[env]` or a `[[listen]]`) is in that table;
-/// the error there says so. `offset` is where the error is.
-fn misplaced_key(text: &str, offset: usize) -> Option<String> {
+/// The key of the `key = value` line `offset` is in.
+fn key_at(text: &str, offset: usize) -> Option<&str> {
     let before = &text[..offset.min(text.len())];
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let line_end = text[line_start..]
         .find('\n')
         .map_or(text.len(), |i| line_start + i);
     let key = text[line_start..line_end].split_once('=')?.0.trim();
-    let key = key.trim_matches('"');
+    Some(key.trim_matches('"'))
+}
+
+/// A top-level key written after a table header (`workers = 4` appended
+/// to a file that ends with `[env]` or a `[[listen]]`) is in that table;
+/// the error there says so. `offset` is where the error is.
+fn misplaced_key(text: &str, offset: usize) -> Option<String> {
+    let key = key_at(text, offset)?;
+    let line_start = text[..offset.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
     if !top_level_keys().iter().any(|k| k == key) {
         return None;
     }
@@ -445,6 +453,11 @@ fn parse_file(path: &Path, text: &str) -> Result<FileSettings, LoadError> {
     let src = Source { path, text };
     let raw: RawFile = toml::from_str(text).map_err(|e| {
         let mut message = with_suggestion(e.message().trim());
+        if message == "duplicate key"
+            && let Some(key) = e.span().and_then(|span| key_at(text, span.start))
+        {
+            message = format!("duplicate key `{key}`: it is set above already; keep one");
+        }
         if let Some(hint) = e.span().and_then(|span| misplaced_key(text, span.start)) {
             message.push_str("; ");
             message.push_str(&hint);
@@ -1302,6 +1315,22 @@ RUST_LOG = "info"
         assert_eq!(f.env, vec![("grace".to_owned(), "5s".to_owned())]);
         assert_eq!(misplaced_key("[env]\nRUST_LOG = 1\n", 17), None);
         assert_eq!(misplaced_key("[[listen]]\nname = 1\n", 18), None);
+    }
+
+    /// A key set twice (a line added at the top, the old one left below)
+    /// was "baton.toml:3:1: duplicate key", without the key.
+    #[test]
+    fn a_duplicate_key_is_named() {
+        let e = parse_file(
+            Path::new("baton.toml"),
+            "workers = 2\ngrace = \"5s\"\nworkers = 3\n",
+        )
+        .expect_err("twice");
+        assert!(
+            e.message.contains("baton.toml:3:") && e.message.contains("duplicate key `workers`"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
