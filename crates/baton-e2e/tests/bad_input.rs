@@ -137,3 +137,36 @@ fn first_generation_never_ready_exits_6_with_a_hint() {
         .run_to_exit(EXIT);
     assert_refused(status, &lines, 6, &["NOTIFY_SOCKET", "--ready"]);
 }
+
+/// `--grace -1` (and `-w -1`, `--ready-timeout -5`) was "unexpected
+/// argument '-1' found; tip: to pass '-1' as a value, use '-- -1'": the
+/// value was taken for a flag, and the tip would have made it the
+/// command. The value must be read and refused for what it is.
+#[test]
+fn a_negative_value_is_refused_as_a_value_not_as_an_unknown_flag() {
+    for (flag, value, needle) in [
+        ("--grace", "-1", "a duration cannot be negative"),
+        ("--ready-timeout", "-5s", "a duration cannot be negative"),
+        ("--workers", "-1", "\"-1\" is not a number of workers"),
+    ] {
+        let (status, lines) = BatonCmd::new()
+            .args([flag, value])
+            .probe(&[])
+            .run_to_exit(EXIT);
+        assert_refused(status, &lines, 2, &[needle]);
+        assert!(
+            !lines.iter().any(|l| l.contains("unexpected argument")),
+            "{flag} {value}:\n{}",
+            all(&lines)
+        );
+    }
+    let mut ctl = std::process::Command::new(baton_e2e::bin("baton"));
+    ctl.args(["ctl", "--control", "/nonexistent/baton.sock", "scale", "-1"]);
+    let out = baton_e2e::tools::run_bounded(ctl, EXIT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("\"-1\" is not a number of workers"),
+        "{stderr}"
+    );
+}

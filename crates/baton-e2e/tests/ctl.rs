@@ -220,6 +220,110 @@ fn ctl_without_a_supervisor_says_so() {
     );
 }
 
+/// `baton ctl reload --timeout 90s` or `baton ctl status --control PATH`
+/// (the options after the command, as most CLIs allow) was a usage error,
+/// "unexpected argument '--control' found", with no hint: the options were
+/// accepted only before the command.
+#[test]
+fn ctl_options_after_the_command_are_accepted() {
+    let baton = started();
+    let socket = control_path(&baton);
+    let mut cmd = Command::new(bin("baton"));
+    cmd.args(["ctl", "status", "--json", "--control"])
+        .arg(&socket)
+        .args(["--timeout", "30s"]);
+    let out = run_bounded(cmd);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"serving\": 1"),
+        "{}",
+        text(&out)
+    );
+    let mut cmd = Command::new(bin("baton"));
+    cmd.args(["ctl", "reload", "--timeout", "30s", "--control"])
+        .arg(&socket);
+    let out = run_bounded(cmd);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // --name after the command picks the socket as it does before it.
+    let mut cmd = Command::new(bin("baton"));
+    cmd.env("XDG_RUNTIME_DIR", baton.dir())
+        .args(["ctl", "status", "--name", "baton"]);
+    let out = run_bounded(cmd);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+/// `baton ctl status | head -1` (or `ctl events | jq`, once jq exits):
+/// the write to the closed pipe made `println!` panic, printing a
+/// backtrace and exiting 101. It must end quietly, as `cat` does: killed
+/// by SIGPIPE, nothing on stderr.
+#[test]
+fn ctl_writing_to_a_closed_pipe_ends_quietly_without_a_panic() {
+    use std::os::unix::process::ExitStatusExt;
+    let baton = started();
+    for args in [&["status"][..], &["status", "--json"], &["events"]] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        // The reader is gone before baton ctl writes anything.
+        drop(reader);
+        let mut cmd = Command::new(bin("baton"));
+        cmd.arg("ctl")
+            .arg("--control")
+            .arg(control_path(&baton))
+            .args(["--timeout", "30s"])
+            .args(args);
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped());
+        let child = cmd.spawn().expect("start baton ctl");
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        let out = match rx.recv_timeout(Duration::from_secs(40)) {
+            Ok(out) => out.expect("baton ctl ran"),
+            Err(_) => {
+                if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+                    let _ = rustix::process::kill_process(p, Signal::KILL);
+                }
+                panic!("baton ctl {args:?} (pid {pid}) did not end within 40 s");
+            }
+        };
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {:?}, stderr:\n{stderr}",
+            out.status
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+/// `baton ctl status` against a baton that is stopped (SIGSTOP, Ctrl-Z in
+/// its terminal) waited forever: no --timeout meant no limit even for a
+/// command that is answered at once. It must give up (exit 11) and say
+/// why.
+#[test]
+fn ctl_status_against_a_stopped_baton_gives_up_instead_of_hanging() {
+    let baton = started();
+    baton.signal(Signal::STOP);
+    let mut cmd = Command::new(bin("baton"));
+    cmd.args(["ctl", "--control"])
+        .arg(control_path(&baton))
+        .arg("status");
+    let out = run_bounded(cmd);
+    baton.signal(Signal::CONT);
+    assert_eq!(out.status.code(), Some(11), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no answer within the timeout"),
+        "{}",
+        text(&out)
+    );
+    // Going again, it answers.
+    let out = ctl(&baton, &["status"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
 #[test]
 fn second_supervisor_with_the_same_name_is_refused() {
     let baton = started();

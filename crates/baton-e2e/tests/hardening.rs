@@ -157,6 +157,81 @@ fn signals_a_supervisor_may_send_never_take_the_service_down() {
     assert_eq!(baton.count("generation 2"), 0, "no reload");
 }
 
+/// The README's USR1 ("forwarded to the serving generation's workers:
+/// most servers reopen their logs on it"), tried on the bundled demo
+/// server: it had no handler, so every worker died of the signal at once,
+/// dropping its connections, and was restarted. It must serve on.
+#[test]
+fn usr1_does_not_kill_the_demo_servers_workers() {
+    let demo = bin("demo-server");
+    let baton = BatonCmd::new()
+        .args(["--workers", "2"])
+        .command([demo.as_os_str()])
+        .spawn();
+    baton.wait_for("generation 1 ready", WAIT);
+    let pids: Vec<u32> = baton.workers_of(1).iter().map(|w| w.pid).collect();
+    let mut conn = http::KeepAlive::connect(baton.port()).expect("connect");
+    assert_eq!(conn.get("/").expect("before USR1").status, 200);
+    let mark = baton.mark();
+    baton.signal(Signal::USR1);
+    baton.wait_for_after(mark, "SIGUSR1 forwarded to 2 workers of generation 1", WAIT);
+    for pid in &pids {
+        baton.wait_for_after(
+            mark,
+            &format!("pid {pid}]: SIGUSR1: no log file to reopen"),
+            WAIT,
+        );
+    }
+    // The connection opened before the signal is still served.
+    assert_eq!(conn.get("/").expect("after USR1").status, 200);
+    for pid in &pids {
+        assert!(
+            Proc::find(*pid).is_some_and(|p| p.is_alive()),
+            "worker {pid} died of SIGUSR1"
+        );
+    }
+    assert!(!baton.seen_after(mark, "exited with signal SIGUSR1"));
+}
+
+/// Starts baton under `sh -c 'ulimit -n LIMIT && exec baton run ...'` and
+/// waits for it to exit.
+fn run_with_nofile(cmd: BatonCmd, limit: u32) -> (Option<i32>, Vec<String>) {
+    let script = format!("ulimit -n {limit} && exec \"$@\"");
+    let mut baton = cmd.spawn_under(|argv, _| {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(&script).arg("sh").args(argv);
+        c
+    });
+    let status = baton.wait_exit(WAIT);
+    baton.wait_output_closed(Duration::from_secs(5));
+    (status.code(), baton.lines())
+}
+
+/// With a small open-files limit (`ulimit -n 40`) baton failed half-way,
+/// "cannot install the handler for signal 21: Too many open files" (exit 1)
+/// or "worker 0 could not be started: cannot create a pipe: Too many open
+/// files" (exit 4); neither said it was the limit, nor how to raise it.
+#[test]
+fn a_small_open_files_limit_is_named_with_the_fix() {
+    let (code, lines) = run_with_nofile(BatonCmd::new().probe(&[]), 40);
+    let all = lines.join("\n");
+    assert_eq!(code, Some(1), "{all}");
+    assert!(
+        all.contains("open-files limit is 40 (ulimit -n), too low to start")
+            && all.contains("LimitNOFILE="),
+        "{all}"
+    );
+    // Enough to start, not for 40 workers: the worker that cannot be
+    // started says why.
+    let (code, lines) = run_with_nofile(BatonCmd::new().args(["--workers", "40"]).probe(&[]), 64);
+    let all = lines.join("\n");
+    assert_eq!(code, Some(4), "{all}");
+    assert!(
+        all.contains("baton is out of file descriptors: its open-files limit is 64"),
+        "{all}"
+    );
+}
+
 /// Sends signal number `sig` (real-time ones included, which have no
 /// name in rustix) with kill(1).
 fn send_raw(pid: u32, sig: i32) {

@@ -206,6 +206,20 @@ pub fn parse_switch(s: &str) -> Result<bool, String> {
 /// Why these settings cannot be used together (checked for the flags and
 /// the config file alike, at start and on every reload).
 pub fn check_policy(p: &Policy) -> Result<(), String> {
+    let timeout = humantime::format_duration(p.ready_timeout);
+    if p.ready_timeout.is_zero() {
+        return Err(
+            "--ready-timeout 0 fails every start before a worker can be ready: give it time, e.g. --ready-timeout 30s (the default is 60s)".into(),
+        );
+    }
+    if let ReadyMode::Delay(d) = &p.ready
+        && *d >= p.ready_timeout
+    {
+        return Err(format!(
+            "--ready delay:{} is not shorter than --ready-timeout {timeout}: every start would time out; raise --ready-timeout above the delay",
+            humantime::format_duration(*d)
+        ));
+    }
     if p.strategy == Strategy::Rolling && (!p.ready.per_worker() || p.ready.gen_wide()) {
         return Err(format!(
             "--strategy rolling replaces workers one at a time, so it needs to know when each one is ready: use --ready notify, fd, accepting or notify|accepting (--ready {} tells about a whole generation)",
@@ -262,6 +276,19 @@ pub fn parse_ready(s: &str) -> Result<ReadyMode, String> {
 /// Parses a duration such as `30s`, `500ms`, `1m30s` (humantime syntax);
 /// a bare number means seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Some(rest) = s.trim_start().strip_prefix('-') {
+        // Flags take a value that may start with '-' so that `--grace -1`
+        // is read as the value it is meant to be.
+        return Err(
+            if rest.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
+                format!("{s:?}: a duration cannot be negative; write e.g. 0s, 500ms, 30s")
+            } else {
+                format!(
+                    "{s:?} is not a duration (the flag before it needs one); write e.g. 500ms, 30s, 2m"
+                )
+            },
+        );
+    }
     if let Ok(secs) = s.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
@@ -310,8 +337,13 @@ pub fn parse_signal(s: &str) -> Result<i32, String> {
 pub enum CommandError {
     #[error("no command given: write it after --, e.g. baton run -l :8080 -- ./server")]
     Missing,
-    #[error("command {cmd:?} not found in PATH ({path})")]
-    NotFound { cmd: String, path: String },
+    #[error("command {cmd:?} not found in PATH ({path}){hint}")]
+    NotFound {
+        cmd: String,
+        path: String,
+        /// Where the name is a file in the working directory: how to run it.
+        hint: String,
+    },
     #[error("{path} does not exist")]
     NoSuchFile { path: String },
     #[error("{path} is not executable (mode {mode:o}); fix it with chmod +x {path}")]
@@ -371,9 +403,21 @@ pub fn resolve_program(
             return Ok(std::path::absolute(&candidate).unwrap_or(candidate));
         }
     }
+    // `--chdir /srv/app -- server` for `./server`: a name without a '/'
+    // is looked up in PATH only, as execvp does.
+    let here = chdir.unwrap_or(Path::new(".")).join(cmd);
+    let hint = if here.is_file() {
+        format!(
+            "; {} is there: write ./{cmd} to run it (a name without a '/' is looked up in PATH only)",
+            here.display()
+        )
+    } else {
+        String::new()
+    };
     Err(CommandError::NotFound {
         cmd: cmd.to_owned(),
         path: path_var,
+        hint,
     })
 }
 
@@ -536,11 +580,37 @@ mod tests {
         assert_eq!(check_policy(&p), Ok(()));
     }
 
+    /// `--ready-timeout 0` was taken, and every start failed at once with
+    /// "was not ready within 0s" (exit 6); `--ready delay:90s` with the
+    /// default 60 s timeout could never be ready either. Both are mistakes
+    /// in the settings, refused as such (exit 2, or a refused reload).
+    #[test]
+    fn a_ready_timeout_no_start_can_meet_is_refused() {
+        let mut p = Policy::new(1, ReadyMode::Notify);
+        p.ready_timeout = Duration::ZERO;
+        assert!(
+            check_policy(&p)
+                .expect_err("0")
+                .contains("--ready-timeout 0 fails every start")
+        );
+        p.ready_timeout = Duration::from_secs(60);
+        p.ready = ReadyMode::Delay(Duration::from_secs(90));
+        assert!(
+            check_policy(&p)
+                .expect_err("delay past the timeout")
+                .contains("--ready delay:1m 30s is not shorter than --ready-timeout 1m")
+        );
+        p.ready = ReadyMode::Delay(Duration::from_secs(5));
+        assert_eq!(check_policy(&p), Ok(()));
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
         assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("-1").is_err_and(|e| e.contains("cannot be negative")));
+        assert!(parse_duration("--workers").is_err_and(|e| e.contains("needs one")));
     }
 
     #[test]
@@ -554,6 +624,25 @@ mod tests {
                 .contains("unknown signal")
         );
         assert!(parse_signal("0").is_err());
+    }
+
+    /// `--chdir /srv/app/current -- server` (the program is
+    /// `/srv/app/current/server`) said only "command \"server\" not found
+    /// in PATH (...)": nothing about the file right there, or the `./`.
+    #[test]
+    fn a_program_in_the_working_directory_given_without_dot_slash_gets_the_fix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("server"), "#!/bin/sh\n").expect("write");
+        let e = resolve_program("server", Some(dir.path()), Some(OsStr::new("/nonexistent")))
+            .expect_err("not in PATH");
+        assert!(
+            e.to_string()
+                .contains("server is there: write ./server to run it"),
+            "{e}"
+        );
+        let e = resolve_program("other", Some(dir.path()), Some(OsStr::new("/nonexistent")))
+            .expect_err("nowhere");
+        assert!(!e.to_string().contains("is there"), "{e}");
     }
 
     #[test]

@@ -383,6 +383,61 @@ fn with_suggestion(message: &str) -> String {
     }
 }
 
+/// Every top-level key of the file, as serde lists them when it meets one
+/// it does not know (so the list can never drift from [`RawFile`]).
+fn top_level_keys() -> &'static [String] {
+    static KEYS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let e = toml::from_str::<RawFile>("not-a-baton-key = 0\n")
+            .expect_err("an unknown key is refused (deny_unknown_fields)");
+        let message = e.message().to_owned();
+        let list = message.split_once("expected ").map_or("", |(_, l)| l);
+        list.strip_prefix("one of ")
+            .unwrap_or(list)
+            .split(", ")
+            .flat_map(|k| k.split(" or "))
+            .map(|k| k.trim().trim_matches('`').to_owned())
+            .filter(|k| !k.is_empty())
+            .collect()
+    })
+}
+
+/// The key of the `key = value` line `offset` is in.
+fn key_at(text: &str, offset: usize) -> Option<&str> {
+    let before = &text[..offset.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[line_start..]
+        .find('\n')
+        .map_or(text.len(), |i| line_start + i);
+    let key = text[line_start..line_end].split_once('=')?.0.trim();
+    Some(key.trim_matches('"'))
+}
+
+/// A top-level key written after a table header (`workers = 4` appended
+/// to a file that ends with `[env]` or a `[[listen]]`) is in that table;
+/// the error there says so. `offset` is where the error is.
+fn misplaced_key(text: &str, offset: usize) -> Option<String> {
+    let key = key_at(text, offset)?;
+    let line_start = text[..offset.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    if !top_level_keys().iter().any(|k| k == key) {
+        return None;
+    }
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))?;
+    let table = table.split('#').next().unwrap_or(table).trim();
+    if table == "[[listen]]" && matches!(key, "name" | "address") {
+        return None;
+    }
+    Some(format!(
+        "`{key}` is a top-level key, but written after `{table}` it belongs to that table (in TOML every key after a table header does): move it above the first table header"
+    ))
+}
+
 /// Reads and validates `path`.
 fn read_file(path: &Path) -> Result<FileSettings, LoadError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
@@ -397,7 +452,16 @@ fn read_file(path: &Path) -> Result<FileSettings, LoadError> {
 fn parse_file(path: &Path, text: &str) -> Result<FileSettings, LoadError> {
     let src = Source { path, text };
     let raw: RawFile = toml::from_str(text).map_err(|e| {
-        let message = with_suggestion(e.message().trim());
+        let mut message = with_suggestion(e.message().trim());
+        if message == "duplicate key"
+            && let Some(key) = e.span().and_then(|span| key_at(text, span.start))
+        {
+            message = format!("duplicate key `{key}`: it is set above already; keep one");
+        }
+        if let Some(hint) = e.span().and_then(|span| misplaced_key(text, span.start)) {
+            message.push_str("; ");
+            message.push_str(&hint);
+        }
         match e.span() {
             Some(span) => src.error(span, message),
             None => LoadError::usage(format!("{}: {message}", path.display())),
@@ -591,6 +655,13 @@ fn parse_file(path: &Path, text: &str) -> Result<FileSettings, LoadError> {
         for (k, v) in env {
             if k.is_empty() || k.contains('=') {
                 return Err(src.error(v.span(), format!("env: {k:?} is not a variable name")));
+            }
+            if top_level_keys().contains(&k) {
+                let (line, col) = line_col(text, v.span().start);
+                tracing::warn!(
+                    "{}:{line}:{col}: [env] sets a variable named `{k}`; if you meant baton's own `{k}`, move it above `[env]` (in TOML every key after a table header belongs to that table)",
+                    path.display()
+                );
             }
             out.env.push((k, v.into_inner()));
         }
@@ -1210,6 +1281,56 @@ RUST_LOG = "info"
             let e = load(Some(&file), &Overrides::default()).expect_err(text);
             assert!(e.message.contains(want), "{text:?}: {}", e.message);
         }
+    }
+
+    /// `grace = "5s"` appended to a file that ends with `[env]` (as the
+    /// example in docs/config.md does) was an environment variable named
+    /// `grace`: `check-config` said ok and the grace stayed 30 s. A number
+    /// there was "invalid type: integer, expected a string", and a key after
+    /// a `[[listen]]` "unknown field": neither said where the key belongs.
+    #[test]
+    fn a_top_level_key_after_a_table_header_is_named_as_misplaced() {
+        assert!(top_level_keys().iter().any(|k| k == "workers"));
+        assert!(top_level_keys().iter().any(|k| k == "queue_timeout"));
+        for text in [
+            "command = [\"sh\"]\n[env]\nA = \"1\"\nworkers = 4\n",
+            "command = [\"sh\"]\n[[listen]]\naddress = \":0\"\nworkers = 4\n",
+        ] {
+            let e = parse_file(Path::new("baton.toml"), text).expect_err(text);
+            assert!(e.message.starts_with("baton.toml:4:"), "{}", e.message);
+            assert!(
+                e.message.contains("`workers` is a top-level key")
+                    && e.message.contains("move it above the first table header"),
+                "{}",
+                e.message
+            );
+        }
+        // A value of the right type is taken as a variable (it may be
+        // one), with a warning; a real variable gets no hint.
+        let f = parse_file(
+            Path::new("baton.toml"),
+            "command = [\"sh\"]\n[env]\ngrace = \"5s\"\n",
+        )
+        .expect("a string in [env] is a variable");
+        assert_eq!(f.env, vec![("grace".to_owned(), "5s".to_owned())]);
+        assert_eq!(misplaced_key("[env]\nRUST_LOG = 1\n", 17), None);
+        assert_eq!(misplaced_key("[[listen]]\nname = 1\n", 18), None);
+    }
+
+    /// A key set twice (a line added at the top, the old one left below)
+    /// was "baton.toml:3:1: duplicate key", without the key.
+    #[test]
+    fn a_duplicate_key_is_named() {
+        let e = parse_file(
+            Path::new("baton.toml"),
+            "workers = 2\ngrace = \"5s\"\nworkers = 3\n",
+        )
+        .expect_err("twice");
+        assert!(
+            e.message.contains("baton.toml:3:") && e.message.contains("duplicate key `workers`"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

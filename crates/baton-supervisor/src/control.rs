@@ -29,6 +29,7 @@
 //!   [`CLIENT_TIMEOUT`], so a slow or hostile client cannot stall the
 //!   supervisor (which never blocks on a client: all I/O is non-blocking).
 
+use std::ffi::OsStr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -485,6 +486,34 @@ fn private_dir(dir: &Path, sock: &Path) -> Result<(), ControlError> {
     }
 }
 
+/// The longest path a Unix socket can be bound at (`sun_path` holds 108
+/// bytes with the terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Where the socket is bound before it is renamed to `path`: beside it,
+/// `.NAME.PID.tmp`, or a shorter `.PID.tmp` or `.PID` when that would not
+/// fit in a socket address although `path` itself does.
+fn temp_path(dir: &Path, file_name: &OsStr, path: &Path) -> Result<PathBuf, ControlError> {
+    let pid = std::process::id();
+    [
+        format!(".{}.{pid}.tmp", file_name.to_string_lossy()),
+        format!(".{pid}.tmp"),
+        format!(".{pid}"),
+    ]
+    .into_iter()
+    .map(|name| dir.join(name))
+    .find(|tmp| tmp.as_os_str().len() <= MAX_SOCKET_PATH && tmp != path)
+    .ok_or_else(|| {
+        path_err(
+            path,
+            format!(
+                "the path is {} bytes long, too close to the {MAX_SOCKET_PATH} a Unix socket path may have for baton to create it under a temporary name first: choose a shorter --control path",
+                path.as_os_str().len()
+            ),
+        )
+    })
+}
+
 /// The supervisor's listening control socket.
 #[derive(Debug)]
 pub struct ControlSocket {
@@ -497,6 +526,17 @@ pub struct ControlSocket {
 impl ControlSocket {
     /// Creates the control socket at `path` (see the module docs).
     pub fn bind(path: &Path) -> Result<Self, ControlError> {
+        // Checked before anything is created, so a path that cannot work
+        // leaves no directory behind.
+        let len = path.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(path_err(
+                path,
+                format!(
+                    "the path is {len} bytes long; a Unix socket path must be at most {MAX_SOCKET_PATH}: choose a shorter --control path (or --name, with a shorter $XDG_RUNTIME_DIR)"
+                ),
+            ));
+        }
         let dir = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -528,11 +568,7 @@ impl ControlSocket {
         let file_name = path
             .file_name()
             .ok_or_else(|| path_err(path, "the path has no file name"))?;
-        let tmp = dir.join(format!(
-            ".{}.{}.tmp",
-            file_name.to_string_lossy(),
-            std::process::id()
-        ));
+        let tmp = temp_path(dir, file_name, path)?;
         let _ = std::fs::remove_file(&tmp);
         let listener = mio::net::UnixListener::bind(&tmp)
             .map_err(|e| path_err(path, format!("cannot bind: {e}")))?;
@@ -692,6 +728,37 @@ mod tests {
                 .expect_err("open dir")
                 .to_string()
                 .contains("writable by others")
+        );
+    }
+
+    /// A control path of 100-odd bytes fits in a socket address, but the
+    /// temporary name it was bound under first (`.NAME.PID.tmp`) did not:
+    /// baton refused it with "path must be shorter than SUN_LEN", and a
+    /// path too long for any socket left the directory it had made.
+    #[test]
+    fn a_long_control_path_that_fits_is_bound_and_one_that_cannot_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = dir.path().as_os_str().len() + 1;
+        let fits = dir
+            .path()
+            .join(format!("{}.sock", "x".repeat(MAX_SOCKET_PATH - base - 5)));
+        assert_eq!(fits.as_os_str().len(), MAX_SOCKET_PATH);
+        let s = ControlSocket::bind(&fits).expect("a 107-byte path is a valid socket path");
+        assert!(
+            std::fs::symlink_metadata(&fits)
+                .expect("bound")
+                .file_type()
+                .is_socket()
+        );
+        s.remove_file();
+
+        let sub = dir.path().join("sub");
+        let too_long = sub.join(format!("{}.sock", "y".repeat(MAX_SOCKET_PATH)));
+        let e = ControlSocket::bind(&too_long).expect_err("too long for any socket");
+        assert!(e.to_string().contains("shorter --control path"), "{e}");
+        assert!(
+            !sub.exists(),
+            "no directory is made for a path that cannot work"
         );
     }
 

@@ -202,6 +202,19 @@ fn parse_unix(text: &str, at: usize, rest: &str) -> Result<ListenAddr, SpecError
         }
         None => (rest, None),
     };
+    // `?mod=0660`, `?perm=0660`: an option baton does not
+    // know would otherwise be part of the path, silently.
+    if let Some(q) = path.find('?') {
+        let option = &path[q + 1..];
+        return Err(err(
+            text,
+            at + q + 1,
+            format!(
+                "unknown option {:?} after '?': the one option is mode (unix:PATH?mode=0660); a '?' cannot be part of a socket path here",
+                option.split('=').next().unwrap_or(option)
+            ),
+        ));
+    }
     if path.is_empty() {
         return Err(err(text, at, "missing socket path after 'unix:'"));
     }
@@ -703,7 +716,9 @@ pub fn open_all(
                 spec.name.clone().unwrap_or_else(|| format!("listen{i}")),
                 fd,
             ),
-            None => Bound::bind(spec, i).map_err(|e| fail(&out, e))?,
+            None => {
+                Bound::bind(spec, i).map_err(|e| fail(&out, overlapping(&specs[..i], spec, e)))?
+            }
         };
         out.push(b);
     }
@@ -722,6 +737,46 @@ pub fn open_all(
         );
     }
     Ok(out)
+}
+
+/// A bind that failed because an earlier `--listen` of the same baton
+/// holds the address (the same one given twice, or `127.0.0.1:8080` after
+/// `0.0.0.0:8080`) is not "another process": say which listener it is.
+fn overlapping(earlier: &[ListenSpec], spec: &ListenSpec, e: BindError) -> BindError {
+    let clash = earlier.iter().find(|o| match (&o.addr, &spec.addr) {
+        (ListenAddr::Tcp { port: a, .. }, ListenAddr::Tcp { port: b, .. })
+        | (ListenAddr::Udp { port: a, .. }, ListenAddr::Udp { port: b, .. }) => *a != 0 && a == b,
+        (ListenAddr::Unix { path: a, .. }, ListenAddr::Unix { path: b, .. }) => a == b,
+        _ => false,
+    });
+    let Some(clash) = clash else {
+        return e;
+    };
+    let problem = format!(
+        "it overlaps --listen {} given before it (the same address, or the same port where one of them is every interface); give each address once",
+        clash.text
+    );
+    match e {
+        BindError::Bind {
+            spec,
+            addr,
+            problem: p,
+        } if p.starts_with("address already in use") => BindError::Bind {
+            spec,
+            addr,
+            problem,
+        },
+        BindError::Path {
+            spec,
+            path,
+            problem: p,
+        } if p.starts_with("another process") => BindError::Path {
+            spec,
+            path,
+            problem,
+        },
+        other => other,
+    }
 }
 
 fn listener_fd(l: baton_app::Listener) -> OwnedFd {
@@ -820,6 +875,25 @@ mod tests {
                 mode: Some(0o660)
             }
         );
+    }
+
+    /// A misspelt option was part of the path, silently: the socket
+    /// was bound at "/a.sock?mod=0660" with the default mode.
+    #[test]
+    fn a_misspelt_unix_socket_option_is_refused_not_made_part_of_the_path() {
+        for typo in [
+            "unix:/a.sock?mod=0660",
+            "unix:/a.sock?foo",
+            "unix:/a?x=1?mode=0660",
+        ] {
+            assert!(
+                parse(typo)
+                    .expect_err(typo)
+                    .problem
+                    .contains("unknown option"),
+                "{typo}"
+            );
+        }
     }
 
     #[test]
@@ -968,6 +1042,37 @@ mod tests {
         let mut buf = [0u8; 16];
         let (n, _) = sock.recv_from(&mut buf).expect("recv");
         assert_eq!(&buf[..n], b"ping");
+    }
+
+    /// The same address given twice (`-l 127.0.0.1:8080 -l
+    /// 127.0.0.1:8080`, or after `0.0.0.0:8080`) was "another process
+    /// listens on 127.0.0.1:8080; stop it": there was none, the first
+    /// `--listen` held it.
+    #[test]
+    fn an_address_given_twice_names_the_other_listen_not_another_process() {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = free.local_addr().expect("addr").port();
+        drop(free);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("a.sock");
+        for (first, second) in [
+            (format!("127.0.0.1:{port}"), format!("127.0.0.1:{port}")),
+            (format!("0.0.0.0:{port}"), format!("127.0.0.1:{port}")),
+            (
+                format!("unix:{}", sock.display()),
+                format!("unix:{}", sock.display()),
+            ),
+        ] {
+            let specs = [parse(&first).expect("ok"), parse(&second).expect("ok")];
+            let mut none = baton_app::Inherited::default();
+            let e = open_all(&specs, &mut none).expect_err("twice");
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&format!("it overlaps --listen {first} given before it"))
+                    && !msg.contains("another process"),
+                "{first} then {second}: {msg}"
+            );
+        }
     }
 
     #[test]

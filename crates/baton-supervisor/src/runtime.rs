@@ -85,7 +85,16 @@ pub enum RuntimeError {
     Resume(String),
     #[error("{0}")]
     Metrics(String),
+    #[error(
+        "baton's open-files limit is {0} (ulimit -n), too low to start: it needs at least {MIN_NOFILE} (its signal handlers, the control socket, each worker's pipes); raise it: ulimit -n 1024, or LimitNOFILE= under systemd"
+    )]
+    TooFewDescriptors(u64),
 }
+
+/// Below this open-files limit baton cannot install its signal handlers
+/// and start a worker beside them (one worker needed about 45): it refuses
+/// to start rather than fail half-way with "Too many open files".
+pub const MIN_NOFILE: u64 = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Source {
@@ -288,6 +297,11 @@ impl Runtime {
                 None
             }
         };
+        if let Some(limit) = rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+            && limit < MIN_NOFILE
+        {
+            return Err(RuntimeError::TooFewDescriptors(limit));
+        }
         // Orphans of workers (daemonized grandchildren) come to baton, not
         // to init, so none outlives the supervisor unnoticed; as PID 1 in a
         // container baton is their reaper anyway.

@@ -120,7 +120,12 @@ pub fn spawn_worker(
     cgroup: Option<BorrowedFd<'_>>,
     on_forked: impl FnOnce(u32),
 ) -> Result<Started, SpawnFailure> {
-    let pipe_error = |e: std::io::Error| SpawnFailure::Other(format!("cannot create a pipe: {e}"));
+    let pipe_error = |e: std::io::Error| {
+        SpawnFailure::Other(format!(
+            "cannot create a pipe: {e}{}",
+            out_of_descriptors(e.raw_os_error())
+        ))
+    };
     let (out_r, out_w) = nonblocking_pipe().map_err(pipe_error)?;
     let (err_r, err_w) = nonblocking_pipe().map_err(pipe_error)?;
     let ready_pipe = if spec.ready_fd {
@@ -130,7 +135,10 @@ pub fn spawn_worker(
     };
     let channel = match spec.dispatch {
         Some(_) => Some(dispatch_channel().map_err(|e| {
-            SpawnFailure::Other(format!("cannot create the dispatch channel: {e}"))
+            SpawnFailure::Other(format!(
+                "cannot create the dispatch channel: {e}{}",
+                out_of_descriptors(e.raw_os_error())
+            ))
         })?),
         None => None,
     };
@@ -177,7 +185,7 @@ pub fn spawn_worker(
             step: baton_sys::spawn::Step::Cgroup,
             source,
         } => SpawnFailure::Cgroup(source.to_string()),
-        e => SpawnFailure::Other(explain_spawn_error(
+        e => SpawnFailure::Other(explain_spawn_error_with_limit(
             &e,
             &spec.program,
             spec.chdir.as_deref(),
@@ -253,6 +261,47 @@ fn dispatch_channel() -> std::io::Result<(OwnedFd, OwnedFd)> {
     Ok((ours, theirs))
 }
 
+/// What to add to an error that says baton ran out of descriptors:
+/// `EMFILE`, or `EINVAL` where the child moves a descriptor above those it
+/// places and the next free number is past the limit.
+fn out_of_descriptors(errno: Option<i32>) -> String {
+    if errno != Some(libc::EMFILE) && errno != Some(libc::ENFILE) {
+        return String::new();
+    }
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
+    format!(
+        " (baton is out of file descriptors: its open-files limit is {limit}; raise it with ulimit -n or LimitNOFILE=, or run fewer workers)"
+    )
+}
+
+/// [`explain_spawn_error`], with the hint of [`out_of_descriptors`] when
+/// that is why.
+fn explain_spawn_error_with_limit(
+    e: &baton_sys::spawn::SpawnError,
+    program: &Path,
+    chdir: Option<&Path>,
+    run_as: Option<&crate::privileges::RunAs>,
+) -> String {
+    use baton_sys::spawn::{SpawnError, Step};
+    let errno = match e {
+        SpawnError::Child {
+            step: Step::Descriptors,
+            source,
+        } if source.raw_os_error() == Some(libc::EINVAL) => Some(libc::EMFILE),
+        SpawnError::Child { source, .. } | SpawnError::Setup(source) | SpawnError::Fork(source) => {
+            source.raw_os_error()
+        }
+        SpawnError::Nul(_) => None,
+    };
+    format!(
+        "{}{}",
+        explain_spawn_error(e, program, chdir, run_as),
+        out_of_descriptors(errno)
+    )
+}
+
 fn explain_spawn_error(
     e: &baton_sys::spawn::SpawnError,
     program: &Path,
@@ -273,8 +322,9 @@ fn explain_spawn_error(
             step: Step::Exec,
             source,
         } => format!(
-            "cannot execute {}: {source}{}",
+            "cannot execute {}: {source}{}{}",
             program.display(),
+            exec_hint(program, source),
             as_user(source)
         ),
         SpawnError::Child {
@@ -305,6 +355,48 @@ fn explain_spawn_error(
             format!("cannot start it as {who} while {step}: {source}{hint}")
         }
         other => other.to_string(),
+    }
+}
+
+/// What `execve` means when it fails on a file that is there: `ENOENT`
+/// names the program, yet what is missing is its `#!` interpreter (or a
+/// carriage return makes the interpreter's name another one), or the
+/// dynamic loader of a binary built elsewhere; `ENOEXEC` is a script
+/// without a `#!` line.
+fn exec_hint(program: &Path, source: &std::io::Error) -> String {
+    use std::io::Read;
+    match source.raw_os_error() {
+        Some(libc::ENOENT) if program.is_file() => {
+            let mut head = [0u8; 512];
+            let n = std::fs::File::open(program)
+                .and_then(|mut f| f.read(&mut head))
+                .unwrap_or(0);
+            let Some(line) = head[..n].strip_prefix(b"#!") else {
+                return " (the file is there, but the dynamic loader it asks for is not: built for another system or C library?)".into();
+            };
+            let line = line.split(|b| *b == b'\n').next().unwrap_or(line);
+            if line.ends_with(b"\r") {
+                return " (the file is there, but its #! line ends in a carriage return, so its interpreter is not found: Windows line endings; convert it, e.g. with dos2unix)".into();
+            }
+            let line = String::from_utf8_lossy(line);
+            let interpreter = line.split_whitespace().next().unwrap_or_default();
+            format!(
+                " (the file is there, but the interpreter of its #! line, {interpreter}, is not)"
+            )
+        }
+        Some(libc::ENOEXEC) => {
+            let mut head = [0u8; 4];
+            let n = std::fs::File::open(program)
+                .and_then(|mut f| f.read(&mut head))
+                .unwrap_or(0);
+            if head[..n] == *b"\x7fELF" {
+                " (a program built for another machine or system)".into()
+            } else {
+                " (not a program this system can run: a script needs a #! line, e.g. #!/bin/sh)"
+                    .into()
+            }
+        }
+        _ => String::new(),
     }
 }
 
@@ -362,4 +454,42 @@ pub fn spawn_probe(
 /// Whether `bytes` read from a readiness fd contain the ready newline.
 pub fn says_ready(bytes: &[u8]) -> bool {
     bytes.contains(&b'\n')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A script whose `#!` interpreter is missing failed with "cannot
+    /// execute /srv/app/server: No such file or directory" although the
+    /// file is right there; one without a `#!` line with "Exec format
+    /// error". Each must say what is wrong with the file.
+    #[test]
+    fn a_program_that_exists_but_cannot_be_executed_says_why() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hint = |text: &[u8], errno: i32| {
+            let path = dir.path().join("server");
+            std::fs::write(&path, text).expect("write");
+            exec_hint(&path, &std::io::Error::from_raw_os_error(errno))
+        };
+        let h = hint(b"#!/nonexistent/python3 -u\nprint(1)\n", libc::ENOENT);
+        assert!(
+            h.contains("the interpreter of its #! line, /nonexistent/python3, is not"),
+            "{h}"
+        );
+        let h = hint(b"#!/bin/sh\r\necho hi\r\n", libc::ENOENT);
+        assert!(h.contains("carriage return"), "{h}");
+        let h = hint(b"\x7fELF....", libc::ENOENT);
+        assert!(h.contains("dynamic loader"), "{h}");
+        let h = hint(b"\x7fELF....", libc::ENOEXEC);
+        assert!(h.contains("built for another machine"), "{h}");
+        let h = hint(b"echo hi\n", libc::ENOEXEC);
+        assert!(h.contains("needs a #! line"), "{h}");
+        // A program that is not there is said so already.
+        let missing = dir.path().join("missing");
+        assert_eq!(
+            exec_hint(&missing, &std::io::Error::from_raw_os_error(libc::ENOENT)),
+            ""
+        );
+    }
 }

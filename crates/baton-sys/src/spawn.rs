@@ -994,6 +994,19 @@ pub fn ignore_signals(signals: &[i32]) {
     }
 }
 
+/// Gives `SIGPIPE` its default action back in this process (the Rust
+/// runtime ignores it, so a write to a closed pipe fails with `EPIPE` and
+/// `println!` panics). For a command-line client whose output may go to
+/// `head` or `jq`: it then ends quietly when the reader goes, as `cat`
+/// does.
+pub fn default_sigpipe() {
+    // SAFETY: SIG_DFL installs no handler code; `signal` only changes this
+    // process's disposition table.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Makes this process the reaper of its orphaned descendants
 /// (`PR_SET_CHILD_SUBREAPER`), as PID 1 is for the whole system.
 pub fn become_subreaper() -> io::Result<()> {

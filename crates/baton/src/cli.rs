@@ -23,7 +23,7 @@ pub mod exit {
 const EXIT_CODES: &str = "\
 Exit codes:
   0  stopped cleanly: every worker exited on its own
-  1  internal error
+  1  internal error, or an open-files limit below 64 (ulimit -n)
   2  usage: a bad flag or value (listen spec, duration, signal, --workers 0)
   3  a listener, the control socket or the metrics endpoint cannot be set up (address
      in use, permission denied, unsafe path, another baton with the same --name)
@@ -127,7 +127,7 @@ struct RunArgs {
     listen: Vec<ListenSpec>,
 
     /// Worker processes per generation [default: 1]
-    #[arg(short, long, value_name = "N", value_parser = parse_workers)]
+    #[arg(short, long, allow_negative_numbers = true, value_name = "N", value_parser = parse_workers)]
     workers: Option<usize>,
 
     /// How a generation says it is ready: notify (READY=1 on NOTIFY_SOCKET),
@@ -142,12 +142,12 @@ struct RunArgs {
     ready: Option<ReadyMode>,
 
     /// How long a generation may take to become ready [default: 60s]
-    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", value_parser = config::parse_duration)]
     ready_timeout: Option<Duration>,
 
     /// How long a draining generation may take to exit before SIGKILL
     /// [default: 30s]
-    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", value_parser = config::parse_duration)]
     grace: Option<Duration>,
 
     /// Signal that tells a worker to drain and exit [default: TERM]
@@ -227,7 +227,7 @@ struct RunArgs {
 
     /// With --watch: wait for this much quiet before looking at changes
     /// [default: 300ms]
-    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", value_parser = config::parse_duration)]
     watch_debounce: Option<Duration>,
 
     /// Do not create a control socket (baton ctl cannot reach this baton)
@@ -260,7 +260,7 @@ struct RunArgs {
     /// With --dispatch: how long a worker may take to answer a connection
     /// (or an order to accept) before it is killed and the connection
     /// given to another [default: 5s]
-    #[arg(long, value_name = "DURATION", value_parser = baton_supervisor::dispatch::parse_timeout)]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", value_parser = baton_supervisor::dispatch::parse_timeout)]
     dispatch_timeout: Option<Duration>,
 
     /// With --dispatch: which idle worker gets the next connection: fifo
@@ -278,12 +278,12 @@ struct RunArgs {
 
     /// With --dispatch=pass: accept up to N connections into baton's own
     /// queue while no worker is free, before --overload applies [default: 0]
-    #[arg(long, value_name = "N", value_parser = baton_supervisor::dispatch::parse_queue)]
+    #[arg(long, allow_negative_numbers = true, value_name = "N", value_parser = baton_supervisor::dispatch::parse_queue)]
     queue: Option<usize>,
 
     /// With --queue: how long a connection may wait in it before
     /// --overload answers it (503, or close) [default: 1s]
-    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION", value_parser = config::parse_duration)]
     queue_timeout: Option<Duration>,
     /// How a reload replaces the serving generation: overlap (the whole new
     /// generation starts beside the old one, which drains once every new
@@ -298,12 +298,12 @@ struct RunArgs {
     /// With --strategy rolling: how many processes beyond --workers the old
     /// and the new generation may have together, so how many new workers
     /// start at a time [default: 1]
-    #[arg(long, value_name = "N", value_parser = config::parse_max_surge)]
+    #[arg(long, allow_negative_numbers = true, value_name = "N", value_parser = config::parse_max_surge)]
     max_surge: Option<usize>,
 
     /// How many replaced generations may drain at once; past that, the
     /// oldest is killed (a reload never waits for a slow drain) [default: 1]
-    #[arg(long, value_name = "N", value_parser = config::parse_max_draining)]
+    #[arg(long, allow_negative_numbers = true, value_name = "N", value_parser = config::parse_max_draining)]
     max_draining: Option<usize>,
 
     /// Start each worker of a reload's new generation at the lowest CPU
@@ -380,7 +380,7 @@ pub(crate) fn parse_name(s: &str) -> Result<String, String> {
     baton_supervisor::control::valid_name(s).map(|()| s.to_owned())
 }
 
-fn parse_workers(s: &str) -> Result<usize, String> {
+pub(crate) fn parse_workers(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("a generation needs at least one worker; use --workers 1 or more".into()),
         Ok(n) if n > baton_supervisor::runtime::MAX_WORKERS => Err(format!(
@@ -415,8 +415,17 @@ pub fn parse() -> Args {
 pub fn execute(args: Args, sinks: baton_supervisor::output::Sinks) -> Result<u8, Failure> {
     match args.command {
         Command::Run(run) => run_command(*run, sinks),
-        Command::Ctl(ctl) => Ok(crate::ctl::run(&ctl)),
-        Command::CheckConfig { file } => Ok(check_config(&file)),
+        Command::Ctl(ctl) => {
+            // `baton ctl status | head -3`, `baton ctl events | jq ...`:
+            // when the reader goes, end quietly (a panic with a backtrace
+            // on a broken pipe otherwise).
+            baton_sys::spawn::default_sigpipe();
+            Ok(crate::ctl::run(&ctl))
+        }
+        Command::CheckConfig { file } => {
+            baton_sys::spawn::default_sigpipe();
+            Ok(check_config(&file))
+        }
         Command::UpgradeCheck => {
             println!("{}", baton_supervisor::runtime::check_answer());
             Ok(0)

@@ -26,6 +26,9 @@ pub mod exit {
     pub const EVENTS_DROPPED: u8 = 14;
 }
 
+/// How long `status` and `scale` wait for their answer without `--timeout`.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub const CTL_HELP: &str = "\
 Exit codes of baton ctl:
   0   done (reload: the new generation is serving)
@@ -33,7 +36,8 @@ Exit codes of baton ctl:
   8   no supervisor reachable: no control socket, or a stale one
   9   permission denied: the supervisor runs as another user
   10  reload failed: the new generation was rolled back, the old one keeps serving
-  11  no verdict within --timeout (the reload may still finish)
+  11  no verdict within --timeout (the reload may still finish); status and scale:
+      no answer within --timeout, 10s by default (baton stopped or stuck)
   12  the supervisor refused the request (it is stopping, or its config file has a
       mistake: the message gives the line and column) or answered an error
   13  upgrade refused (the new binary failed its check) or rolled back (it could not
@@ -47,16 +51,17 @@ exited on its own, 7 when some had to be killed (see baton run --help)";
 #[derive(Debug, clap::Args)]
 pub struct CtlArgs {
     /// The supervisor's --name
-    #[arg(long, value_name = "NAME", default_value = "baton", value_parser = crate::cli::parse_name)]
+    #[arg(long, global = true, value_name = "NAME", default_value = "baton", value_parser = crate::cli::parse_name)]
     name: String,
 
     /// The supervisor's control socket path (overrides --name)
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, global = true, value_name = "PATH")]
     control: Option<PathBuf>,
 
     /// How long to wait for the verdict of reload and stop, or to stream
-    /// events (default: no limit)
-    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    /// events (default: no limit), or for the answer to status and scale
+    /// (default: 10s)
+    #[arg(long, global = true, allow_hyphen_values = true, value_name = "DURATION", value_parser = config::parse_duration)]
     timeout: Option<Duration>,
 
     #[command(subcommand)]
@@ -92,7 +97,7 @@ enum CtlCommand {
     /// Set the number of workers per generation (the serving one at once)
     Scale {
         /// Workers per generation
-        #[arg(value_name = "N")]
+        #[arg(value_name = "N", allow_negative_numbers = true, value_parser = crate::cli::parse_workers)]
         workers: usize,
     },
     /// Upgrade baton itself in place: check the new binary, then execute it
@@ -149,12 +154,8 @@ pub fn run(args: &CtlArgs) -> u8 {
         CtlCommand::Status { .. } => Command::Status,
         CtlCommand::Events { buffer } => Command::Events { buffer: *buffer },
         CtlCommand::Stop { fast } => Command::Stop { fast: *fast },
-        CtlCommand::Scale { workers } => {
-            if *workers == 0 {
-                return fail(exit::USAGE, "scale needs at least 1 worker");
-            }
-            Command::Scale { workers: *workers }
-        }
+        // 0 and too many are refused by the parser (parse_workers).
+        CtlCommand::Scale { workers } => Command::Scale { workers: *workers },
         CtlCommand::Upgrade { binary, failpoint } => Command::Upgrade {
             binary: match binary {
                 Some(b) => match std::path::absolute(b) {
@@ -190,7 +191,17 @@ pub fn run(args: &CtlArgs) -> u8 {
         }
         return fail(exit::UNREACHABLE, format!("cannot send the request: {e}"));
     }
-    let deadline = args.timeout.map(|t| Instant::now() + t);
+    // status and scale are answered at once by a baton whose loop turns:
+    // without --timeout they wait ANSWER_TIMEOUT, not forever, for one
+    // that is stopped (SIGSTOP, Ctrl-Z in its terminal) or stuck.
+    let answers_at_once = matches!(
+        args.command,
+        CtlCommand::Status { .. } | CtlCommand::Scale { .. }
+    );
+    let timeout = args
+        .timeout
+        .or_else(|| answers_at_once.then_some(ANSWER_TIMEOUT));
+    let deadline = timeout.map(|t| Instant::now() + t);
     if matches!(args.command, CtlCommand::Events { .. }) {
         return stream_events(stream, deadline);
     }
@@ -324,6 +335,18 @@ fn read_replies(
     loop {
         let line = match next_line(&mut reader, deadline) {
             Next::Line(line) => line,
+            Next::Deadline
+                if code.is_none()
+                    && matches!(
+                        command,
+                        CtlCommand::Status { .. } | CtlCommand::Scale { .. }
+                    ) =>
+            {
+                return fail(
+                    exit::TIMEOUT,
+                    "no answer within the timeout (10s unless --timeout says otherwise): baton may be stopped (SIGSTOP, or Ctrl-Z in its terminal: kill -CONT it), stuck, or out of descriptors",
+                );
+            }
             Next::Deadline => {
                 return fail(
                     exit::TIMEOUT,

@@ -22,7 +22,8 @@
 //! `GOAWAY` as soon as the drain begins, and their streams in progress are
 //! finished. See `baton_app::serve` for why the in-band step is what takes
 //! failed requests at a hand-over to zero. A second `SIGTERM`/`SIGINT`
-//! exits at once, with status 1.
+//! exits at once, with status 1. `SIGUSR1` (which baton forwards for log
+//! reopening) is logged and changes nothing.
 //!
 //! Runtime: tokio's current-thread runtime. baton scales a server with
 //! processes (`--workers N`), like nginx workers; one thread per process
@@ -196,9 +197,28 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     shutdown
         .on_signals()
         .context("cannot watch SIGTERM and SIGINT")?;
+    on_usr1(&settings)?;
     let listener = listener(&settings)?;
     let notifier = baton_app::Notifier::from_env().context("cannot set up readiness")?;
     serve(settings, listener, &notifier, &shutdown).await
+}
+
+/// `SIGUSR1`, which baton forwards to every worker of the serving
+/// generation for log reopening (and whose default action kills): the demo
+/// writes to stderr and has nothing to reopen, so it says so and serves on.
+fn on_usr1(settings: &Settings) -> anyhow::Result<()> {
+    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        .context("cannot watch SIGUSR1")?;
+    let generation = settings.generation.clone();
+    tokio::spawn(async move {
+        while usr1.recv().await.is_some() {
+            eprintln!(
+                "demo-server[gen {generation} pid {}]: SIGUSR1: no log file to reopen (output goes to stderr); still serving",
+                std::process::id()
+            );
+        }
+    });
+    Ok(())
 }
 
 /// Serves on `listener` until `shutdown` is set, then drains (see the
