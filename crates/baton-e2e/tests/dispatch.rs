@@ -114,6 +114,53 @@ fn no_failed_request_across_50_reloads_accept_connection_close() {
     reloads("accept", false);
 }
 
+/// A burst of long-lived connections spreads evenly even though a worker
+/// may take several in one packet (baton_app says `batch 16`): baton is
+/// stopped while 16 keep-alive clients connect, so it finds all of them
+/// waiting at once, and each of the 4 workers ends up holding 4 (a packet
+/// per free worker would have given one worker all 16).
+#[test]
+fn a_burst_of_keep_alive_connections_spreads_evenly_over_batching_workers() {
+    use std::io::{Read, Write};
+    let baton = demo("pass", "4");
+    baton.signal(Signal::STOP);
+    let mut clients: Vec<std::net::TcpStream> = (0..16)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", baton.port())).expect("connect"))
+        .collect();
+    baton.signal(Signal::CONT);
+    for c in &mut clients {
+        c.set_read_timeout(Some(WAIT)).expect("timeout");
+        c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .expect("request");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = c.read(&mut buf).expect("response");
+            assert!(n > 0, "closed before answering");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    let active = |s: &serde_json::Value| -> Vec<u64> {
+        s["generations"][0]["workers"]
+            .as_array()
+            .expect("workers")
+            .iter()
+            .map(|w| w["dispatch"]["active"].as_u64().expect("active"))
+            .collect()
+    };
+    let s = status(&baton);
+    let counts = active(&s);
+    assert_eq!(counts.iter().sum::<u64>(), 16, "{s}");
+    assert_eq!(counts, [4, 4, 4, 4], "{s}");
+    drop(clients);
+    stop_cleanly(baton);
+}
+
 /// One connection at a time per worker (`--credits 1`, seed 004's sync
 /// children), in fifo order and least-loaded: 400 sequential connections
 /// over 4 workers give each about 100, where a shared accept queue gives

@@ -979,15 +979,30 @@ impl Runtime {
     }
 
     /// Sends worker `key` the connections at the front of the queue, as
-    /// many as one packet to it takes (see [`Chan::per_packet`]); they stay
+    /// many as one packet to it takes (see [`Chan::per_packet`]) and its
+    /// fair share allows; they stay
     /// queued if the channel cannot take them (the worker is then left out
     /// until it speaks, or for good if the channel broke).
     fn send_conns(&mut self, key: (GenId, Slot)) {
         let stamp = self.dispatch.tick();
         let d = &mut self.dispatch;
+        // Several in one packet, but never more than keeps this worker
+        // within one connection of the least loaded other worker that could
+        // take one: a burst of long-lived connections (the keep-alive
+        // clients of a new deploy) must spread as evenly as one per packet
+        // would spread it.
+        let least = d
+            .chans
+            .iter()
+            .filter(|(k, c)| k.0 == key.0 && **k != key && c.eligible())
+            .map(|(_, c)| c.in_use)
+            .min();
         let Some(chan) = d.chans.get_mut(&key) else {
             return;
         };
+        let fair = least.map_or(usize::MAX, |least| {
+            (least + 1).saturating_sub(chan.in_use).max(1) as usize
+        });
         let Some(first) = d.queue.front() else {
             return;
         };
@@ -997,7 +1012,7 @@ impl Runtime {
         let mut fds = [first.fd.as_fd(); proto::MAX_BATCH as usize];
         let mut n = 0;
         d.packet.clear();
-        for q in d.queue.iter().take(chan.per_packet()) {
+        for q in d.queue.iter().take(chan.per_packet().min(fair)) {
             // The longest line: "conn", an id of 20 digits, the name.
             let line = 27 + q.listener.len();
             if n > 0 && d.packet.len() + line > proto::MAX_MESSAGE {
