@@ -33,9 +33,14 @@ fn ctl_at(socket: &Path, args: &[&str]) -> Output {
 }
 
 /// Runs a command, killing it (by pid) if it outlives 40 s.
-fn run_bounded(mut cmd: Command) -> Output {
+fn run_bounded(cmd: Command) -> Output {
+    run_bounded_to(cmd, std::process::Stdio::piped())
+}
+
+/// [`run_bounded`], its standard output going to `stdout`.
+fn run_bounded_to(mut cmd: Command, stdout: std::process::Stdio) -> Output {
     cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
+        .stdout(stdout)
         .stderr(std::process::Stdio::piped());
     let child = cmd.spawn().expect("start baton ctl");
     let pid = child.id();
@@ -270,24 +275,7 @@ fn ctl_writing_to_a_closed_pipe_ends_quietly_without_a_panic() {
             .arg(control_path(&baton))
             .args(["--timeout", "30s"])
             .args(args);
-        cmd.stdin(std::process::Stdio::null())
-            .stdout(writer)
-            .stderr(std::process::Stdio::piped());
-        let child = cmd.spawn().expect("start baton ctl");
-        let pid = child.id();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        let out = match rx.recv_timeout(Duration::from_secs(40)) {
-            Ok(out) => out.expect("baton ctl ran"),
-            Err(_) => {
-                if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
-                    let _ = rustix::process::kill_process(p, Signal::KILL);
-                }
-                panic!("baton ctl {args:?} (pid {pid}) did not end within 40 s");
-            }
-        };
+        let out = run_bounded_to(cmd, writer.into());
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(
             out.status.signal(),

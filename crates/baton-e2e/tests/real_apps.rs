@@ -131,6 +131,22 @@ fn gunicorn_ready_accepting_without_preload_twenty_reloads_under_load() {
     stop_cleanly(baton);
 }
 
+/// Starts the app, breaks its release (APP_FAIL_IF), reloads: the reload
+/// fails and generation 1 keeps serving. Returns baton and the file whose
+/// removal fixes the release.
+fn a_broken_release_is_rolled_back(cmd: BatonCmd) -> (Baton, PathBuf) {
+    let broken = cmd.dir().join("BROKEN");
+    let baton = cmd.env("APP_FAIL_IF", &broken).spawn();
+    baton.wait_for("generation 1 ready", WAIT);
+    std::fs::write(&broken, "").expect("break the release");
+    let mark = baton.mark();
+    baton.signal(Signal::HUP);
+    let (_, line) = baton.wait_for_after(mark, "reload failed", WAIT);
+    assert!(line.contains("generation 1 keeps serving"), "{line}");
+    assert_eq!(http::get_ok(baton.port(), "/").generation(), Some(1));
+    (baton, broken)
+}
+
 /// Why `--preload`: a release whose app fails to import fails before
 /// READY=1, so baton rolls back and the old generation keeps serving.
 #[test]
@@ -139,16 +155,8 @@ fn gunicorn_with_preload_a_broken_release_rolls_back() {
         return;
     };
     let cmd = gunicorn(&g, &["--preload"], "0");
-    let broken = cmd.dir().join("BROKEN");
-    let baton = cmd.env("APP_FAIL_IF", &broken).spawn();
-    baton.wait_for("generation 1 ready", WAIT);
+    let (baton, broken) = a_broken_release_is_rolled_back(cmd);
     let port = baton.port();
-    std::fs::write(&broken, "").expect("break the release");
-    let mark = baton.mark();
-    baton.signal(Signal::HUP);
-    let (_, line) = baton.wait_for_after(mark, "reload failed", WAIT);
-    assert!(line.contains("generation 1 keeps serving"), "{line}");
-    assert_eq!(http::get_ok(port, "/").generation(), Some(1));
     std::fs::remove_file(&broken).expect("fix the release");
     // The failed generation 2 is gone; generation 3 replaces generation 1.
     let mark = baton.mark();
@@ -178,16 +186,7 @@ fn gunicorn_ready_accepting_without_preload_a_broken_release_rolls_back() {
         "--ready-timeout",
         "10s",
     ]);
-    let broken = cmd.dir().join("BROKEN");
-    let baton = cmd.env("APP_FAIL_IF", &broken).spawn();
-    baton.wait_for("generation 1 ready", WAIT);
-    let port = baton.port();
-    std::fs::write(&broken, "").expect("break the release");
-    let mark = baton.mark();
-    baton.signal(Signal::HUP);
-    let (_, line) = baton.wait_for_after(mark, "reload failed", WAIT);
-    assert!(line.contains("generation 1 keeps serving"), "{line}");
-    assert_eq!(http::get_ok(port, "/").generation(), Some(1));
+    let (baton, _) = a_broken_release_is_rolled_back(cmd);
     stop_cleanly(baton);
 }
 

@@ -371,6 +371,19 @@ fn a_huge_tree_is_cut_at_max_processes() {
     assert_eq!(seen.processes, MAX_PROCESSES);
 }
 
+/// Scans `pid` until it is seen waiting on `id` (its thread may not be
+/// blocked yet), for at most 20 s.
+fn scan_until_seen(pid: u32, id: &Listener) -> Seen {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let seen = scan(pid, std::slice::from_ref(id));
+        if seen.accepting.is_some() || std::time::Instant::now() > deadline {
+            return seen;
+        }
+        std::thread::yield_now();
+    }
+}
+
 /// The real thing, on this test process: a listener in an epoll set (added
 /// as a dup), one a thread is blocked in accept on, one nobody waits on,
 /// one a thread polls.
@@ -412,14 +425,7 @@ fn this_process_is_seen_waiting_in_epoll_in_accept_and_in_poll() {
     let addr = blocking.local_addr().expect("addr");
     let id = named(&blocking, "blocking");
     let t = std::thread::spawn(move || blocking.accept().map(|_| ()));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let seen = loop {
-        let seen = scan(pid, std::slice::from_ref(&id));
-        if seen.accepting.is_some() || std::time::Instant::now() > deadline {
-            break seen;
-        }
-        std::thread::yield_now();
-    };
+    let seen = scan_until_seen(pid, &id);
     assert!(
         matches!(&seen.accepting, Some(Accepting::Accept { pid: p, .. }) if *p == pid),
         "{seen:?}"
@@ -440,14 +446,7 @@ fn this_process_is_seen_waiting_in_epoll_in_accept_and_in_poll() {
         )];
         rustix::event::poll(&mut fds, None).map(|_| ())
     });
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let seen = loop {
-        let seen = scan(pid, std::slice::from_ref(&id));
-        if seen.accepting.is_some() || std::time::Instant::now() > deadline {
-            break seen;
-        }
-        std::thread::yield_now();
-    };
+    let seen = scan_until_seen(pid, &id);
     assert!(
         matches!(&seen.accepting, Some(Accepting::Polls { pid: p, .. }) if *p == pid),
         "{seen:?}"
