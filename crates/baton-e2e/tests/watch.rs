@@ -81,6 +81,20 @@ fn a_broken_change_rolls_back_and_the_next_good_one_reloads() {
     assert_eq!(http::get_ok(baton.port(), "/").generation(), Some(3));
 }
 
+/// An empty watched directory is said to be empty (it looked like a
+/// mistake: "watching 0 file(s)"), and the first file to appear reloads.
+#[test]
+fn an_empty_watched_directory_is_said_and_its_first_file_reloads() {
+    let mut baton = start(&[], &[]);
+    baton.wait_for("nothing to watch yet under", WAIT);
+    let mark = baton.mark();
+    write_atomically(&baton.dir().join("src").join("app.conf"), "first");
+    baton.wait_for_after(mark, "generation 2 ready", WAIT);
+    assert_eq!(http::get_ok(baton.port(), "/").generation(), Some(2));
+    let status = baton.stop(Signal::TERM, WAIT);
+    assert_eq!(status.code(), Some(0));
+}
+
 #[test]
 fn ignored_files_never_reload() {
     let baton = start(

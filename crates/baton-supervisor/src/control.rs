@@ -552,7 +552,10 @@ impl ControlSocket {
                     ));
                 }
                 if !ft.is_socket() {
-                    return Err(path_err(path, "a file that is not a socket is in the way"));
+                    return Err(path_err(
+                        path,
+                        "a file that is not a socket is in the way: remove it if it is a leftover, or give baton another --control path (or --name)",
+                    ));
                 }
                 if std::os::unix::net::UnixStream::connect(path).is_ok() {
                     return Err(path_err(
@@ -719,6 +722,16 @@ mod tests {
                 .to_string()
                 .contains("symbolic link")
         );
+        // A regular file is refused, and the message says what to do.
+        std::fs::remove_file(&path).expect("rm symlink");
+        std::fs::write(&path, "").expect("a file");
+        let e = ControlSocket::bind(&path).expect_err("a file");
+        assert!(
+            e.to_string()
+                .contains("not a socket is in the way: remove it if it is a leftover, or give baton another --control path"),
+            "{e}"
+        );
+        std::fs::remove_file(&path).expect("rm file");
         // A directory writable by others is refused.
         let open = dir.path().join("open");
         std::fs::create_dir(&open).expect("mkdir");

@@ -460,6 +460,17 @@ impl Watcher {
         if let Err((path, e)) = w.rewatch() {
             tracing::warn!("watch: cannot watch {}: {e}", path.display());
         }
+        if w.state.files.is_empty() {
+            tracing::warn!(
+                "--watch: nothing to watch yet under {} (it holds no file); baton reloads once files appear there",
+                w.state
+                    .roots
+                    .iter()
+                    .map(|r| r.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         tracing::info!(
             "watching {} file(s) under {} (fingerprint {})",
             w.state.files.len(),

@@ -60,9 +60,12 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // Colours only on a terminal: under baton stderr is a pipe into
+    // baton's log, where escape codes are noise.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
