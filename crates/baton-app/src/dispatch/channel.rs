@@ -90,19 +90,6 @@ pub struct Channel {
     pending: Mutex<VecDeque<Received>>,
 }
 
-/// How many connections per packet the baton running this worker may send
-/// (`BATON_DISPATCH_BATCH`, capped at [`proto::MAX_BATCH`]); `None` when it
-/// sends one per packet.
-pub(crate) fn batch_from_env() -> Option<u32> {
-    std::env::var(proto::BATCH_VAR)
-        .ok()?
-        .trim()
-        .parse::<u32>()
-        .ok()
-        .filter(|&n| n > 1)
-        .map(|n| n.min(proto::MAX_BATCH))
-}
-
 fn invalid(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e.to_string())
 }
@@ -184,20 +171,6 @@ impl Channel {
     /// once (1 for a server that serves one at a time).
     pub fn ready(&self, credits: u32) -> io::Result<()> {
         self.send(&[FromWorker::Ready { credits }])
-    }
-
-    /// `batch N`, if the baton running this worker understands it (it set
-    /// `BATON_DISPATCH_BATCH`): baton may then send up to N connections in
-    /// one packet (at most that variable's value), which [`Channel::recv`]
-    /// hands out one at a time. Returns the N announced, or `None` (the
-    /// baton sends one per packet; nothing was said).
-    pub fn offer_batch(&self, n: u32) -> io::Result<Option<u32>> {
-        let Some(max) = batch_from_env() else {
-            return Ok(None);
-        };
-        let n = n.clamp(1, max);
-        self.send(&[FromWorker::Batch { max: n }])?;
-        Ok(Some(n))
     }
 
     /// The next message from baton; `None` when baton closed its end (it
@@ -332,20 +305,26 @@ impl From<Channel> for OwnedFd {
     }
 }
 
+/// Two connected ends of a channel (baton's, the worker's), for tests.
+#[cfg(test)]
+pub(crate) fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
+    rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .expect("socketpair")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SocketFlags};
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage};
     use std::io::{Read, Write};
 
     fn pair() -> (OwnedFd, Channel) {
-        let (baton, worker) = rustix::net::socketpair(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .expect("socketpair");
+        let (baton, worker) = seqpacket_pair();
         (baton, Channel::new(worker, Mode::Pass).expect("a channel"))
     }
 

@@ -136,6 +136,19 @@ async fn flusher(shared: Weak<Shared>, flush: Arc<Notify>) {
     }
 }
 
+/// How many connections per packet the baton running this worker may send
+/// (`BATON_DISPATCH_BATCH`, capped at [`super::proto::MAX_BATCH`]); `None` when it
+/// sends one per packet.
+fn batch_from_env() -> Option<u32> {
+    std::env::var(super::proto::BATCH_VAR)
+        .ok()?
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|&n| n > 1)
+        .map(|n| n.min(super::proto::MAX_BATCH))
+}
+
 /// Connections from baton's dispatch channel (see the module docs).
 #[derive(Debug)]
 pub struct Incoming {
@@ -158,8 +171,10 @@ pub struct Incoming {
 impl Incoming {
     /// The channel baton set up (`BATON_DISPATCH_FD`); in accept mode, with
     /// every inherited listener (`LISTEN_FDS`), taken here. `None` when
-    /// baton runs this worker without `--dispatch`. Call it inside a tokio
-    /// runtime, once.
+    /// baton runs this worker without `--dispatch`. In pass mode it asks
+    /// for several connections per packet (`batch`, at most its credits)
+    /// when the baton offers it (`BATON_DISPATCH_BATCH`). Call it inside a
+    /// tokio runtime, once.
     pub fn from_env(credits: u32) -> Result<Option<Self>, DispatchError> {
         let Some(chan) = Channel::from_env()? else {
             return Ok(None);
@@ -178,9 +193,16 @@ impl Incoming {
                 listeners.push(l);
             }
         }
-        Self::new(chan, listeners, credits)
-            .map(Some)
-            .map_err(|source| DispatchError::Claim { fd: -1, source })
+        let mut incoming = Self::new(chan, listeners, credits)
+            .map_err(|source| DispatchError::Claim { fd: -1, source })?;
+        // The baton that set the channel up says whether it sends several
+        // connections per packet to a worker that asks (pass mode only).
+        if incoming.mode == Mode::Pass {
+            incoming.batch = batch_from_env()
+                .map(|b| b.min(incoming.credits))
+                .filter(|&b| b > 1);
+        }
+        Ok(Some(incoming))
     }
 
     /// From a channel and, for accept mode, the listeners at fds 3.. in
@@ -196,13 +218,6 @@ impl Incoming {
         }
         let mode = chan.mode();
         let credits = credits.clamp(1, super::proto::MAX_CREDITS);
-        let batch = if mode == Mode::Pass {
-            channel::batch_from_env()
-                .map(|b| b.min(credits))
-                .filter(|&b| b > 1)
-        } else {
-            None
-        };
         let fd: OwnedFd = chan.into();
         let sock = baton_sys::tokio_fd::register(fd, Interest::READABLE)?;
         let flush = Arc::new(Notify::new());
@@ -216,7 +231,7 @@ impl Incoming {
             shared,
             mode,
             credits,
-            batch,
+            batch: None,
             said_ready: false,
             said_stopping: false,
             ended: false,
@@ -538,10 +553,7 @@ impl AsyncWrite for Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustix::net::{
-        AddressFamily, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags,
-        SocketFlags, SocketType,
-    };
+    use rustix::net::{RecvFlags, SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
     use std::mem::MaybeUninit;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -560,13 +572,7 @@ mod tests {
             .enable_all()
             .build()
             .expect("runtime");
-        let (baton, worker) = rustix::net::socketpair(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .expect("socketpair");
+        let (baton, worker) = channel::seqpacket_pair();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         Setup {
@@ -576,6 +582,13 @@ mod tests {
             listener,
             addr,
         }
+    }
+
+    /// A pass-mode `Incoming` of 8 credits on the worker's end (inside the
+    /// runtime: it spawns its flusher).
+    fn pass_incoming(worker: OwnedFd) -> Incoming {
+        let chan = Channel::new(worker, Mode::Pass).expect("channel");
+        Incoming::new(chan, Vec::new(), 8).expect("incoming")
     }
 
     fn baton_says(to: &OwnedFd, text: &str, fd: Option<std::os::fd::BorrowedFd<'_>>) {
@@ -639,8 +652,7 @@ mod tests {
             addr,
         } = setup();
         rt.block_on(async {
-            let chan = Channel::new(worker, Mode::Pass).expect("channel");
-            let mut incoming = Incoming::new(chan, Vec::new(), 8).expect("incoming");
+            let mut incoming = pass_incoming(worker);
             let mut clients = Vec::new();
             for id in 1..=3 {
                 clients.push(std::net::TcpStream::connect(addr).expect("connect"));
@@ -675,8 +687,7 @@ mod tests {
             addr,
         } = setup();
         rt.block_on(async {
-            let chan = Channel::new(worker, Mode::Pass).expect("channel");
-            let mut incoming = Incoming::new(chan, Vec::new(), 8).expect("incoming");
+            let mut incoming = pass_incoming(worker);
             incoming.batch = Some(4);
             let mut clients = Vec::new();
             let mut accepted = Vec::new();
@@ -709,8 +720,7 @@ mod tests {
             addr,
         } = setup();
         rt.block_on(async {
-            let chan = Channel::new(worker, Mode::Pass).expect("channel");
-            let mut incoming = Incoming::new(chan, Vec::new(), 8).expect("incoming");
+            let mut incoming = pass_incoming(worker);
             let mut client = std::net::TcpStream::connect(addr).expect("connect");
             let (accepted, _) = listener.accept().expect("accept");
             baton_says(&baton, "conn 1 web", Some(accepted.as_fd()));

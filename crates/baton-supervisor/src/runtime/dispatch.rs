@@ -169,12 +169,6 @@ impl Chan {
         self.credits.saturating_sub(self.in_use)
     }
 
-    /// How many connections one packet to it may carry: what it said with
-    /// `batch`, within its free credits (at least 1).
-    fn per_packet(&self) -> usize {
-        self.batch.min(self.free()).max(1) as usize
-    }
-
     fn eligible(&self) -> bool {
         self.ready && !self.stopping && !self.ended && !self.dead && !self.full && self.free() > 0
     }
@@ -317,6 +311,26 @@ impl Dispatcher {
                 })
                 .map(|(k, _)| *k),
         }
+    }
+
+    /// How many connections one packet to worker `key` may carry: what it
+    /// said with `batch`, within its free credits, and never more than
+    /// keeps it within one connection of the least loaded other worker of
+    /// its generation that could take one (at least 1). A burst of
+    /// long-lived connections (the keep-alive clients of a new deploy) must
+    /// spread as evenly as one per packet would spread it.
+    fn per_packet(&self, key: (GenId, Slot)) -> usize {
+        let Some(chan) = self.chans.get(&key) else {
+            return 1;
+        };
+        let least = self
+            .chans
+            .iter()
+            .filter(|(k, c)| k.0 == key.0 && **k != key && c.eligible())
+            .map(|(_, c)| c.in_use)
+            .min();
+        let fair = least.map_or(u32::MAX, |least| (least + 1).saturating_sub(chan.in_use));
+        chan.batch.min(chan.free()).min(fair).max(1) as usize
     }
 
     /// How long a worker may take to answer.
@@ -836,7 +850,7 @@ impl Runtime {
             if let Some(key) = free {
                 // As many as the free worker takes in one packet (those
                 // waiting now, up to that): sent at the top of the loop.
-                let want = self.dispatch.chans.get(&key).map_or(1, Chan::per_packet);
+                let want = self.dispatch.per_packet(key);
                 self.accept_into_queue(li, want);
                 continue;
             }
@@ -979,30 +993,17 @@ impl Runtime {
     }
 
     /// Sends worker `key` the connections at the front of the queue, as
-    /// many as one packet to it takes (see [`Chan::per_packet`]) and its
-    /// fair share allows; they stay
+    /// many as one packet to it takes (see [`Dispatcher::per_packet`]);
+    /// they stay
     /// queued if the channel cannot take them (the worker is then left out
     /// until it speaks, or for good if the channel broke).
     fn send_conns(&mut self, key: (GenId, Slot)) {
         let stamp = self.dispatch.tick();
         let d = &mut self.dispatch;
-        // Several in one packet, but never more than keeps this worker
-        // within one connection of the least loaded other worker that could
-        // take one: a burst of long-lived connections (the keep-alive
-        // clients of a new deploy) must spread as evenly as one per packet
-        // would spread it.
-        let least = d
-            .chans
-            .iter()
-            .filter(|(k, c)| k.0 == key.0 && **k != key && c.eligible())
-            .map(|(_, c)| c.in_use)
-            .min();
+        let per_packet = d.per_packet(key);
         let Some(chan) = d.chans.get_mut(&key) else {
             return;
         };
-        let fair = least.map_or(usize::MAX, |least| {
-            (least + 1).saturating_sub(chan.in_use).max(1) as usize
-        });
         let Some(first) = d.queue.front() else {
             return;
         };
@@ -1012,7 +1013,7 @@ impl Runtime {
         let mut fds = [first.fd.as_fd(); proto::MAX_BATCH as usize];
         let mut n = 0;
         d.packet.clear();
-        for q in d.queue.iter().take(chan.per_packet().min(fair)) {
+        for q in d.queue.iter().take(per_packet) {
             // The longest line: "conn", an id of 20 digits, the name.
             let line = 27 + q.listener.len();
             if n > 0 && d.packet.len() + line > proto::MAX_MESSAGE {
