@@ -186,6 +186,15 @@ pub struct DispatchStatus {
     /// Connections baton held that no worker could take (baton stopped,
     /// dispatch switched off, or three workers died holding one).
     pub dropped: u64,
+    /// How far above the least loaded other worker one packet may take a
+    /// worker now: 1 (exactly even) unless `short_lived` and the workers
+    /// outnumber the CPUs (docs/dispatch.md, "Several connections per
+    /// packet").
+    #[serde(default = "one")]
+    pub slack: u32,
+    /// The recent connections all closed within 100 ms of their dispatch.
+    #[serde(default)]
+    pub short_lived: bool,
 }
 
 /// One generation in a status report.

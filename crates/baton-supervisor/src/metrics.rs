@@ -333,6 +333,13 @@ fn dispatch(
     )?)?;
     gauge(
         enc,
+        "baton_dispatch_slack",
+        "How many connections above the least loaded other worker one packet may take a worker now under --dispatch=pass: 1 (exactly even) unless the recent connections were short-lived and the workers outnumber the CPUs",
+        None,
+        i64::from(d.slack),
+    )?;
+    gauge(
+        enc,
         "baton_dispatch_queued",
         "Connections in baton's own queue now (--queue)",
         None,
@@ -624,6 +631,8 @@ mod tests {
                     queue_expired: 0,
                     accept_errors: 0,
                     dropped: 0,
+                    slack: 4,
+                    short_lived: true,
                 }),
             },
         );
@@ -641,6 +650,7 @@ mod tests {
             "baton_dispatch_connections_total{outcome=\"dispatched\"} 7",
             "baton_dispatch_overload_total{kind=\"503\"} 2",
             "baton_dispatch_timeouts_total 1",
+            "baton_dispatch_slack 4",
             "baton_dispatch_wait_seconds_total 0.0",
         ] {
             assert!(text.contains(line), "no {line:?} in\n{text}");

@@ -10,8 +10,18 @@ pub fn print_summary(d: &DispatchStatus) {
     } else {
         String::new()
     };
+    // 1: a packet never takes a worker more than one connection above
+    // the least loaded other; more after a run of short-lived connections.
+    let spread = if d.slack > 1 {
+        format!(
+            "spread within {} (recent connections short-lived)",
+            d.slack
+        )
+    } else {
+        "spread exact".to_owned()
+    };
     println!(
-        "dispatch: {} ({}, overload {}{queue})",
+        "dispatch: {} ({}, {spread}, overload {}{queue})",
         d.mode, d.order, d.overload
     );
     println!(

@@ -66,6 +66,7 @@ use crate::lifecycle::{Event, GenId, ReadyMode, Slot};
 use crate::listen::Bound;
 
 mod carry;
+mod lifetimes;
 
 pub(super) use carry::{DispatchState, restore};
 
@@ -236,6 +237,8 @@ pub(super) struct Dispatcher {
     inbox: Vec<Result<FromWorker, String>>,
     /// One packet's messages, as parsed.
     parsed: Vec<FromWorker>,
+    /// How long the recent connections lived (see `per_packet`).
+    lifetimes: lifetimes::Lifetimes,
 }
 
 impl Runtime {
@@ -283,6 +286,8 @@ impl Runtime {
             queue_expired: c.queue_expired,
             accept_errors: c.accept_errors,
             dropped: c.dropped,
+            slack: d.slack_now(),
+            short_lived: d.lifetimes.short_lived(),
         })
     }
 }
@@ -318,19 +323,42 @@ impl Dispatcher {
     /// keeps it within one connection of the least loaded other worker of
     /// its generation that could take one (at least 1). A burst of
     /// long-lived connections (the keep-alive clients of a new deploy) must
-    /// spread as evenly as one per packet would spread it.
+    /// spread as evenly as one per packet would spread it. When the recent
+    /// connections were all short-lived and the workers outnumber the
+    /// CPUs, "one" becomes the `slack` of `lifetimes.rs` (at most 4).
     fn per_packet(&self, key: (GenId, Slot)) -> usize {
         let Some(chan) = self.chans.get(&key) else {
             return 1;
         };
-        let least = self
+        let mut workers = 1;
+        let mut least = None::<u32>;
+        for (_, c) in self
             .chans
             .iter()
             .filter(|(k, c)| k.0 == key.0 && **k != key && c.eligible())
-            .map(|(_, c)| c.in_use)
-            .min();
-        let fair = least.map_or(u32::MAX, |least| (least + 1).saturating_sub(chan.in_use));
+        {
+            workers += 1;
+            least = Some(least.map_or(c.in_use, |l| l.min(c.in_use)));
+        }
+        let slack = self.lifetimes.slack(workers, lifetimes::cpus());
+        let fair = least.map_or(u32::MAX, |least| {
+            (least + slack).saturating_sub(chan.in_use)
+        });
         chan.batch.min(chan.free()).min(fair).max(1) as usize
+    }
+
+    /// How far above the least loaded other worker a packet may take a
+    /// worker of the serving generation now (1: exactly even).
+    fn slack_now(&self) -> u32 {
+        let Some(target) = self.target else {
+            return 1;
+        };
+        let workers = self
+            .chans
+            .iter()
+            .filter(|(k, c)| k.0 == target.generation && c.eligible())
+            .count();
+        self.lifetimes.slack(workers, lifetimes::cpus())
     }
 
     /// How long a worker may take to answer.
@@ -546,6 +574,7 @@ impl Runtime {
                     chan.unacked.remove(i);
                 }
                 chan.in_use = chan.in_use.saturating_sub(1);
+                self.dispatch.lifetimes.done(id, Instant::now());
             }
             FromWorker::Got(id) | FromWorker::Nothing(id) => {
                 let answered = chan.unacked.iter().position(|s| s.id == id);
@@ -1031,9 +1060,11 @@ impl Runtime {
                 chan.in_use += n as u32;
                 chan.dispatched += n as u64;
                 chan.stamp = stamp;
+                let now = Instant::now();
                 for q in d.queue.drain(..n) {
                     let id = d.next_id;
                     d.next_id += 1;
+                    d.lifetimes.sent(id, now);
                     if q.tries == 0 {
                         d.counts.dispatched += 1;
                     }
@@ -1046,7 +1077,7 @@ impl Runtime {
                         id,
                         conn: Some(q.fd),
                         listener: q.listener,
-                        at: Instant::now(),
+                        at: now,
                         tries: q.tries,
                     });
                 }
@@ -1091,11 +1122,13 @@ impl Runtime {
                 self.dispatch.next_id += 1;
                 chan.in_use += 1;
                 chan.stamp = stamp;
+                let now = Instant::now();
+                self.dispatch.lifetimes.sent(id, now);
                 chan.unacked.push_back(Sent {
                     id,
                     conn: None,
                     listener: name,
-                    at: Instant::now(),
+                    at: now,
                     tries: 0,
                 });
                 self.dispatch.watched[li].commanded = Some((key, id));
