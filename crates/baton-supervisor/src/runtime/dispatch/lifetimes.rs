@@ -82,7 +82,9 @@ impl Lifetimes {
             return 1;
         }
         let per_cpu = workers.div_ceil(cpus.max(1));
-        u32::try_from(per_cpu).unwrap_or(MAX_SLACK).clamp(1, MAX_SLACK)
+        u32::try_from(per_cpu)
+            .unwrap_or(MAX_SLACK)
+            .clamp(1, MAX_SLACK)
     }
 }
 
