@@ -299,9 +299,17 @@ impl AsFd for Channel {
     }
 }
 
-impl From<Channel> for OwnedFd {
-    fn from(c: Channel) -> OwnedFd {
-        c.fd
+impl Channel {
+    /// The descriptor, and what `recv` had read and not handed out yet
+    /// (the rest of a packet of several connections, after `batch`), in
+    /// order. Answer those too: dropping them closes connections baton
+    /// counts as sent to this worker.
+    pub fn into_parts(self) -> (OwnedFd, Vec<Received>) {
+        let pending = self
+            .pending
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (self.fd, pending.into())
     }
 }
 

@@ -218,7 +218,7 @@ impl Incoming {
         }
         let mode = chan.mode();
         let credits = credits.clamp(1, super::proto::MAX_CREDITS);
-        let fd: OwnedFd = chan.into();
+        let (fd, pending) = chan.into_parts();
         let sock = baton_sys::tokio_fd::register(fd, Interest::READABLE)?;
         let flush = Arc::new(Notify::new());
         let shared = Arc::new(Shared {
@@ -227,7 +227,7 @@ impl Incoming {
             flush: Arc::clone(&flush),
         });
         tokio::spawn(flusher(Arc::downgrade(&shared), flush));
-        Ok(Self {
+        let mut incoming = Self {
             shared,
             mode,
             credits,
@@ -237,7 +237,15 @@ impl Incoming {
             ended: false,
             listeners,
             handed: std::collections::VecDeque::new(),
-        })
+        };
+        // What the channel's `recv` had read already: answered now and
+        // handed out first.
+        let mut conns = Vec::new();
+        for m in pending {
+            incoming.absorb(m, &mut conns);
+        }
+        incoming.answer(conns);
+        Ok(incoming)
     }
 
     /// Pass or accept.
@@ -353,36 +361,49 @@ impl Incoming {
             }
             for m in packet.drain(..) {
                 messages += 1;
-                match m {
-                    Received::Conn {
-                        id,
-                        listener,
-                        stream,
-                    } => conns.push((id, listener, stream)),
-                    Received::Accept {
-                        id,
-                        index,
-                        listener,
-                    } => {
-                        if let Some(conn) = self.accept_one(id, index, &listener) {
-                            self.handed.push_back(conn);
-                        }
-                    }
-                    Received::End => self.ended = true,
-                }
+                self.absorb(m, &mut conns);
             }
         }
-        if !conns.is_empty() {
-            // Said before any of them reaches the server (module docs).
-            self.shared
-                .post_all(conns.iter().map(|(id, _, _)| FromWorker::Taken(*id)));
-            for (id, listener, stream) in conns {
-                let conn = self.connection(id, &listener, stream);
-                self.handed.push_back(conn);
-            }
-        }
+        self.answer(conns);
         if let Some(e) = failed {
             self.handed.push_back(Err(e));
+        }
+    }
+
+    /// One message from baton: a connection joins `conns` (answered by
+    /// [`Incoming::answer`]); an order to accept is carried out.
+    fn absorb(&mut self, m: Received, conns: &mut Vec<(u64, String, Stream)>) {
+        match m {
+            Received::Conn {
+                id,
+                listener,
+                stream,
+            } => conns.push((id, listener, stream)),
+            Received::Accept {
+                id,
+                index,
+                listener,
+            } => {
+                if let Some(conn) = self.accept_one(id, index, &listener) {
+                    self.handed.push_back(conn);
+                }
+            }
+            Received::End => self.ended = true,
+        }
+    }
+
+    /// Says `taken` for `conns` in one packet, then queues them to be
+    /// handed out.
+    fn answer(&mut self, conns: Vec<(u64, String, Stream)>) {
+        if conns.is_empty() {
+            return;
+        }
+        // Said before any of them reaches the server (module docs).
+        self.shared
+            .post_all(conns.iter().map(|(id, _, _)| FromWorker::Taken(*id)));
+        for (id, listener, stream) in conns {
+            let conn = self.connection(id, &listener, stream);
+            self.handed.push_back(conn);
         }
     }
 
@@ -707,6 +728,40 @@ mod tests {
             assert_eq!(got, [(1, "web"), (2, "admin"), (3, "web"), (6, "web")]);
             assert_eq!(worker_says(&baton).await, "ready 8 batch 4");
             assert_eq!(worker_says(&baton).await, "taken 1 2 3 6");
+        });
+    }
+
+    /// A channel whose blocking `recv` read a packet of two connections
+    /// and handed out one: the other is not lost when the channel becomes
+    /// an `Incoming` (it is answered and handed out first).
+    #[test]
+    fn what_a_channel_had_read_is_handed_out_by_the_incoming_made_from_it() {
+        let Setup {
+            rt,
+            baton,
+            worker,
+            listener,
+            addr,
+        } = setup();
+        let _clients: Vec<_> = (0..2)
+            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+            .collect();
+        let accepted: Vec<_> = (0..2)
+            .map(|_| listener.accept().expect("accept").0)
+            .collect();
+        let fds: Vec<_> = accepted.iter().map(AsFd::as_fd).collect();
+        baton_sends(&baton, "conn 1 web\nconn 2 web", &fds);
+        let chan = Channel::new(worker, Mode::Pass).expect("channel");
+        let first = chan.recv().expect("recv").expect("a message");
+        assert!(matches!(first, Received::Conn { id: 1, .. }), "{first:?}");
+        rt.block_on(async {
+            let mut incoming = Incoming::new(chan, Vec::new(), 8).expect("incoming");
+            let conn = tokio::time::timeout(std::time::Duration::from_secs(10), incoming.accept())
+                .await
+                .expect("the second connection within 10 s (not dropped)")
+                .expect("a connection");
+            assert_eq!(conn.id(), 2);
+            assert_eq!(worker_says(&baton).await, "taken 2");
         });
     }
 
