@@ -57,6 +57,18 @@ impl Stream {
             ))
         }
     }
+
+    /// Wraps a connection baton passed (or that a worker accepted when
+    /// told to), with `TCP_NODELAY` set on a TCP one: small answers go out
+    /// at once. Setting it is also how TCP is told from Unix here, without
+    /// a `getsockname` for every connection (only a socket that refuses
+    /// the option is asked its family).
+    pub(crate) fn from_dispatched(fd: OwnedFd) -> io::Result<Self> {
+        if rustix::net::sockopt::set_tcp_nodelay(&fd, true).is_ok() {
+            return Ok(Stream::Tcp(fd.into()));
+        }
+        Self::from_fd(fd)
+    }
 }
 
 /// What baton sent.
@@ -64,7 +76,9 @@ impl Stream {
 pub enum Received {
     /// Pass mode: a connection, accepted by baton from listener `listener`
     /// (its `LISTEN_FDNAMES` name). Answer `taken ID` at once (before
-    /// reading from it), and `done ID` once it is closed.
+    /// reading from it), and `done ID` once it is closed. The socket is
+    /// non-blocking, as baton accepted it (a blocking server clears that
+    /// with `set_nonblocking(false)`), and a TCP one has `TCP_NODELAY` set.
     Conn {
         id: u64,
         listener: String,
@@ -252,7 +266,7 @@ pub(crate) fn recv_into(fd: BorrowedFd<'_>, out: &mut VecDeque<Received>) -> io:
                 let fd = fds
                     .pop_front()
                     .expect("counted: one descriptor per connection");
-                match Stream::from_fd(fd) {
+                match Stream::from_dispatched(fd) {
                     Ok(stream) => Received::Conn {
                         id,
                         listener,
@@ -334,6 +348,32 @@ mod tests {
     fn pair() -> (OwnedFd, Channel) {
         let (baton, worker) = seqpacket_pair();
         (baton, Channel::new(worker, Mode::Pass).expect("a channel"))
+    }
+
+    /// A dispatched TCP connection gets TCP_NODELAY and is known as TCP
+    /// by it; a Unix one, which refuses the option, is known by its
+    /// address family; either stays as non-blocking as it came.
+    #[test]
+    fn dispatched_streams_are_told_apart_and_tcp_ones_get_nodelay() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let _client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+        accepted.set_nonblocking(true).expect("non-blocking");
+        match Stream::from_dispatched(accepted.into()).expect("tcp") {
+            Stream::Tcp(s) => {
+                assert!(s.nodelay().expect("nodelay"), "TCP_NODELAY set");
+                let mut buf = [0u8; 1];
+                let e = (&s).read(&mut buf).expect_err("nothing to read yet");
+                assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "still non-blocking");
+            }
+            Stream::Unix(_) => panic!("a TCP connection taken for Unix"),
+        }
+        let (a, _b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        assert!(matches!(
+            Stream::from_dispatched(a.into()).expect("unix"),
+            Stream::Unix(_)
+        ));
     }
 
     fn send_with_fd(to: &OwnedFd, text: &str, fd: BorrowedFd<'_>) {
