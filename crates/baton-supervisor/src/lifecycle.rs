@@ -555,6 +555,11 @@ struct Worker {
     /// its normal one back.
     #[serde(default)]
     quiet: bool,
+    /// It was ready once (a restart of it is ready "again"; a worker
+    /// added by scaling, or one a rolling reload's generation started
+    /// after it began to serve, is ready for the first time).
+    #[serde(default)]
+    was_ready: bool,
 }
 
 impl Worker {
@@ -567,6 +572,7 @@ impl Worker {
             restarts: 0,
             accept_seen: None,
             quiet: false,
+            was_ready: false,
         }
     }
 

@@ -1081,6 +1081,14 @@ fn scale_up_and_down_adjusts_the_serving_generation_and_later_ones() {
     s.ev(Event::Scale(4));
     assert_eq!(s.spawns(1), 4);
     assert_eq!(s.m.worker_pids(1).len(), 4);
+    // An added worker is ready for the first time, not "again".
+    s.ready(1, [2]);
+    assert!(
+        s.logged("worker 2 of generation 1 is ready, "),
+        "{:?}",
+        s.logs
+    );
+    assert!(!s.logged("worker 2 of generation 1 is ready again"));
     s.ev(Event::Scale(1));
     // The highest slots go first, with the stop signal and a grace timer.
     assert_eq!(s.signals, vec![(1, 3, TERM), (1, 2, TERM), (1, 1, TERM)]);

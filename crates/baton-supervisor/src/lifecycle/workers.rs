@@ -155,6 +155,7 @@ impl Lifecycle {
             .started
             .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
         g.workers[slot].accept_seen = None;
+        let again = std::mem::replace(&mut g.workers[slot].was_ready, true);
         if g.first_ready.is_none() {
             g.first_ready = Some(now.saturating_duration_since(g.started));
         }
@@ -195,9 +196,17 @@ impl Lifecycle {
                 self.maybe_ready(gi, now);
             }
             Role::Serving => {
+                let what = if again {
+                    "is ready again".to_owned()
+                } else {
+                    format!(
+                        "is ready, {:.3} ms after it started",
+                        after.as_secs_f64() * 1000.0
+                    )
+                };
                 self.log(
                     Level::Info,
-                    format!("worker {slot} of generation {generation} is ready again"),
+                    format!("worker {slot} of generation {generation} {what}"),
                 );
                 self.end_quiet_boot(gi, Some(slot));
             }
