@@ -13,12 +13,15 @@ pub fn print_summary(d: &DispatchStatus) {
     // 1: a packet never takes a worker more than one connection above
     // the least loaded other; more after a run of short-lived connections.
     let spread = if d.slack > 1 {
-        format!("spread within {} (recent connections short-lived)", d.slack)
+        format!(
+            "spread within {} connections (recent connections short-lived)",
+            d.slack
+        )
     } else {
         "spread exact".to_owned()
     };
     println!(
-        "dispatch: {} ({}, {spread}, overload {}{queue})",
+        "dispatch: {} ({}, overload {}{queue}); {spread}",
         d.mode, d.order, d.overload
     );
     println!(
