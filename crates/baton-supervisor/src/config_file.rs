@@ -413,6 +413,86 @@ fn key_at(text: &str, offset: usize) -> Option<&str> {
     Some(key.trim_matches('"'))
 }
 
+/// A value of the wrong type, as serde says it ("invalid type: string
+/// \"8\", expected i64", "data did not match any variant of untagged enum
+/// RawDuration"), said with the key (or table header) it is at, in words
+/// a reader of docs/config.md knows, and with the fix for the usual slips:
+/// a quoted number, `[listen]` for `[[listen]]`, `[[env]]` for `[env]`, a
+/// number in `[env]`. Other messages come back as they were.
+fn explain_type_error(text: &str, offset: usize, message: String) -> String {
+    let untagged = message
+        .strip_prefix("data did not match any variant of untagged enum ")
+        .map(str::trim);
+    if !message.starts_with("invalid type") && untagged.is_none() {
+        return message;
+    }
+    let line_start = text[..offset.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("").trim();
+    let line = line.split('#').next().unwrap_or(line).trim();
+    let expected = match untagged {
+        Some("RawDuration") => {
+            "expected a duration: a string such as \"5s\", \"1m30s\" or \"250ms\", or a number of seconds".to_owned()
+        }
+        Some("RawCount") => "expected a whole number".to_owned(),
+        Some("RawSwitch") => "expected true or false (or \"on\" / \"off\")".to_owned(),
+        Some("RawControl") => "expected a path, or false for no control socket".to_owned(),
+        Some("OneOrMany") => "expected a path or a list of paths".to_owned(),
+        Some("RawOverload") => "expected \"wait\", \"close\" or \"503\"".to_owned(),
+        Some(_) => message.clone(),
+        None => {
+            let mut m = message.clone();
+            for int in ["i64", "u64", "u32", "usize"] {
+                if let Some(head) = m.strip_suffix(&format!("expected {int}")) {
+                    m = format!("{head}expected a whole number");
+                }
+            }
+            m
+        }
+    };
+    if line.starts_with('[') {
+        let hint = match line {
+            "[listen]" => {
+                "; listeners are a list of tables: write `[[listen]]` (two brackets), one per listener"
+            }
+            "[[env]]" => "; the environment is one table: write `[env]` (one bracket)",
+            _ => "",
+        };
+        return format!("`{line}`: {expected}{hint} (docs/config.md)");
+    }
+    let Some(key) = key_at(text, offset) else {
+        return expected;
+    };
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|t| t.split('#').next().unwrap_or(t).trim());
+    let value = line.split_once('=').map_or("", |(_, v)| v.trim());
+    let quoted_number = value.len() > 2
+        && value.starts_with('"')
+        && value.ends_with('"')
+        && value[1..value.len() - 1].parse::<i64>().is_ok();
+    let hint = if table == Some("[env]") && expected.ends_with("expected a string") {
+        format!("; environment values are strings: write {key} = \"{value}\"")
+    } else if quoted_number && expected.ends_with("expected a whole number") {
+        format!("; write {key} = {} (no quotes)", value.trim_matches('"'))
+    } else if key == "listen" && table.is_none() {
+        "; listeners are tables: write `[[listen]]` with `address = \"...\"` below the top-level keys".to_owned()
+    } else {
+        String::new()
+    };
+    match table {
+        Some(t) if t != "[[listen]]" => {
+            format!("`{key}` in {t}: {expected}{hint} (docs/config.md)")
+        }
+        Some(_) => format!("`{key}` of a [[listen]]: {expected}{hint} (docs/config.md)"),
+        None => format!("`{key}`: {expected}{hint} (docs/config.md)"),
+    }
+}
+
 /// A top-level key written after a table header (`workers = 4` appended
 /// to a file that ends with `[env]` or a `[[listen]]`) is in that table;
 /// the error there says so. `offset` is where the error is.
@@ -461,6 +541,8 @@ fn parse_file(path: &Path, text: &str) -> Result<FileSettings, LoadError> {
         if let Some(hint) = e.span().and_then(|span| misplaced_key(text, span.start)) {
             message.push_str("; ");
             message.push_str(&hint);
+        } else if let Some(span) = e.span() {
+            message = explain_type_error(text, span.start, message);
         }
         match e.span() {
             Some(span) => src.error(span, message),
@@ -1315,6 +1397,52 @@ RUST_LOG = "info"
         assert_eq!(f.env, vec![("grace".to_owned(), "5s".to_owned())]);
         assert_eq!(misplaced_key("[env]\nRUST_LOG = 1\n", 17), None);
         assert_eq!(misplaced_key("[[listen]]\nname = 1\n", 18), None);
+    }
+
+    /// A value of the wrong type said only "invalid type: string \"8\",
+    /// expected i64" or "data did not match any variant of untagged enum
+    /// RawDuration", with no key; `[listen]` for `[[listen]]` said
+    /// "invalid type: map, expected a sequence".
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_key_and_the_fix() {
+        let cases = [
+            (
+                "workers = \"8\"\n",
+                "`workers`: invalid type: string \"8\", expected a whole number; write workers = 8 (no quotes)",
+            ),
+            (
+                "grace = true\n",
+                "`grace`: expected a duration: a string such as \"5s\"",
+            ),
+            ("max_surge = true\n", "`max_surge`: expected a whole number"),
+            ("quiet_boot = 3\n", "`quiet_boot`: expected true or false"),
+            (
+                "listen = \"tcp://127.0.0.1:0\"\n",
+                "`listen`: invalid type: string \"tcp://127.0.0.1:0\", expected a sequence; listeners are tables: write `[[listen]]`",
+            ),
+            (
+                "[listen]\naddress = \":0\"\n",
+                "`[listen]`: invalid type: map, expected a sequence; listeners are a list of tables: write `[[listen]]`",
+            ),
+            (
+                "[env]\nPORT = 8080\n",
+                "`PORT` in [env]: invalid type: integer `8080`, expected a string; environment values are strings: write PORT = \"8080\"",
+            ),
+            (
+                "[[env]]\nA = \"1\"\n",
+                "`[[env]]`: invalid type: sequence, expected a map; the environment is one table: write `[env]`",
+            ),
+            (
+                "[[listen]]\naddress = 8080\n",
+                "`address` of a [[listen]]: invalid type: integer `8080`, expected a string",
+            ),
+        ];
+        for (body, want) in cases {
+            let text = format!("command = [\"sh\"]\n{body}");
+            let e = parse(&text).expect_err(&text);
+            assert!(e.message.contains(want), "{text}: {}", e.message);
+            assert!(e.message.starts_with("baton.toml:"), "{}", e.message);
+        }
     }
 
     /// A key set twice (a line added at the top, the old one left below)
