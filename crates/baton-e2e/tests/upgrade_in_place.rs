@@ -445,6 +445,34 @@ fn timers_counters_and_settings_carry_over() {
     }
 }
 
+/// baton's uptime (and every age it carries) goes on through an upgrade:
+/// it used to lose the time between the old image writing its state and
+/// the new one reading it (a few milliseconds each time; here a second,
+/// held open by the failpoint).
+#[test]
+fn uptime_goes_on_through_the_exec_of_an_upgrade() {
+    let baton = start("1");
+    let uptime = |baton: &Baton| -> u64 {
+        let (code, out) = ctl(baton, &["status", "--json"]);
+        assert_eq!(code, Some(0), "{out}");
+        let s: serde_json::Value = serde_json::from_str(&out).expect("status is JSON");
+        s["uptime_ms"].as_u64().expect("uptime_ms")
+    };
+    let before = uptime(&baton);
+    let asked = std::time::Instant::now();
+    let (code, out) = ctl(&baton, &["upgrade", "--failpoint", "resume-pause:1000"]);
+    assert_eq!(code, Some(0), "{out}");
+    let elapsed = asked.elapsed();
+    let after = uptime(&baton);
+    let grew = Duration::from_millis(after.saturating_sub(before));
+    // The two answers were measured at least `elapsed` apart (less the
+    // milliseconds the figures are rounded to).
+    assert!(
+        grew + Duration::from_millis(2) >= elapsed,
+        "uptime {before} ms -> {after} ms, across {elapsed:?} that held a 1 s pause"
+    );
+}
+
 /// A rolling reload in progress goes on across an upgrade with its
 /// settings (strategy, surge, quiet boot): the new image replaces the old
 /// workers one at a time and gives the quiet worker its priority back.

@@ -20,6 +20,7 @@ use std::ffi::OsString;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -171,6 +172,11 @@ pub(super) struct State {
     pub(super) schema: u32,
     pub(super) version: String,
     uptime_us: u64,
+    /// When it was written, on the monotonic clock (`stamp::monotonic_us`):
+    /// the reader adds the time since to every age. Absent from states of
+    /// older batons (their ages are then short by the exec).
+    #[serde(default)]
+    written_us: Option<u64>,
     settings: Settings,
     base_env: Vec<OsString>,
     machine: Lifecycle,
@@ -343,6 +349,7 @@ impl Runtime {
             schema: STATE_SCHEMA,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_us: micros(now.saturating_duration_since(self.started)),
+            written_us: Some(crate::stamp::monotonic_us()),
             settings: self.settings.clone(),
             base_env: self.base_env.to_vec(),
             machine: self.machine.clone(),
@@ -486,7 +493,15 @@ pub(super) fn restore(bytes: &[u8]) -> Result<Restored, String> {
             READS.end()
         ));
     }
-    let s: State = serde_json::from_value(probe)
+    // The time since the state was written (the exec): every age in it
+    // grew by that much, and every timer came that much closer.
+    let gap = probe
+        .get("written_us")
+        .and_then(serde_json::Value::as_u64)
+        .map_or(Duration::ZERO, |at| {
+            Duration::from_micros(crate::stamp::monotonic_us().saturating_sub(at))
+        });
+    let s: State = crate::stamp::reading_after(gap, || serde_json::from_value(probe))
         .map_err(|e| format!("the state does not fit schema {schema}: {e}"))?;
     // Every descriptor must be there before any is taken: a state that
     // fails half-way must leave them all open for a rollback.
@@ -661,7 +676,7 @@ pub(super) fn restore(bytes: &[u8]) -> Result<Restored, String> {
         timers: s
             .timers
             .into_iter()
-            .map(|(k, us)| (k, now + std::time::Duration::from_micros(us)))
+            .map(|(k, us)| (k, now + Duration::from_micros(us).saturating_sub(gap)))
             .collect(),
         listeners: current,
         generations,
@@ -676,7 +691,7 @@ pub(super) fn restore(bytes: &[u8]) -> Result<Restored, String> {
         child_nofile: s.child_nofile,
         stdin: claim(s.stdin, "the workers' stdin")?,
         started: now
-            .checked_sub(std::time::Duration::from_micros(s.uptime_us))
+            .checked_sub(Duration::from_micros(s.uptime_us) + gap)
             .unwrap_or(now),
         deferred: s.deferred,
         upgrade: s.upgrade,
