@@ -92,7 +92,7 @@ impl Lifetimes {
 /// once.
 pub(super) fn cpus() -> usize {
     static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get))
 }
 
 #[cfg(test)]
@@ -135,7 +135,7 @@ mod tests {
         let mut l = Lifetimes::default();
         run(&mut l, start, 0, 100, 1);
         assert!(l.short_lived());
-        let long = u64::try_from(SHORT.as_millis()).unwrap();
+        let long = u64::try_from(SHORT.as_millis()).expect("SHORT is 100 ms");
         run(&mut l, start, 100, 1, long);
         assert!(!l.short_lived(), "a connection of exactly SHORT is long");
         assert_eq!(l.slack(8, 2), 1);
