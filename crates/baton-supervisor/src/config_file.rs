@@ -843,6 +843,17 @@ pub fn load(file: Option<&Path>, over: &Overrides) -> Result<Settings, LoadError
             "--ready accepting watches for a worker waiting for connections, and a UDP socket has none to accept: with only udp:// listeners use notify, fd, exec:CMD or delay:DURATION",
         )));
     }
+    // Dispatch hands out accepted connections; a datagram socket has none
+    // (baton's accept on it fails for ever), and in pass mode the workers
+    // would not even get the socket.
+    if dispatch.is_some()
+        && let Some(udp) = listeners.iter().find(|l| l.addr.is_datagram())
+    {
+        return Err(LoadError::usage(from_file(&format!(
+            "--dispatch hands each accepted connection to a worker, and the UDP listener {} has no connections to accept: serve UDP from a baton run without --dispatch, or leave --dispatch out",
+            udp.text
+        ))));
+    }
     let watch = if over.watch.is_empty() {
         f.watch.unwrap_or_default()
     } else {
