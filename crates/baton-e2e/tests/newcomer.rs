@@ -2,10 +2,12 @@
 //! `--dispatch`, `ctl`, env files and upgrades by hand), each named after
 //! its bug. Every one of them failed on the code before its fix.
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::process::{Command, Stdio};
 
-use baton_e2e::ctl::ctl_text as ctl;
-use baton_e2e::{BatonCmd, WAIT, bin};
+use baton_e2e::ctl::{control_path, ctl_text as ctl};
+use baton_e2e::{BatonCmd, Proc, Signal, WAIT, bin};
 
 /// Writes the config file atomically (a reload never reads half of it).
 fn write_config(path: &Path, text: &str) {
@@ -56,4 +58,56 @@ fn dispatch_with_a_udp_listener_is_refused_instead_of_failing_every_accept() {
     assert!(out.contains("reload refused"), "{out}");
     assert!(out.contains("has no connections to accept"), "{out}");
     assert!(!baton.lines().join("\n").contains("accept on udp://"));
+}
+
+// ---- 2. `baton ctl events | head -1` waited for the next event, for ever ----
+
+/// Once the reader of `ctl events` had its line and exited, ctl only
+/// noticed at its next write, so with nothing happening on the service
+/// `baton ctl events | head -1` (or `| grep -m1 ...`) never returned. It
+/// must end at once, as a write to the closed pipe would have ended it
+/// (SIGPIPE), with no event needed.
+#[test]
+fn ctl_events_ends_when_its_reader_goes_not_at_the_next_event() {
+    use std::os::unix::process::ExitStatusExt;
+    let baton = BatonCmd::new().probe(&[]).spawn();
+    baton.wait_for("generation 1 ready", WAIT);
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    let mut cmd = Command::new(bin("baton"));
+    cmd.arg("ctl")
+        .arg("--control")
+        .arg(control_path(&baton))
+        .arg("events")
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().expect("start baton ctl events");
+    // Our copy of the pipe's write end goes with the command.
+    drop(cmd);
+    let pid = child.id();
+    let mut first = String::new();
+    BufReader::new(reader)
+        .read_line(&mut first)
+        .expect("read the first event");
+    assert!(first.contains("\"subscribed\""), "{first}");
+    // The reader is gone (dropped above); nothing happens on the service.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let Ok(out) = rx.recv_timeout(WAIT) else {
+        if let Some(p) = Proc::find(pid) {
+            p.signal(Signal::KILL);
+        }
+        panic!("baton ctl events was still running {WAIT:?} after its reader went");
+    };
+    let out = out.expect("wait for baton ctl events");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        out.status
+    );
+    assert!(stderr.is_empty(), "{stderr}");
 }

@@ -251,6 +251,17 @@ fn stream_events(stream: UnixStream, deadline: Option<Instant>) -> u8 {
     let mut out = std::io::stdout().lock();
     let mut stopped = false;
     loop {
+        // `baton ctl events | grep -m1 reload_failed`: once the reader has
+        // what it wanted and exits, end now, not at the next event (which
+        // may never come) that would have failed to write; and end as that
+        // write would have ended it, by SIGPIPE.
+        if reader.buffer().is_empty() && !wait_readable_while_read(reader.get_ref(), deadline) {
+            let _ = rustix::process::kill_process(
+                rustix::process::getpid(),
+                rustix::process::Signal::PIPE,
+            );
+            return exit::OK;
+        }
         let line = match next_line(&mut reader, deadline) {
             Next::Line(line) => line,
             Next::Deadline => return exit::OK,
@@ -318,6 +329,36 @@ fn stream_events(stream: UnixStream, deadline: Option<Instant>) -> u8 {
             exit::UNREACHABLE,
             "the event stream ended without a last line: the connection to baton was lost (was it killed?)",
         )
+    }
+}
+
+/// Waits until `stream` has something to read or `deadline` passes (true),
+/// or until nobody reads stdout any more (false): the read end of a pipe
+/// closed (`POLLERR`) or a socket hung up (`POLLHUP`). A terminal or a file
+/// never reports either.
+fn wait_readable_while_read(stream: &UnixStream, deadline: Option<Instant>) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let stdout = std::io::stdout();
+    loop {
+        let timeout = deadline.map(|d| {
+            let left = d.saturating_duration_since(Instant::now());
+            Timespec {
+                tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+                tv_nsec: i64::from(left.subsec_nanos()),
+            }
+        });
+        let mut fds = [
+            PollFd::new(stream, PollFlags::IN),
+            PollFd::new(&stdout, PollFlags::empty()),
+        ];
+        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+            Err(rustix::io::Errno::INTR) => {}
+            // A deadline passed, or a failure the read itself will report.
+            Ok(0) | Err(_) => return true,
+            Ok(_) => {
+                return !fds[1].revents().intersects(PollFlags::ERR | PollFlags::HUP);
+            }
+        }
     }
 }
 
