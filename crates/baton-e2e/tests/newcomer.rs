@@ -111,3 +111,48 @@ fn ctl_events_ends_when_its_reader_goes_not_at_the_next_event() {
     );
     assert!(stderr.is_empty(), "{stderr}");
 }
+
+// ---- 3. An upgrade ignored a swapped symlink to baton ----
+
+/// `/usr/local/bin/baton -> /opt/baton-1.1/baton`, swapped to 1.2 by a
+/// deploy, then `baton ctl upgrade`: baton executed 1.1 again (it had kept
+/// the kernel's `/proc/self/exe`, the end of the link) and reported
+/// "upgraded in place: 1.1 -> 1.1". It must run what the path it was
+/// started as points to now: here a broken release, refused with exit 13.
+#[test]
+fn ctl_upgrade_runs_what_a_swapped_symlink_to_baton_points_to() {
+    let cmd = BatonCmd::new().probe(&[]);
+    let dir = cmd.dir().to_owned();
+    let link = dir.join("baton-current");
+    std::os::unix::fs::symlink(bin("baton"), &link).expect("link to baton");
+    let started_as = link.clone();
+    let baton = cmd.spawn_under(move |argv, _| {
+        let mut c = Command::new(&started_as);
+        c.args(&argv[1..]);
+        c
+    });
+    baton.wait_for("generation 1 ready", WAIT);
+    let swap_to = |target: &Path| {
+        let tmp = dir.join("baton-current.new");
+        std::os::unix::fs::symlink(target, &tmp).expect("new link");
+        std::fs::rename(&tmp, &link).expect("swap the link");
+    };
+    let broken = dir.join("baton-broken");
+    std::fs::write(&broken, "not a program\n").expect("write");
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    swap_to(&broken);
+    let (code, out) = ctl(&baton, &["upgrade"]);
+    assert_eq!(code, Some(13), "{out}");
+    assert!(
+        out.contains(&format!(
+            "{} is not a program this machine can run",
+            link.display()
+        )),
+        "{out}"
+    );
+    swap_to(&bin("baton"));
+    let (code, out) = ctl(&baton, &["upgrade"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("upgraded in place"), "{out}");
+}

@@ -324,7 +324,12 @@ impl Runtime {
             cgroups,
             child_nofile,
             started: Instant::now(),
-            exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
+            exe: upgrade::started_as(
+                std::env::args_os().next().as_deref(),
+                std::env::current_dir().ok().as_deref(),
+                std::env::var_os("PATH").as_deref(),
+                &std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
+            ),
             argv: std::env::args_os().collect(),
             environ: std::env::vars_os()
                 .map(|(k, v)| {
