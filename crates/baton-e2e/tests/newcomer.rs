@@ -156,3 +156,43 @@ fn ctl_upgrade_runs_what_a_swapped_symlink_to_baton_points_to() {
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("upgraded in place"), "{out}");
 }
+
+// ---- 4. `--env 'RUST_LOG =debug'` set a variable no program reads ----
+
+/// A name with a blank (or starting with a digit) passed: the workers got
+/// a variable named `RUST_LOG ` while `RUST_LOG` stayed unset, and nothing
+/// said so. `--env` and the config file's `[env]` now take the names an
+/// env file takes.
+#[test]
+fn env_with_an_invalid_name_is_refused_not_set() {
+    for name in ["RUST_LOG ", "A B", "1X"] {
+        let flag = format!("{name}=debug");
+        let (status, lines) = BatonCmd::new()
+            .args(["--env", &flag])
+            .probe(&[])
+            .run_to_exit(WAIT);
+        let all = lines.join("\n");
+        assert_eq!(status.code(), Some(2), "{flag:?}: {all}");
+        assert!(
+            all.contains(&format!("{name:?} is not a variable name")),
+            "{flag:?}: {all}"
+        );
+    }
+    let cmd = BatonCmd::new().listeners_from_config();
+    let file = cmd.dir().join("baton.toml");
+    write_config(
+        &file,
+        &format!(
+            "command = [\"{}\"]\n[env]\n\"RUST_LOG \" = \"debug\"\n",
+            bin("baton-probe").display()
+        ),
+    );
+    let (status, lines) = cmd.arg("--config").arg(&file).run_to_exit(WAIT);
+    let all = lines.join("\n");
+    assert_eq!(status.code(), Some(2), "{all}");
+    assert!(all.contains("baton.toml:3:"), "{all}");
+    assert!(
+        all.contains("env: \"RUST_LOG \" is not a variable name"),
+        "{all}"
+    );
+}

@@ -653,8 +653,13 @@ fn parse_file(path: &Path, text: &str) -> Result<FileSettings, LoadError> {
     }
     if let Some(env) = raw.env {
         for (k, v) in env {
-            if k.is_empty() || k.contains('=') {
-                return Err(src.error(v.span(), format!("env: {k:?} is not a variable name")));
+            if !crate::environment::valid_name(&k) {
+                return Err(src.error(
+                    v.span(),
+                    format!(
+                        "env: {k:?} is not a variable name (letters, digits and _, not starting with a digit)"
+                    ),
+                ));
             }
             if top_level_keys().contains(&k) {
                 let (line, col) = line_col(text, v.span().start);
