@@ -196,3 +196,45 @@ fn env_with_an_invalid_name_is_refused_not_set() {
         "{all}"
     );
 }
+
+// ---- 5. A relative --control gave no clue from another directory ----
+
+/// `baton run --control app.sock` logged `control socket app.sock`, and
+/// `baton ctl --control app.sock` from another directory said only that no
+/// baton runs at `app.sock`. baton now logs the whole path, and ctl says
+/// which whole path it tried and why.
+#[test]
+fn a_relative_control_path_is_logged_in_full_and_explained_by_ctl() {
+    let baton = BatonCmd::new()
+        .args(["--control", "app.sock"])
+        .probe(&[])
+        .spawn();
+    let line = baton.wait_for("control socket", WAIT);
+    let full = baton.dir().join("app.sock");
+    assert!(
+        line.ends_with(&format!("control socket {}", full.display())),
+        "{line}"
+    );
+    baton.wait_for("generation 1 ready", WAIT);
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(bin("baton"));
+    cmd.current_dir(elsewhere.path())
+        .args(["ctl", "--control", "app.sock", "status"]);
+    let out = baton_e2e::tools::run_bounded(cmd, WAIT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(8), "{err}");
+    let tried = elsewhere.path().join("app.sock");
+    assert!(
+        err.contains(&format!(
+            "at app.sock ({}: a relative --control is taken from the directory baton ctl runs in",
+            tried.display()
+        )),
+        "{err}"
+    );
+    // From baton's own directory it is found.
+    let mut cmd = Command::new(bin("baton"));
+    cmd.current_dir(baton.dir())
+        .args(["ctl", "--control", "app.sock", "status"]);
+    let out = baton_e2e::tools::run_bounded(cmd, WAIT);
+    assert!(out.status.success(), "{out:?}");
+}

@@ -430,7 +430,10 @@ impl Runtime {
             .registry()
             .register(&mut sock.listener, token, Interest::READABLE)
             .map_err(RuntimeError::Poll)?;
-        tracing::info!("control socket {}", sock.path.display());
+        // In full: a relative --control is relative to baton's directory,
+        // and `baton ctl` run from another one needs to be told where.
+        let full = std::path::absolute(&sock.path).unwrap_or_else(|_| sock.path.clone());
+        tracing::info!("control socket {}", full.display());
         self.control = Some((token, sock));
         Ok(())
     }

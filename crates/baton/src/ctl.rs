@@ -120,7 +120,15 @@ fn fail(code: u8, message: impl Into<String>) -> u8 {
 
 fn connect(path: &std::path::Path, name: &str, explicit: bool) -> Result<UnixStream, u8> {
     UnixStream::connect(path).map_err(|e| {
-        let which = if explicit {
+        let which = if explicit && path.is_relative() {
+            // `--control run/app.sock` from another directory than baton's.
+            let full = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+            format!(
+                "at {} ({}: a relative --control is taken from the directory baton ctl runs in; baton logs the whole path at start, \"control socket /...\")",
+                path.display(),
+                full.display()
+            )
+        } else if explicit {
             format!("at {}", path.display())
         } else {
             format!("named {name:?} (control socket {})", path.display())
