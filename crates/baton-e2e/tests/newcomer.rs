@@ -238,3 +238,43 @@ fn a_relative_control_path_is_logged_in_full_and_explained_by_ctl() {
     let out = baton_e2e::tools::run_bounded(cmd, WAIT);
     assert!(out.status.success(), "{out:?}");
 }
+
+// ---- 6. Root's `baton ctl` did not find a baton run by systemd ----
+
+/// A system service has no `XDG_RUNTIME_DIR`, so its baton listens at
+/// `/run/baton/NAME.sock`; root's login shell has `XDG_RUNTIME_DIR=/run/user/0`,
+/// and `baton ctl --name NAME` typed there looked only under it: "no baton
+/// is running". ctl now also looks where a baton without the variable is.
+#[test]
+fn ctl_finds_a_baton_started_without_xdg_runtime_dir() {
+    let name = format!("newcomer-{}", std::process::id());
+    let baton = BatonCmd::new()
+        .env("XDG_RUNTIME_DIR", "")
+        .args(["--name", &name])
+        .probe(&[])
+        .spawn();
+    baton.wait_for("generation 1 ready", WAIT);
+    let shell_runtime_dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(bin("baton"));
+    cmd.env("XDG_RUNTIME_DIR", shell_runtime_dir.path())
+        .args(["ctl", "--name", &name, "status"]);
+    let out = baton_e2e::tools::run_bounded(cmd, WAIT);
+    assert!(
+        out.status.success(),
+        "{out:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("serving generation 1"));
+    // Nowhere at all: both places are named.
+    let mut cmd = Command::new(bin("baton"));
+    cmd.env("XDG_RUNTIME_DIR", shell_runtime_dir.path()).args([
+        "ctl",
+        "--name",
+        "no-such-baton",
+        "status",
+    ]);
+    let out = baton_e2e::tools::run_bounded(cmd, WAIT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(8), "{err}");
+    assert!(err.contains(", nor "), "{err}");
+}

@@ -118,7 +118,12 @@ fn fail(code: u8, message: impl Into<String>) -> u8 {
     code
 }
 
-fn connect(path: &std::path::Path, name: &str, explicit: bool) -> Result<UnixStream, u8> {
+fn connect(
+    path: &std::path::Path,
+    name: &str,
+    explicit: bool,
+    also_looked: &[PathBuf],
+) -> Result<UnixStream, u8> {
     UnixStream::connect(path).map_err(|e| {
         let which = if explicit && path.is_relative() {
             // `--control run/app.sock` from another directory than baton's.
@@ -130,8 +135,18 @@ fn connect(path: &std::path::Path, name: &str, explicit: bool) -> Result<UnixStr
             )
         } else if explicit {
             format!("at {}", path.display())
-        } else {
+        } else if also_looked.is_empty() {
             format!("named {name:?} (control socket {})", path.display())
+        } else {
+            let others: Vec<String> = also_looked
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            format!(
+                "named {name:?} (control socket {}, nor {})",
+                path.display(),
+                others.join(", ")
+            )
         };
         match e.kind() {
             std::io::ErrorKind::NotFound => fail(
@@ -153,10 +168,21 @@ fn connect(path: &std::path::Path, name: &str, explicit: bool) -> Result<UnixStr
 
 pub fn run(args: &CtlArgs) -> u8 {
     let explicit = args.control.is_some();
-    let path = args
-        .control
-        .clone()
-        .unwrap_or_else(|| control::default_path(&args.name));
+    // Without --control, the first of the default places that has a
+    // socket (see control::default_paths), else the first.
+    let (path, also_looked) = match &args.control {
+        Some(p) => (p.clone(), Vec::new()),
+        None => {
+            let mut paths = control::default_paths(&args.name);
+            match paths.iter().position(|p| p.exists()) {
+                Some(i) => (paths.swap_remove(i), Vec::new()),
+                None => {
+                    let first = paths.remove(0);
+                    (first, paths)
+                }
+            }
+        }
+    };
     let cmd = match &args.command {
         CtlCommand::Reload => Command::Reload,
         CtlCommand::Status { .. } => Command::Status,
@@ -175,7 +201,7 @@ pub fn run(args: &CtlArgs) -> u8 {
             failpoint: failpoint.clone(),
         },
     };
-    let mut stream = match connect(&path, &args.name, explicit) {
+    let mut stream = match connect(&path, &args.name, explicit, &also_looked) {
         Ok(s) => s,
         Err(code) => return code,
     };
