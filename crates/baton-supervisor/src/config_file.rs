@@ -735,8 +735,13 @@ fn parse_file(path: &Path, text: &str) -> Result<FileSettings, LoadError> {
     }
     if let Some(env) = raw.env {
         for (k, v) in env {
-            if k.is_empty() || k.contains('=') {
-                return Err(src.error(v.span(), format!("env: {k:?} is not a variable name")));
+            if !crate::environment::valid_name(&k) {
+                return Err(src.error(
+                    v.span(),
+                    format!(
+                        "env: {k:?} is not a variable name (letters, digits and _, not starting with a digit)"
+                    ),
+                ));
             }
             if top_level_keys().contains(&k) {
                 let (line, col) = line_col(text, v.span().start);
@@ -924,6 +929,17 @@ pub fn load(file: Option<&Path>, over: &Overrides) -> Result<Settings, LoadError
         return Err(LoadError::usage(from_file(
             "--ready accepting watches for a worker waiting for connections, and a UDP socket has none to accept: with only udp:// listeners use notify, fd, exec:CMD or delay:DURATION",
         )));
+    }
+    // Dispatch hands out accepted connections; a datagram socket has none
+    // (baton's accept on it fails for ever), and in pass mode the workers
+    // would not even get the socket.
+    if dispatch.is_some()
+        && let Some(udp) = listeners.iter().find(|l| l.addr.is_datagram())
+    {
+        return Err(LoadError::usage(from_file(&format!(
+            "--dispatch hands each accepted connection to a worker, and the UDP listener {} has no connections to accept: serve UDP from a baton run without --dispatch, or leave --dispatch out",
+            udp.text
+        ))));
     }
     let watch = if over.watch.is_empty() {
         f.watch.unwrap_or_default()

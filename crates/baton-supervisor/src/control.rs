@@ -409,10 +409,24 @@ fn path_err(path: &Path, problem: impl Into<String>) -> ControlError {
 /// `$XDG_RUNTIME_DIR/baton/NAME.sock`, else `/run/baton/NAME.sock` for root,
 /// else `/tmp/baton-UID/NAME.sock`.
 pub fn default_path(name: &str) -> PathBuf {
+    default_paths(name).swap_remove(0)
+}
+
+/// Where `baton ctl --name NAME` looks, in order: [`default_path`], then,
+/// with `XDG_RUNTIME_DIR` set, where a baton started without it put its
+/// socket. A system service has no `XDG_RUNTIME_DIR` (its baton is at
+/// `/run/baton/NAME.sock`) while root's login shell has one
+/// (`/run/user/0`): `baton ctl` typed there must still find it.
+pub fn default_paths(name: &str) -> Vec<PathBuf> {
     let file = format!("{name}.sock");
-    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir).join("baton").join(file);
+    let without = path_without_xdg(&file);
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => vec![PathBuf::from(dir).join("baton").join(file), without],
+        None => vec![without],
     }
+}
+
+fn path_without_xdg(file: &str) -> PathBuf {
     let uid = rustix::process::geteuid();
     if uid.is_root() {
         PathBuf::from("/run/baton").join(file)

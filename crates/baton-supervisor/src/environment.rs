@@ -104,6 +104,9 @@ pub fn read_file(path: &Path) -> Result<Vec<(String, String)>, String> {
 /// 1-based.
 pub fn parse(text: &str) -> Result<Vec<(String, String)>, (usize, usize, String)> {
     let mut out = Vec::new();
+    // Notepad and other Windows editors start a UTF-8 file with a byte
+    // order mark, which would be read as part of the first name.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     for (i, raw) in text.lines().enumerate() {
         let line_no = i + 1;
         let indent = raw.len() - raw.trim_start().len();
@@ -212,6 +215,18 @@ mod tests {
                 ("A", "again"),
             ])
         );
+    }
+
+    /// A file saved by Notepad (a byte order mark, CRLF line ends) was
+    /// refused: `"\u{feff}A" is not a variable name`.
+    #[test]
+    fn regression_a_byte_order_mark_was_read_as_part_of_the_first_name() {
+        assert_eq!(
+            parse("\u{feff}A=1\r\nexport B=\"two\"\r\n"),
+            Ok(kv(&[("A", "1"), ("B", "two")]))
+        );
+        // Only at the very start: elsewhere it is a mistake, named.
+        assert!(parse("A=1\n\u{feff}B=2\n").is_err());
     }
 
     #[test]

@@ -324,7 +324,12 @@ impl Runtime {
             cgroups,
             child_nofile,
             started: Instant::now(),
-            exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
+            exe: upgrade::started_as(
+                std::env::args_os().next().as_deref(),
+                std::env::current_dir().ok().as_deref(),
+                std::env::var_os("PATH").as_deref(),
+                &std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
+            ),
             argv: std::env::args_os().collect(),
             environ: std::env::vars_os()
                 .map(|(k, v)| {
@@ -425,7 +430,10 @@ impl Runtime {
             .registry()
             .register(&mut sock.listener, token, Interest::READABLE)
             .map_err(RuntimeError::Poll)?;
-        tracing::info!("control socket {}", sock.path.display());
+        // In full: a relative --control is relative to baton's directory,
+        // and `baton ctl` run from another one needs to be told where.
+        let full = std::path::absolute(&sock.path).unwrap_or_else(|_| sock.path.clone());
+        tracing::info!("control socket {}", full.display());
         self.control = Some((token, sock));
         Ok(())
     }

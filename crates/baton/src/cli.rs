@@ -363,6 +363,12 @@ impl RunArgs {
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
+        // `--env 'RUST_LOG =debug'` set a variable no program reads.
+        Some((k, _)) if !k.is_empty() && !baton_supervisor::environment::valid_name(k) => {
+            Err(format!(
+                "{k:?} is not a variable name (letters, digits and _, not starting with a digit); write e.g. --env RUST_LOG=info"
+            ))
+        }
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => Err(format!("{s:?} is not K=V; write e.g. --env RUST_LOG=info")),
     }

@@ -118,12 +118,35 @@ fn fail(code: u8, message: impl Into<String>) -> u8 {
     code
 }
 
-fn connect(path: &std::path::Path, name: &str, explicit: bool) -> Result<UnixStream, u8> {
+fn connect(
+    path: &std::path::Path,
+    name: &str,
+    explicit: bool,
+    also_looked: &[PathBuf],
+) -> Result<UnixStream, u8> {
     UnixStream::connect(path).map_err(|e| {
-        let which = if explicit {
+        let which = if explicit && path.is_relative() {
+            // `--control run/app.sock` from another directory than baton's.
+            let full = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+            format!(
+                "at {} ({}: a relative --control is taken from the directory baton ctl runs in; baton logs the whole path at start, \"control socket /...\")",
+                path.display(),
+                full.display()
+            )
+        } else if explicit {
             format!("at {}", path.display())
-        } else {
+        } else if also_looked.is_empty() {
             format!("named {name:?} (control socket {})", path.display())
+        } else {
+            let others: Vec<String> = also_looked
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            format!(
+                "named {name:?} (control socket {}, nor {})",
+                path.display(),
+                others.join(", ")
+            )
         };
         match e.kind() {
             std::io::ErrorKind::NotFound => fail(
@@ -145,10 +168,21 @@ fn connect(path: &std::path::Path, name: &str, explicit: bool) -> Result<UnixStr
 
 pub fn run(args: &CtlArgs) -> u8 {
     let explicit = args.control.is_some();
-    let path = args
-        .control
-        .clone()
-        .unwrap_or_else(|| control::default_path(&args.name));
+    // Without --control, the first of the default places that has a
+    // socket (see control::default_paths), else the first.
+    let (path, also_looked) = match &args.control {
+        Some(p) => (p.clone(), Vec::new()),
+        None => {
+            let mut paths = control::default_paths(&args.name);
+            match paths.iter().position(|p| p.exists()) {
+                Some(i) => (paths.swap_remove(i), Vec::new()),
+                None => {
+                    let first = paths.remove(0);
+                    (first, paths)
+                }
+            }
+        }
+    };
     let cmd = match &args.command {
         CtlCommand::Reload => Command::Reload,
         CtlCommand::Status { .. } => Command::Status,
@@ -167,7 +201,7 @@ pub fn run(args: &CtlArgs) -> u8 {
             failpoint: failpoint.clone(),
         },
     };
-    let mut stream = match connect(&path, &args.name, explicit) {
+    let mut stream = match connect(&path, &args.name, explicit, &also_looked) {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -251,6 +285,17 @@ fn stream_events(stream: UnixStream, deadline: Option<Instant>) -> u8 {
     let mut out = std::io::stdout().lock();
     let mut stopped = false;
     loop {
+        // `baton ctl events | grep -m1 reload_failed`: once the reader has
+        // what it wanted and exits, end now, not at the next event (which
+        // may never come) that would have failed to write; and end as that
+        // write would have ended it, by SIGPIPE.
+        if reader.buffer().is_empty() && !wait_readable_while_read(reader.get_ref(), deadline) {
+            let _ = rustix::process::kill_process(
+                rustix::process::getpid(),
+                rustix::process::Signal::PIPE,
+            );
+            return exit::OK;
+        }
         let line = match next_line(&mut reader, deadline) {
             Next::Line(line) => line,
             Next::Deadline => return exit::OK,
@@ -318,6 +363,36 @@ fn stream_events(stream: UnixStream, deadline: Option<Instant>) -> u8 {
             exit::UNREACHABLE,
             "the event stream ended without a last line: the connection to baton was lost (was it killed?)",
         )
+    }
+}
+
+/// Waits until `stream` has something to read or `deadline` passes (true),
+/// or until nobody reads stdout any more (false): the read end of a pipe
+/// closed (`POLLERR`) or a socket hung up (`POLLHUP`). A terminal or a file
+/// never reports either.
+fn wait_readable_while_read(stream: &UnixStream, deadline: Option<Instant>) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let stdout = std::io::stdout();
+    loop {
+        let timeout = deadline.map(|d| {
+            let left = d.saturating_duration_since(Instant::now());
+            Timespec {
+                tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+                tv_nsec: i64::from(left.subsec_nanos()),
+            }
+        });
+        let mut fds = [
+            PollFd::new(stream, PollFlags::IN),
+            PollFd::new(&stdout, PollFlags::empty()),
+        ];
+        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+            Err(rustix::io::Errno::INTR) => {}
+            // A deadline passed, or a failure the read itself will report.
+            Ok(0) | Err(_) => return true,
+            Ok(_) => {
+                return !fds[1].revents().intersects(PollFlags::ERR | PollFlags::HUP);
+            }
+        }
     }
 }
 

@@ -580,6 +580,22 @@ fn first_generation_failure_exits_with_its_code() {
     assert_eq!(s.exit, Some(exit::FIRST_FAILED));
 }
 
+/// A plain server under `--dispatch` (pass) gets `LISTEN_FDS=0` and exits
+/// saying it has no socket: the failure read as if `-l` were ignored and
+/// never said that `--dispatch` needs an app speaking its protocol.
+#[test]
+fn regression_a_plain_server_exiting_under_dispatch_was_not_told_why() {
+    let mut s = Sim::new(policy(1, ReadyMode::Dispatch));
+    s.exited(1, 0, ExitStatus::Code(1));
+    assert!(s.logged(
+        "generation 1 failed: worker 0 (pid 1001) exited with status 1 before it was ready (under --dispatch a worker takes its connections from the channel in BATON_DISPATCH_FD, and with --dispatch=pass it gets no listening socket, LISTEN_FDS=0;"
+    ));
+    assert!(s.logged("needs baton without --dispatch"));
+    let mut s = Sim::notify(1);
+    s.exited(1, 0, ExitStatus::Code(1));
+    assert!(!s.logged("--dispatch"), "only under --dispatch");
+}
+
 #[test]
 fn first_generation_not_ready_exits_6() {
     let mut s = Sim::notify(1);

@@ -305,6 +305,14 @@ impl Lifecycle {
                         " (a server must keep running; if the command daemonizes, run it in the foreground)",
                     );
                 }
+                // A plain server run under --dispatch: with pass mode it
+                // gets no listening socket (LISTEN_FDS=0) and typically
+                // exits saying so, which reads as if -l had been ignored.
+                if !ready && self.gens[gi].policy.ready == super::ReadyMode::Dispatch {
+                    reason.push_str(
+                        " (under --dispatch a worker takes its connections from the channel in BATON_DISPATCH_FD, and with --dispatch=pass it gets no listening socket, LISTEN_FDS=0; an app that does not speak the dispatch protocol, docs/dispatch.md, needs baton without --dispatch)",
+                    );
+                }
                 self.fail_generation(gi, &reason, Some(slot), exit::FIRST_FAILED);
             }
             Role::Serving => {

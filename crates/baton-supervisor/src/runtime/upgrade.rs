@@ -600,6 +600,50 @@ fn sealed_memfd(bytes: &[u8]) -> std::io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// The binary `USR2` and `ctl upgrade` run by default, "the binary baton
+/// was started from, as it is on disk now": the path baton was started as
+/// (`arg0` with a `/`, made absolute against `cwd`, or found on `PATH` as
+/// the shell found it), not the kernel's `/proc/self/exe` (`kernel`), which
+/// names the end of every symlink. With `/usr/local/bin/baton ->
+/// /opt/baton-1.1/baton`, a deploy that swaps the link to 1.2 must upgrade
+/// to 1.2, not execute 1.1 again and call that an upgrade. `arg0` is
+/// whatever the parent chose, so it is taken only if it leads to this very
+/// file now.
+pub(super) fn started_as(
+    arg0: Option<&std::ffi::OsStr>,
+    cwd: Option<&Path>,
+    path_var: Option<&std::ffi::OsStr>,
+    kernel: &Path,
+) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let same_file = |p: &Path| match (std::fs::metadata(p), std::fs::metadata(kernel)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    };
+    let Some(arg0) = arg0.map(Path::new).filter(|a| !a.as_os_str().is_empty()) else {
+        return kernel.to_owned();
+    };
+    let found = if arg0.as_os_str().as_encoded_bytes().contains(&b'/') {
+        Some(match cwd {
+            Some(cwd) => cwd.join(arg0),
+            None => arg0.to_owned(),
+        })
+    } else {
+        path_var.and_then(|p| {
+            std::env::split_paths(p)
+                .map(|dir| match cwd {
+                    Some(cwd) => cwd.join(dir).join(arg0),
+                    None => dir.join(arg0),
+                })
+                .find(|c| c.is_file())
+        })
+    };
+    match found {
+        Some(p) if p.is_absolute() && same_file(&p) => p,
+        _ => kernel.to_owned(),
+    }
+}
+
 fn set_cloexec(fd: RawFd, on: bool) {
     if let Err(e) = baton_sys::fd::set_cloexec(fd, on) {
         tracing::warn!("cannot change the close-on-exec flag of fd {fd}: {e}");
@@ -609,6 +653,41 @@ fn set_cloexec(fd: RawFd, on: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `/usr/local/bin/baton -> /opt/baton-1.1/baton` swapped to 1.2 by a
+    /// deploy: the upgrade ran 1.1 again (the kernel's exe is the link's
+    /// end). The path baton was started as is kept, if it is the same file.
+    #[test]
+    fn regression_an_upgrade_ignored_a_swapped_symlink_to_baton() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().canonicalize().expect("canonical");
+        let real = d.join("baton-1.1");
+        std::fs::write(&real, b"binary").expect("write");
+        let link = d.join("bin/baton");
+        std::fs::create_dir(d.join("bin")).expect("mkdir");
+        std::os::unix::fs::symlink(&real, &link).expect("symlink");
+        let bin = d.join("bin");
+        let other = d.join("other");
+        std::fs::write(&other, b"another").expect("write");
+
+        // By path, relative or absolute, and found on PATH.
+        let rel = std::ffi::OsStr::new("bin/baton");
+        assert_eq!(started_as(Some(rel), Some(&d), None, &real), link);
+        assert_eq!(started_as(Some(link.as_os_str()), None, None, &real), link);
+        let path = std::env::join_paths([d.join("nowhere"), bin]).expect("PATH");
+        let bare = std::ffi::OsStr::new("baton");
+        assert_eq!(started_as(Some(bare), Some(&d), Some(&path), &real), link);
+        // argv[0] that is not this binary (exec -a), or none: the kernel's.
+        assert_eq!(started_as(Some(other.as_os_str()), None, None, &real), real);
+        assert_eq!(started_as(Some(bare), Some(&d), None, &real), real);
+        assert_eq!(started_as(None, Some(&d), Some(&path), &real), real);
+        let relative_path = std::ffi::OsString::from("bin");
+        assert_eq!(
+            started_as(Some(bare), None, Some(&relative_path), &real),
+            real,
+            "a relative PATH entry with no working directory gives no absolute path"
+        );
+    }
 
     #[test]
     fn the_check_answer_is_what_the_schema_check_reads() {

@@ -135,7 +135,7 @@ mod tests {
         let mut l = Lifetimes::default();
         run(&mut l, start, 0, 100, 1);
         assert!(l.short_lived());
-        let long = u64::try_from(SHORT.as_millis()).expect("milliseconds");
+        let long = u64::try_from(SHORT.as_millis()).expect("SHORT is 100 ms");
         run(&mut l, start, 100, 1, long);
         assert!(!l.short_lived(), "a connection of exactly SHORT is long");
         assert_eq!(l.slack(8, 2), 1);
