@@ -275,6 +275,42 @@ fn a_removed_listener_finishes_what_it_accepted_then_closes() {
 /// Flags beat the file, on every reload; the command, workers and env of
 /// the file take effect from the new generation on, and each generation's
 /// config fingerprint is in `ctl status`.
+/// `ctl scale 3`, then a reload for a deploy: a file that does not set
+/// `workers` (or sets the same value as before) went back to its count,
+/// 1 here, dropping the scaled workers at each deploy. A scaled count now
+/// holds until the file changes `workers`.
+#[test]
+fn a_scaled_worker_count_holds_across_a_reload_until_the_file_changes_it() {
+    let (baton, file) = start(
+        |script| format!("{}{}", probe_command(script, ""), web_listener()),
+        &[],
+    );
+    let workers = |baton: &Baton| -> u64 {
+        let (_, json) = ctl(baton, &["status", "--json"]);
+        let s: serde_json::Value = serde_json::from_str(&json).expect("status is JSON");
+        s["workers_per_generation"].as_u64().expect("workers")
+    };
+    let (code, out) = ctl(&baton, &["scale", "3"]);
+    assert_eq!(code, Some(0), "{out}");
+    baton.reload(2, WAIT);
+    assert_eq!(baton.workers_of(2).len(), 3, "the scaled count holds");
+    assert_eq!(workers(&baton), 3);
+    baton.wait_for("keeping 3 workers per generation, as scaled", WAIT);
+    // The file now says how many: that wins, and holds.
+    let text = std::fs::read_to_string(&file).expect("read");
+    write_config(
+        &file,
+        &text.replacen("[[listen]]", "workers = 2\n[[listen]]", 1),
+    );
+    baton.reload(3, WAIT);
+    assert_eq!(baton.workers_of(3).len(), 2, "the file's new count");
+    let (code, out) = ctl(&baton, &["scale", "4"]);
+    assert_eq!(code, Some(0), "{out}");
+    baton.reload(4, WAIT);
+    assert_eq!(baton.workers_of(4).len(), 4, "scaled again, file unchanged");
+    assert_eq!(workers(&baton), 4);
+}
+
 #[test]
 fn flags_beat_the_file_and_changes_apply_from_the_next_generation() {
     let (baton, file) = start(

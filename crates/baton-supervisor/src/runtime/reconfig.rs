@@ -149,7 +149,21 @@ impl Runtime {
             );
         }
         self.listeners = listeners;
-        self.queue.push_back(Event::Configure(new.policy.clone()));
+        // A count set with `ctl scale` (or TTIN/TTOU) holds across a reload
+        // that leaves `workers` as the last load had it (the file or the
+        // flags, else the default): only a new value replaces it. The
+        // settings keep what was loaded, for the next comparison.
+        let mut policy = new.policy.clone();
+        let scaled = self.machine.policy().workers;
+        if new.policy.workers == self.settings.policy.workers && scaled != new.policy.workers {
+            tracing::info!(
+                "{}: keeping {scaled} workers per generation, as scaled (`workers` is unchanged at {})",
+                path.display(),
+                new.policy.workers
+            );
+            policy.workers = scaled;
+        }
+        self.queue.push_back(Event::Configure(policy));
         self.settings = new;
         if watch_changed {
             self.rewatch();
