@@ -1103,6 +1103,17 @@ fn dispatch_settings(
             "{said}: a queue holds connections baton accepted, and only --dispatch=pass can hand those to a worker; with --dispatch=accept they wait in the kernel's backlog (--overload wait), or use --dispatch=pass"
         )));
     }
+    let queue_timeout_given = over.queue_timeout.is_some() || f.queue_timeout.is_some();
+    if queue == 0 && queue_timeout_given {
+        let said = if over.queue_timeout.is_some() {
+            "--queue-timeout".to_owned()
+        } else {
+            whence("queue_timeout", "--queue-timeout")
+        };
+        return Err(LoadError::usage(format!(
+            "{said} is how long a connection may wait in baton's queue, and there is none: add --queue N (pass mode), or leave it out"
+        )));
+    }
     Ok(Some(DispatchSettings {
         mode,
         timeout: over
@@ -1413,6 +1424,34 @@ RUST_LOG = "info"
         assert_eq!(f.env, vec![("grace".to_owned(), "5s".to_owned())]);
         assert_eq!(misplaced_key("[env]\nRUST_LOG = 1\n", 17), None);
         assert_eq!(misplaced_key("[[listen]]\nname = 1\n", 18), None);
+    }
+
+    /// `--queue-timeout` (or `queue_timeout`) with no queue was accepted
+    /// and did nothing.
+    #[test]
+    fn a_queue_timeout_without_a_queue_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("baton.toml");
+        std::fs::write(
+            &file,
+            "command = [\"sh\"]\ndispatch = \"pass\"\nqueue_timeout = \"2s\"\n",
+        )
+        .expect("write");
+        let e = load(Some(&file), &Overrides::default()).expect_err("no queue");
+        assert!(
+            e.message.contains("baton.toml:3:17: queue_timeout is how long a connection may wait in baton's queue, and there is none: add --queue N"),
+            "{}",
+            e.message
+        );
+        let over = Overrides {
+            queue: Some(4),
+            ..Overrides::default()
+        };
+        let s = load(Some(&file), &over).expect("with a queue");
+        assert_eq!(
+            s.dispatch.map(|d| (d.queue, d.queue_timeout)),
+            Some((4, Duration::from_secs(2)))
+        );
     }
 
     /// A value of the wrong type said only "invalid type: string \"8\",
