@@ -402,10 +402,27 @@ fn top_level_keys() -> &'static [String] {
     })
 }
 
+/// Where the line `offset` is in starts.
+fn line_start(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1)
+}
+
+/// The table header (`[env]`, `[[listen]]`, without a comment) the line
+/// starting at `line_start` is under, if any.
+fn table_above(text: &str, line_start: usize) -> Option<&str> {
+    let header = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))?;
+    Some(header.split('#').next().unwrap_or(header).trim())
+}
+
 /// The key of the `key = value` line `offset` is in.
 fn key_at(text: &str, offset: usize) -> Option<&str> {
-    let before = &text[..offset.min(text.len())];
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line_start = line_start(text, offset);
     let line_end = text[line_start..]
         .find('\n')
         .map_or(text.len(), |i| line_start + i);
@@ -426,9 +443,7 @@ fn explain_type_error(text: &str, offset: usize, message: String) -> String {
     if !message.starts_with("invalid type") && untagged.is_none() {
         return message;
     }
-    let line_start = text[..offset.min(text.len())]
-        .rfind('\n')
-        .map_or(0, |i| i + 1);
+    let line_start = line_start(text, offset);
     let line = text[line_start..].lines().next().unwrap_or("").trim();
     let line = line.split('#').next().unwrap_or(line).trim();
     let expected = match untagged {
@@ -464,12 +479,7 @@ fn explain_type_error(text: &str, offset: usize, message: String) -> String {
     let Some(key) = key_at(text, offset) else {
         return expected;
     };
-    let table = text[..line_start]
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('['))
-        .map(|t| t.split('#').next().unwrap_or(t).trim());
+    let table = table_above(text, line_start);
     let value = line.split_once('=').map_or("", |(_, v)| v.trim());
     let quoted_number = value.len() > 2
         && value.starts_with('"')
@@ -498,18 +508,10 @@ fn explain_type_error(text: &str, offset: usize, message: String) -> String {
 /// the error there says so. `offset` is where the error is.
 fn misplaced_key(text: &str, offset: usize) -> Option<String> {
     let key = key_at(text, offset)?;
-    let line_start = text[..offset.min(text.len())]
-        .rfind('\n')
-        .map_or(0, |i| i + 1);
     if !top_level_keys().iter().any(|k| k == key) {
         return None;
     }
-    let table = text[..line_start]
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('['))?;
-    let table = table.split('#').next().unwrap_or(table).trim();
+    let table = table_above(text, line_start(text, offset))?;
     if table == "[[listen]]" && matches!(key, "name" | "address") {
         return None;
     }

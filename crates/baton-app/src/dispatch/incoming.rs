@@ -610,6 +610,21 @@ mod tests {
 
     /// A pass-mode `Incoming` of 8 credits on the worker's end (inside the
     /// runtime: it spawns its flusher).
+    /// `n` clients of `listener` and their connections, accepted as baton
+    /// accepts them.
+    fn connected(
+        listener: &std::net::TcpListener,
+        addr: std::net::SocketAddr,
+        n: usize,
+    ) -> (Vec<std::net::TcpStream>, Vec<std::net::TcpStream>) {
+        (0..n)
+            .map(|_| {
+                let client = std::net::TcpStream::connect(addr).expect("connect");
+                (client, accept_like_baton(listener).0)
+            })
+            .unzip()
+    }
+
     /// A connection accepted as baton accepts it: non-blocking.
     fn accept_like_baton(
         listener: &std::net::TcpListener,
@@ -722,12 +737,7 @@ mod tests {
         rt.block_on(async {
             let mut incoming = pass_incoming(worker);
             incoming.batch = Some(4);
-            let mut clients = Vec::new();
-            let mut accepted = Vec::new();
-            for _ in 0..5 {
-                clients.push(std::net::TcpStream::connect(addr).expect("connect"));
-                accepted.push(accept_like_baton(&listener).0);
-            }
+            let (_clients, accepted) = connected(&listener, addr, 5);
             let fds: Vec<_> = accepted.iter().map(AsFd::as_fd).collect();
             baton_sends(&baton, "conn 1 web\nconn 2 admin\nconn 3 web", &fds[..3]);
             baton_sends(&baton, "conn 4 web\nconn 5 web", &fds[3..4]);
@@ -755,10 +765,7 @@ mod tests {
             listener,
             addr,
         } = setup();
-        let _clients: Vec<_> = (0..2)
-            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
-            .collect();
-        let accepted: Vec<_> = (0..2).map(|_| accept_like_baton(&listener).0).collect();
+        let (_clients, accepted) = connected(&listener, addr, 2);
         let fds: Vec<_> = accepted.iter().map(AsFd::as_fd).collect();
         baton_sends(&baton, "conn 1 web\nconn 2 web", &fds);
         let chan = Channel::new(worker, Mode::Pass).expect("channel");

@@ -131,6 +131,15 @@ impl FakeProc {
         self
     }
 
+    /// Process 100, one thread in `syscall`, the listener (inode
+    /// 0x5247d0) at fd 3.
+    fn holding_the_listener(syscall: &str) -> Self {
+        let p = Self::new();
+        p.process(100, &[], syscall)
+            .fd(100, 3, "socket:[5392336]", None);
+        p
+    }
+
     fn scan(&self, pid: u32, listeners: &[Listener]) -> Seen {
         scan_in(self.dir.path(), pid, listeners)
     }
@@ -171,11 +180,9 @@ fn a_pre_forking_masters_child_that_watches_the_listener_makes_the_worker_accept
 #[test]
 fn an_epoll_set_on_another_device_with_the_same_inode_does_not_count() {
     let l = listener(0x0052_47d0);
-    let p = FakeProc::new();
+    let p = FakeProc::holding_the_listener(IDLE);
     let pipe_info = EPOLL_FDINFO.replace("sdev:9", "sdev:e");
-    p.process(100, &[], IDLE)
-        .fd(100, 3, "socket:[5392336]", None)
-        .fd(100, 5, "anon_inode:[eventpoll]", Some(&pipe_info));
+    p.fd(100, 5, "anon_inode:[eventpoll]", Some(&pipe_info));
     let seen = p.scan(100, &[l]);
     assert_eq!(seen.accepting, None);
     assert_eq!((seen.epoll_sets, seen.other_watched), (1, 1));
@@ -184,12 +191,10 @@ fn an_epoll_set_on_another_device_with_the_same_inode_does_not_count() {
 #[test]
 fn a_listener_watched_without_epollin_is_not_waited_on() {
     let l = listener(0x0052_47d0);
-    let p = FakeProc::new();
+    let p = FakeProc::holding_the_listener(IDLE);
     // A disarmed EPOLLONESHOT entry keeps only the private bits.
     let disarmed = EPOLL_FDINFO.replace("events:       19", "events: 40000000");
-    p.process(100, &[], IDLE)
-        .fd(100, 3, "socket:[5392336]", None)
-        .fd(100, 5, "anon_inode:[eventpoll]", Some(&disarmed));
+    p.fd(100, 5, "anon_inode:[eventpoll]", Some(&disarmed));
     assert_eq!(p.scan(100, &[l]).accepting, None);
 }
 
@@ -197,9 +202,7 @@ fn a_listener_watched_without_epollin_is_not_waited_on() {
 #[test]
 fn a_thread_in_accept_on_the_listener_makes_the_worker_accepting() {
     let l = listener(0x0052_47d0);
-    let p = FakeProc::new();
-    p.process(100, &[], "288 0x3 0x0 0x0 0x80000 0x0 0x0 0x7ffc 0x7f02\n")
-        .fd(100, 3, "socket:[5392336]", None);
+    let p = FakeProc::holding_the_listener("288 0x3 0x0 0x0 0x80000 0x0 0x0 0x7ffc 0x7f02\n");
     let seen = p.scan(100, std::slice::from_ref(&l));
     assert_eq!(
         seen.accepting,
@@ -232,14 +235,8 @@ fn pollfds(entries: &[(i32, i16)]) -> Vec<u8> {
 fn a_thread_in_poll_or_select_with_the_listener_in_its_set_is_accepting() {
     let l = listener(0x0052_47d0);
     // poll(fds = 0x1000, nfds = 2, -1): fd 5 for output, fd 3 for input.
-    let p = FakeProc::new();
-    p.process(
-        100,
-        &[],
-        "7 0x1000 0x2 0xffffffff 0x0 0x0 0x0 0x7ffc 0x7f02\n",
-    )
-    .fd(100, 3, "socket:[5392336]", None)
-    .mem(100, 0x1000, &pollfds(&[(5, 0x4), (3, 0x1)]));
+    let p = FakeProc::holding_the_listener("7 0x1000 0x2 0xffffffff 0x0 0x0 0x0 0x7ffc 0x7f02\n");
+    p.mem(100, 0x1000, &pollfds(&[(5, 0x4), (3, 0x1)]));
     let seen = p.scan(100, std::slice::from_ref(&l));
     assert_eq!(
         seen.accepting,
@@ -256,14 +253,8 @@ fn a_thread_in_poll_or_select_with_the_listener_in_its_set_is_accepting() {
     );
 
     // The listener only for output: not waited on for connections.
-    let p = FakeProc::new();
-    p.process(
-        100,
-        &[],
-        "7 0x1000 0x2 0xffffffff 0x0 0x0 0x0 0x7ffc 0x7f02\n",
-    )
-    .fd(100, 3, "socket:[5392336]", None)
-    .mem(100, 0x1000, &pollfds(&[(5, 0x1), (3, 0x4)]));
+    let p = FakeProc::holding_the_listener("7 0x1000 0x2 0xffffffff 0x0 0x0 0x0 0x7ffc 0x7f02\n");
+    p.mem(100, 0x1000, &pollfds(&[(5, 0x1), (3, 0x4)]));
     let seen = p.scan(100, std::slice::from_ref(&l));
     assert_eq!(seen.accepting, None);
     assert_eq!(seen.polling_elsewhere, vec!["poll"]);
@@ -274,10 +265,8 @@ fn a_thread_in_poll_or_select_with_the_listener_in_its_set_is_accepting() {
     );
 
     // pselect6(nfds = 4, readfds = 0x2000, ...): bit 3 set.
-    let p = FakeProc::new();
-    p.process(100, &[], "270 0x4 0x2000 0x0 0x0 0x0 0x0 0x7ffc 0x7f02\n")
-        .fd(100, 3, "socket:[5392336]", None)
-        .mem(100, 0x2000, &(1u64 << 3).to_ne_bytes());
+    let p = FakeProc::holding_the_listener("270 0x4 0x2000 0x0 0x0 0x0 0x0 0x7ffc 0x7f02\n");
+    p.mem(100, 0x2000, &(1u64 << 3).to_ne_bytes());
     let seen = p.scan(100, std::slice::from_ref(&l));
     assert!(
         matches!(
@@ -291,14 +280,10 @@ fn a_thread_in_poll_or_select_with_the_listener_in_its_set_is_accepting() {
     );
     // ... bit 3 clear (fd 1 only); and bit 3 set but beyond nfds = 3.
     for (nfds, bits) in [(4, 1u64 << 1), (3, 1u64 << 3)] {
-        let p = FakeProc::new();
-        p.process(
-            100,
-            &[],
-            &format!("270 {nfds:#x} 0x2000 0x0 0x0 0x0 0x0 0x7ffc 0x7f02\n"),
-        )
-        .fd(100, 3, "socket:[5392336]", None)
-        .mem(100, 0x2000, &bits.to_ne_bytes());
+        let p = FakeProc::holding_the_listener(&format!(
+            "270 {nfds:#x} 0x2000 0x0 0x0 0x0 0x0 0x7ffc 0x7f02\n"
+        ));
+        p.mem(100, 0x2000, &bits.to_ne_bytes());
         let seen = p.scan(100, std::slice::from_ref(&l));
         assert_eq!(seen.accepting, None, "nfds {nfds}, bits {bits:#b}");
         assert_eq!(seen.polling_elsewhere, vec!["pselect6"]);
@@ -309,11 +294,7 @@ fn a_thread_in_poll_or_select_with_the_listener_in_its_set_is_accepting() {
 #[test]
 fn what_cannot_be_seen_is_said() {
     let l = listener(0x0052_47d0);
-    let p = FakeProc::new();
-    // io_uring_enter(2) (nr 426) with the listener open: not seen, and
-    // said so.
-    p.process(100, &[], "426 0x5 0x0 0x1 0x1 0x0 0x0 0x7ffc 0x7f02\n")
-        .fd(100, 3, "socket:[5392336]", None);
+    let p = FakeProc::holding_the_listener("426 0x5 0x0 0x1 0x1 0x0 0x0 0x7ffc 0x7f02\n");
     let seen = p.scan(100, std::slice::from_ref(&l));
     assert_eq!(seen.accepting, None);
     assert_eq!(seen.opaque, vec!["io_uring_enter"]);
